@@ -1,0 +1,1 @@
+"""The project's services (trainer, generator, classifier, analyzer) and the `pneumonia` command."""

@@ -1,0 +1,1 @@
+"""Code every service imports: errors, image I/O, datasets, splits, models, checkpoints."""

@@ -1,0 +1,491 @@
+"""Train a DCGAN (or conditional DCGAN, or WGAN-GP) on the development images of a chest X-ray dataset.
+
+The hold-out test set is carved off first and never seen. An unconditional GAN learns from pneumonia images only
+(its images are labelled pneumonia); --conditional trains one generator for both classes. Every epoch writes a
+resumable checkpoint, a sample grid from a fixed latent batch and the loss history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from shared.checkpoints import load_checkpoint, save_checkpoint
+from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
+from shared.errors import CheckpointError, ConfigError, DatasetError
+from shared.images import atomic_write_bytes, save_png
+from shared.models.dcgan import Discriminator, Generator, for_inference, num_resolution_steps
+from shared.runtime import rng_state, seed_everything, select_device, set_rng_state
+from shared.splits import develop_and_holdout
+from shared.transforms import gan_transform
+
+log = logging.getLogger(__name__)
+
+REAL_TARGET = 0.9  # one-sided label smoothing for the BCE discriminator
+TRAINING_STATE = "gan-training-state"
+RESUME_MAY_CHANGE = {"epochs"}  # config keys a resumed run may change
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=DATASETS, default="rsna", help="dataset source to train on")
+    parser.add_argument("--data-dir", default="./data/processed", help="where the dataset lies")
+    parser.add_argument("--model-dir", default="./models", help="checkpoints go to MODEL_DIR/gan/")
+    parser.add_argument("--output-dir", default="./results", help="sample grids go to OUTPUT_DIR/gan_images/")
+    parser.add_argument("--results-dir", default="./results/metrics", help="where gan_training_history.json goes")
+    parser.add_argument("--figures-dir", default="./results/figures", help="where gan_loss_curve.png goes")
+    parser.add_argument("--epochs", type=int, default=50, help="total number of epochs (a resumed run may raise it)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per training step")
+    parser.add_argument("--lr", type=float, default=0.0002, help="Adam learning rate of both networks")
+    parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 of both networks")
+    parser.add_argument("--latent-dim", type=int, default=100, help="size of the latent vector z")
+    parser.add_argument("--num-channels", type=int, choices=(1, 3), default=3, help="image channels (3 = gray x3)")
+    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels, a power of two >= 16")
+    parser.add_argument("--feature-maps-g", type=int, default=64, help="generator width (ngf)")
+    parser.add_argument("--feature-maps-d", type=int, default=64, help="discriminator width (ndf)")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (0 = load in-process)")
+    parser.add_argument("--vis-batch-size", type=int, default=64, help="images in each epoch's sample grid")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
+    parser.add_argument(
+        "--train-on",
+        choices=("positive", "all"),
+        default=None,
+        help="images the GAN learns from: positive = pneumonia only (an unconditional GAN's images are labelled "
+        "pneumonia), all = both classes (its images then carry no label). Unset: positive, or all with --conditional",
+    )
+    parser.add_argument(
+        "--conditional", action="store_true", help="one class-conditional generator for both classes (trains on all)"
+    )
+    parser.add_argument(
+        "--loss",
+        choices=("bce", "wgan-gp"),
+        default="bce",
+        help="bce: DCGAN with a batch-norm discriminator; wgan-gp: Wasserstein loss with gradient penalty and an "
+        "instance-norm critic, Adam betas (beta1, 0.9) (Gulrajani et al. 2017)",
+    )
+    parser.add_argument("--gp-weight", type=float, default=10.0, help="gradient penalty weight (wgan-gp)")
+    parser.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step (wgan-gp)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, noise and --max-images")
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="train on a seeded, class-stratified subset of this many images"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from MODEL_DIR/gan/checkpoint_last.pth (same options)"
+    )
+    parser.add_argument("--sample-every", type=int, default=1, help="write a sample grid every this many epochs")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise ConfigError naming the first option that cannot work."""
+    positive = {
+        "--epochs": args.epochs,
+        "--batch-size": args.batch_size,
+        "--lr": args.lr,
+        "--latent-dim": args.latent_dim,
+        "--feature-maps-g": args.feature_maps_g,
+        "--feature-maps-d": args.feature_maps_d,
+        "--vis-batch-size": args.vis_batch_size,
+        "--n-critic": args.n_critic,
+        "--sample-every": args.sample_every,
+    }
+    if args.max_images is not None:
+        positive["--max-images"] = args.max_images
+    for flag, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{flag} must be positive, got {value}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if args.gp_weight < 0:
+        raise ConfigError(f"--gp-weight must be >= 0, got {args.gp_weight}")
+    if not 0.0 <= args.beta1 < 1.0:
+        raise ConfigError(f"--beta1 must be in [0, 1), got {args.beta1}")
+    try:
+        num_resolution_steps(args.image_size)
+    except ValueError as exc:
+        raise ConfigError(f"--image-size: {exc}") from exc
+    if args.conditional and args.train_on == "positive":
+        raise ConfigError("--conditional learns both classes; it cannot use --train-on positive")
+
+
+def training_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that defines the trained networks; stored in every checkpoint and in the history."""
+    train_on = args.train_on or ("all" if args.conditional else "positive")
+    config: dict[str, Any] = {
+        "dataset": args.dataset,
+        "data_dir": str(Path(args.data_dir).resolve()),
+        "image_size": args.image_size,
+        "num_channels": args.num_channels,
+        "latent_dim": args.latent_dim,
+        "feature_maps_g": args.feature_maps_g,
+        "feature_maps_d": args.feature_maps_d,
+        "conditional": args.conditional,
+        "num_classes": 2 if args.conditional else 0,
+        "train_on": train_on,
+        # what an unconditional generator's images are: pneumonia, or nothing if it learnt from both classes
+        "label": PNEUMONIA if not args.conditional and train_on == "positive" else None,
+        "max_images": args.max_images,
+        "loss": args.loss,
+        "lr": args.lr,
+        "beta1": args.beta1,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "epochs": args.epochs,
+    }
+    if args.loss == "wgan-gp":
+        config.update(gp_weight=args.gp_weight, n_critic=args.n_critic)
+    return config
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of `n` entries drawn at random with the class proportions of `labels` kept."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n / len(labels)
+    quotas = np.floor(exact).astype(np.int64)
+    # hand the places left over to the classes with the largest remainders
+    quotas[np.argsort(quotas - exact, kind="stable")[: n - quotas.sum()]] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quotas, strict=True)]
+    return np.sort(np.concatenate(chosen))
+
+
+def training_images(config: dict[str, Any]) -> LabelledImages:
+    """The development images the GAN learns from (never the hold-out test set)."""
+    develop, _holdout = develop_and_holdout(load_dataset(config["dataset"], config["data_dir"]))
+    if config["train_on"] == "positive":
+        develop = develop.subset(np.flatnonzero(develop.labels == PNEUMONIA))
+    if config["max_images"] is not None:
+        develop = develop.subset(stratified_subset(develop.labels, config["max_images"], config["seed"]))
+    if len(develop) == 0:
+        raise DatasetError(f"no {config['train_on']} development images in {config['data_dir']} to train a GAN on")
+    log.info("training the GAN on %d development images %s", len(develop), develop.class_counts())
+    return develop
+
+
+def build_models(config: dict[str, Any], device: torch.device) -> tuple[Generator, Discriminator]:
+    generator = Generator(
+        latent_dim=config["latent_dim"],
+        feature_maps=config["feature_maps_g"],
+        channels=config["num_channels"],
+        image_size=config["image_size"],
+        num_classes=config["num_classes"],
+    )
+    discriminator = Discriminator(
+        feature_maps=config["feature_maps_d"],
+        channels=config["num_channels"],
+        image_size=config["image_size"],
+        num_classes=config["num_classes"],
+        norm="instance" if config["loss"] == "wgan-gp" else "batch",  # no batch norm under a gradient penalty
+    )
+    return generator.to(device), discriminator.to(device)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a DataLoader worker from the per-worker torch seed the loader derived."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def gradient_penalty(
+    discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """Mean (||grad_x D(x)|| - 1)^2 at random points between real and fake images."""
+    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grads,) = torch.autograd.grad(discriminator(mixed, labels).sum(), mixed, create_graph=True)
+    return ((grads.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def bce_step(
+    generator: Generator,
+    discriminator: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> dict[str, float]:
+    """The seed's DCGAN step: one discriminator update, then one generator update on the same fakes."""
+    # (1) Update D: maximize log(D(x)) + log(1 - D(G(z))), real targets smoothed to 0.9
+    discriminator.zero_grad()
+    real_logits = discriminator(real, labels)
+    loss_real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, REAL_TARGET))
+    noise = torch.randn(real.size(0), generator.latent_dim, device=real.device)
+    fake = generator(noise, labels)
+    fake_logits = discriminator(fake.detach(), labels)
+    loss_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    loss_d = loss_real + loss_fake
+    loss_d.backward()
+    opt_d.step()
+
+    # (2) Update G: maximize log(D(G(z)))
+    generator.zero_grad()
+    gen_logits = discriminator(fake, labels)
+    loss_g = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
+    loss_g.backward()
+    opt_g.step()
+    return {
+        "loss_d": loss_d.item(),
+        "loss_g": loss_g.item(),
+        "d_real": torch.sigmoid(real_logits).mean().item(),
+        "d_fake": torch.sigmoid(fake_logits).mean().item(),
+    }
+
+
+def wgan_gp_step(
+    generator: Generator,
+    critic: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: torch.Tensor,
+    labels: torch.Tensor | None,
+    gp_weight: float,
+    update_generator: bool,
+) -> dict[str, float]:
+    """One critic update; a generator update too when `update_generator` (every n_critic-th step)."""
+    # (1) Update the critic: minimize D(G(z)) - D(x) + gp_weight * gradient penalty
+    critic.zero_grad()
+    noise = torch.randn(real.size(0), generator.latent_dim, device=real.device)
+    fake = generator(noise, labels).detach()
+    real_scores = critic(real, labels)
+    fake_scores = critic(fake, labels)
+    loss_d = fake_scores.mean() - real_scores.mean() + gp_weight * gradient_penalty(critic, real, fake, labels)
+    loss_d.backward()
+    opt_d.step()
+    stats = {"loss_d": loss_d.item(), "d_real": real_scores.mean().item(), "d_fake": fake_scores.mean().item()}
+
+    if update_generator:
+        # (2) Update G: maximize D(G(z))
+        generator.zero_grad()
+        noise = torch.randn(real.size(0), generator.latent_dim, device=real.device)
+        loss_g = -critic(generator(noise, labels), labels).mean()
+        loss_g.backward()
+        opt_g.step()
+        stats["loss_g"] = loss_g.item()
+    return stats
+
+
+def train_one_epoch(
+    generator: Generator,
+    discriminator: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    loader: DataLoader,
+    config: dict[str, Any],
+    epoch: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One pass over the data; returns the epoch's mean losses and discriminator outputs."""
+    generator.train()
+    discriminator.train()
+    sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
+    batches = generator_steps = 0
+    start = time.perf_counter()
+    for i, (real, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", leave=False)):
+        real = real.to(device, non_blocking=True)
+        labels = labels.to(device) if config["conditional"] else None
+        if config["loss"] == "bce":
+            stats = bce_step(generator, discriminator, opt_g, opt_d, real, labels)
+        else:
+            step = (epoch - 1) * len(loader) + i  # counted across epochs, so small datasets still train G
+            update_generator = step % config["n_critic"] == config["n_critic"] - 1
+            stats = wgan_gp_step(
+                generator, discriminator, opt_g, opt_d, real, labels, config["gp_weight"], update_generator
+            )
+        for key, value in stats.items():
+            sums[key] += value
+        batches += 1
+        generator_steps += "loss_g" in stats
+    seconds = time.perf_counter() - start
+    return {
+        "epoch": epoch,
+        "loss_d": sums["loss_d"] / batches,
+        "loss_g": sums["loss_g"] / generator_steps if generator_steps else None,
+        "d_real": sums["d_real"] / batches,
+        "d_fake": sums["d_fake"] / batches,
+        "seconds": seconds,
+    }
+
+
+def fixed_latents(config: dict[str, Any], count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The sample grid's latent batch, the same every epoch and after a resume; conditional: half each class."""
+    noise = torch.randn(count, config["latent_dim"], generator=torch.Generator().manual_seed(config["seed"]))
+    if not config["conditional"]:
+        return noise.to(device), None
+    labels = torch.arange(count) >= count // 2  # first half normal, second half pneumonia
+    return noise.to(device), labels.long().to(device)
+
+
+@torch.no_grad()
+def save_samples(generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None, path: Path, seed: int) -> None:
+    """A PNG grid of G(noise), drawn as generate-synthetic will draw (eval mode, fresh batch-norm statistics)."""
+    images = for_inference(generator, seed)(noise, labels)  # N x C x H x W in [-1, 1]
+    grid = make_grid(images.cpu(), nrow=8, padding=2, normalize=True, value_range=(-1, 1))  # 3 x H' x W' in [0, 1]
+    save_png((grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), path)
+
+
+def save_history(config: dict[str, Any], history: list[dict[str, Any]], path: Path) -> None:
+    atomic_write_bytes(path, json.dumps({"config": config, "epochs": history}, indent=2).encode())
+
+
+def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+    """Discriminator and generator loss per epoch."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    epochs = [row["epoch"] for row in history]
+    ax.plot(epochs, [row["loss_d"] for row in history], marker="o", label="discriminator")
+    g_losses = [math.nan if row["loss_g"] is None else row["loss_g"] for row in history]  # None: no G step
+    ax.plot(epochs, g_losses, marker="o", label="generator")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("GAN training losses")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointError if the checkpoint was trained with options that differ from the current ones."""
+    differing = sorted(
+        k for k in saved.keys() | current.keys() if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k)
+    )
+    if differing:
+        details = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differing)
+        raise CheckpointError(f"cannot resume from {path}: it was trained with other options ({details})")
+
+
+def save_training_state(
+    path: Path,
+    config: dict[str, Any],
+    generator: Generator,
+    discriminator: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    loader_rng: torch.Generator,
+    history: list[dict[str, Any]],
+) -> None:
+    """Everything an exact resume needs, written atomically: networks, optimizers, every RNG, the history."""
+    save_checkpoint(
+        path,
+        TRAINING_STATE,
+        config,
+        epoch=len(history),
+        generator=generator.state_dict(),
+        discriminator=discriminator.state_dict(),
+        optimizer_g=opt_g.state_dict(),
+        optimizer_d=opt_d.state_dict(),
+        history=history,
+        rng_state=rng_state(),
+        loader_rng_state=loader_rng.get_state(),
+    )
+
+
+def resume(
+    path: Path,
+    config: dict[str, Any],
+    generator: Generator,
+    discriminator: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    loader_rng: torch.Generator,
+) -> list[dict[str, Any]]:
+    """Restore the state save_training_state wrote (refusing other options); return the history so far."""
+    state = load_checkpoint(path, TRAINING_STATE)
+    check_resumable(state["config"], config, path)
+    if state["epoch"] > config["epochs"]:
+        raise ConfigError(f"{path} is at epoch {state['epoch']}, beyond --epochs {config['epochs']}")
+    generator.load_state_dict(state["generator"])
+    discriminator.load_state_dict(state["discriminator"])
+    opt_g.load_state_dict(state["optimizer_g"])
+    opt_d.load_state_dict(state["optimizer_d"])
+    set_rng_state(state["rng_state"])
+    loader_rng.set_state(state["loader_rng_state"])
+    log.info("resuming from %s after epoch %d", path, state["epoch"])
+    return state["history"]
+
+
+def main(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    config = training_config(args)
+    device = select_device(args.cpu)
+    gan_dir = Path(args.model_dir) / "gan"
+    checkpoint_path = gan_dir / "checkpoint_last.pth"
+    samples_dir = Path(args.output_dir) / "gan_images"
+    history_path = Path(args.results_dir) / "gan_training_history.json"
+    curve_path = Path(args.figures_dir) / "gan_loss_curve.png"
+
+    seed_everything(config["seed"])
+    images = training_images(config)
+    generator, discriminator = build_models(config, device)
+    betas = (config["beta1"], 0.9 if config["loss"] == "wgan-gp" else 0.999)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config["lr"], betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config["lr"], betas=betas)
+    loader_rng = torch.Generator().manual_seed(config["seed"])
+    loader = DataLoader(
+        TorchImageDataset(images, gan_transform(config["image_size"], config["num_channels"])),
+        batch_size=config["batch_size"],
+        shuffle=True,
+        num_workers=args.workers,
+        worker_init_fn=seed_worker,
+        generator=loader_rng,
+        pin_memory=device.type == "cuda",
+    )
+    noise, noise_labels = fixed_latents(config, args.vis_batch_size, device)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if args.resume:
+        history = resume(checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng)
+        start_epoch = len(history) + 1
+    elif checkpoint_path.exists():
+        log.warning("starting afresh; %s will be overwritten (use --resume to continue it)", checkpoint_path)
+
+    log.info("training %s GAN on %s for epochs %d..%d", config["loss"], device, start_epoch, config["epochs"])
+    for epoch in range(start_epoch, config["epochs"] + 1):
+        stats = train_one_epoch(generator, discriminator, opt_g, opt_d, loader, config, epoch, device)
+        history.append(stats)
+        loss_g = "-" if stats["loss_g"] is None else f"{stats['loss_g']:.4f}"  # None: no generator step yet
+        log.info(
+            "epoch %d/%d: loss_D %.4f loss_G %s D(x) %.4f D(G(z)) %.4f, %.1f images/s",
+            epoch,
+            config["epochs"],
+            stats["loss_d"],
+            loss_g,
+            stats["d_real"],
+            stats["d_fake"],
+            len(images) / stats["seconds"],
+        )
+        if epoch % args.sample_every == 0 or epoch == config["epochs"]:
+            save_samples(generator, noise, noise_labels, samples_dir / f"epoch_{epoch:03d}.png", config["seed"])
+        save_training_state(checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng, history)
+        save_history(config, history, history_path)
+
+    final = for_inference(generator, config["seed"])  # eval-ready batch-norm statistics
+    save_checkpoint(gan_dir / "generator_final.pth", "dcgan-generator", config, state_dict=final.state_dict())
+    save_checkpoint(
+        gan_dir / "discriminator_final.pth", "dcgan-discriminator", config, state_dict=discriminator.state_dict()
+    )
+    save_history(config, history, history_path)
+    plot_losses(history, curve_path)
+    print(f"generator: {gan_dir / 'generator_final.pth'}")
+    print(f"history: {history_path}  loss curve: {curve_path}  samples: {samples_dir}")
+    return 0

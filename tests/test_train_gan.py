@@ -103,6 +103,9 @@ def test_train_gan_writes_every_output(blob_npz: Path, tmp_path: Path) -> None:
     with Image.open(tmp_path / "results/figures/gan_loss_curve.png") as curve:
         curve.load()
         assert curve.width > 100
+    with Image.open(tmp_path / "results/figures/gan_real_vs_synthetic.png") as comparison:
+        comparison.load()
+        assert comparison.width > comparison.height  # two panels side by side
 
 
 def test_gan_learns_from_development_images_only(blob_npz: Path) -> None:

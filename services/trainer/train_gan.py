@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 REAL_TARGET = 0.9  # one-sided label smoothing for the BCE discriminator
 TRAINING_STATE = "gan-training-state"
 RESUME_MAY_CHANGE = {"epochs"}  # config keys a resumed run may change
+COMPARISON_FIGURE = "gan_real_vs_synthetic.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -341,6 +342,29 @@ def save_samples(generator: Generator, noise: torch.Tensor, labels: torch.Tensor
     save_png((grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy(), path)
 
 
+@torch.no_grad()
+def plot_real_vs_synthetic(
+    images: LabelledImages, config: dict[str, Any], generator: Generator, count: int, path: Path
+) -> None:
+    """Side by side: `count` training images (seeded draw) and `count` images of the final generator."""
+    transform = gan_transform(config["image_size"], config["num_channels"])
+    pick = np.random.default_rng(config["seed"]).choice(len(images), min(count, len(images)), replace=False)
+    real = torch.stack([transform(images.load(int(i))) for i in pick])  # N x C x H x W in [-1, 1]
+    noise, labels = fixed_latents(config, len(pick), next(generator.parameters()).device)
+    if labels is not None:  # show each fake beside the class mix of the real panel
+        labels = torch.as_tensor(images.labels[pick], device=labels.device)
+    fake = generator(noise, labels).cpu()
+    fig = Figure(figsize=(12, 6.4))
+    for ax, batch, title in zip(fig.subplots(1, 2), (real, fake), ("real (training set)", "synthetic"), strict=True):
+        grid = make_grid(batch, nrow=8, padding=2, normalize=True, value_range=(-1, 1))  # 3 x H' x W'
+        ax.imshow(grid.permute(1, 2, 0).numpy())
+        ax.set_title(title)
+        ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def save_history(config: dict[str, Any], history: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, json.dumps({"config": config, "epochs": history}, indent=2).encode())
 
@@ -486,6 +510,7 @@ def main(args: argparse.Namespace) -> int:
     )
     save_history(config, history, history_path)
     plot_losses(history, curve_path)
+    plot_real_vs_synthetic(images, config, final, args.vis_batch_size, Path(args.figures_dir) / COMPARISON_FIGURE)
     print(f"generator: {gan_dir / 'generator_final.pth'}")
     print(f"history: {history_path}  loss curve: {curve_path}  samples: {samples_dir}")
     return 0

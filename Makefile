@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= ../shared/data/pneumoniamnist
 PYTEST_ARGS ?=
 
-.PHONY: install test lint experiment-local clean
+.PHONY: install test lint proto experiment-local clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Regenerate the gRPC stubs in proto/gen from proto/pneumonia/v1/*.proto (commit both; a test checks they agree).
+proto: install
+	$(BIN)/python scripts/gen_proto.py
 
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""Generated gRPC contracts of the pneumonia services (scripts/gen_proto.py)."""

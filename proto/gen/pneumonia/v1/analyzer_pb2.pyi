@@ -1,0 +1,30 @@
+from pneumonia.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AnalyzeRequest(_message.Message):
+    __slots__ = ("metrics", "models", "synthetic", "output")
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    metrics: _common_pb2.ObjectPrefix
+    models: _common_pb2.ObjectPrefix
+    synthetic: _common_pb2.ObjectPrefix
+    output: _common_pb2.ObjectPrefix
+    def __init__(self, metrics: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., models: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ...) -> None: ...
+
+class AnalyzeResponse(_message.Message):
+    __slots__ = ("reports", "summary", "skipped")
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
+    summary: _common_pb2.ObjectRef
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reports: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., summary: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,67 @@
+"""Compile proto/pneumonia/v1/*.proto into the Python package `pneumonia.v1` under proto/gen (`make proto`).
+
+    python scripts/gen_proto.py              # regenerate proto/gen in place
+    python scripts/gen_proto.py --out DIR    # write the package under DIR instead (the staleness test)
+
+The protos are compiled with `-I proto`, so generated modules import each other as `pneumonia.v1.<name>_pb2`;
+pyproject.toml maps the package `pneumonia` to proto/gen/pneumonia. Output depends only on the protos and the
+grpcio-tools version, which pyproject.toml pins exactly, so the committed stubs are byte-stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "proto"
+PACKAGE = Path("pneumonia", "v1")
+DEFAULT_OUT = PROTO_ROOT / "gen"
+PACKAGE_DOCS = {
+    Path("pneumonia"): '"""Generated gRPC contracts of the pneumonia services (scripts/gen_proto.py)."""\n',
+    PACKAGE: '"""pneumonia.v1 messages and stubs, generated from proto/pneumonia/v1 by scripts/gen_proto.py."""\n',
+}
+
+
+def generate(out_dir: Path) -> list[Path]:
+    """Compile every .proto of proto/pneumonia/v1 into `out_dir`/pneumonia/v1; return the files there."""
+    protos = sorted((PROTO_ROOT / PACKAGE).glob("*.proto"))
+    if not protos:
+        raise FileNotFoundError(f"no .proto files in {PROTO_ROOT / PACKAGE}")
+    package_dir = out_dir / PACKAGE
+    if package_dir.exists():
+        shutil.rmtree(package_dir)  # a deleted .proto must not leave its stubs behind
+    package_dir.mkdir(parents=True)
+    well_known = resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *(str(proto.relative_to(PROTO_ROOT)) for proto in protos),
+    ]
+    if protoc.main(args) != 0:
+        raise RuntimeError(f"protoc failed on {', '.join(p.name for p in protos)}")
+    for package, doc in PACKAGE_DOCS.items():
+        (out_dir / package / "__init__.py").write_text(doc)
+    return sorted(package_dir.iterdir())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory that receives pneumonia/v1/")
+    args = parser.parse_args(argv)
+    written = generate(args.out.resolve())
+    print(f"wrote {len(written)} files under {args.out / PACKAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Generator service settings, read from environment variables (the object store: shared.storage.config).
+
+    PNEUMONIA_GENERATOR_HOST         address both servers listen on         default: 127.0.0.1
+    PNEUMONIA_GENERATOR_GRPC_PORT    gRPC port (0: any free port)           default: 50052
+    PNEUMONIA_GENERATOR_HTTP_PORT    HTTP port (0: any free port)           default: 8082
+    PNEUMONIA_GENERATOR_MAX_IMAGES   most images one request may ask for    default: 10000
+    PNEUMONIA_GENERATOR_BATCH_SIZE   images per forward pass when a         default: 64
+                                     request leaves batch_size at 0
+    PNEUMONIA_GENERATOR_DEVICE       auto | cpu | cuda (auto: CUDA if any)  default: auto
+    PNEUMONIA_GENERATOR_WORKERS      gRPC worker threads                    default: 8
+    PNEUMONIA_GENERATOR_GRACE        seconds calls in flight may take to    default: 30
+                                     finish after SIGTERM
+    PNEUMONIA_SYNTHETIC_BUCKET       bucket the images are stored in        default: synthetic
+    PNEUMONIA_MODELS_BUCKET          bucket of generator checkpoints when   default: models
+                                     a request names none
+
+An empty variable counts as unset. Listening on 0.0.0.0 (in a container) is an explicit choice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from shared.errors import ConfigError
+from shared.runtime import select_device
+from shared.storage import InvalidKeyError
+from shared.storage.base import validate_bucket
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The generator service's settings; see the module docstring for the variables and defaults."""
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 50052
+    http_port: int = 8082
+    max_images: int = 10000
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int = 8
+    grace: float = 30.0
+    synthetic_bucket: str = "synthetic"
+    models_bucket: str = "models"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"PNEUMONIA_GENERATOR_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name, bucket in (
+            ("PNEUMONIA_SYNTHETIC_BUCKET", self.synthetic_bucket),
+            ("PNEUMONIA_MODELS_BUCKET", self.models_bucket),
+        ):
+            try:
+                validate_bucket(bucket)
+            except InvalidKeyError as exc:
+                raise ConfigError(f"{name}: {exc}") from exc
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GeneratorConfig:
+        """Read the variables (from `environ`, default os.environ); ConfigError naming a bad one."""
+        env = {name: value for name, value in (os.environ if environ is None else environ).items() if value}
+        defaults = cls()
+        return cls(
+            host=env.get("PNEUMONIA_GENERATOR_HOST", defaults.host),
+            grpc_port=_int(env, "PNEUMONIA_GENERATOR_GRPC_PORT", defaults.grpc_port, 0, 65535),
+            http_port=_int(env, "PNEUMONIA_GENERATOR_HTTP_PORT", defaults.http_port, 0, 65535),
+            max_images=_int(env, "PNEUMONIA_GENERATOR_MAX_IMAGES", defaults.max_images, 1),
+            batch_size=_int(env, "PNEUMONIA_GENERATOR_BATCH_SIZE", defaults.batch_size, 1),
+            device=env.get("PNEUMONIA_GENERATOR_DEVICE", defaults.device),
+            workers=_int(env, "PNEUMONIA_GENERATOR_WORKERS", defaults.workers, 1),
+            grace=_float(env, "PNEUMONIA_GENERATOR_GRACE", defaults.grace),
+            synthetic_bucket=env.get("PNEUMONIA_SYNTHETIC_BUCKET", defaults.synthetic_bucket),
+            models_bucket=env.get("PNEUMONIA_MODELS_BUCKET", defaults.models_bucket),
+        )
+
+    def torch_device(self) -> torch.device:
+        """The device to generate on; ConfigError when 'cuda' is asked for and there is none."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("PNEUMONIA_GENERATOR_DEVICE=cuda, but CUDA is not available here")
+        return select_device(force_cpu=self.device == "cpu")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
+    return number
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None or not number >= 0:  # `not >=` also rejects nan
+        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+    return number

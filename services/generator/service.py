@@ -1,0 +1,326 @@
+"""The generator service: labelled synthetic chest X-rays from a stored DCGAN checkpoint, stored in object storage.
+
+One implementation, `SyntheticImageService.generate`, serves both front ends: the gRPC GeneratorService below and
+the HTTP API (services.generator.http_api).
+
+Where a result goes, in the synthetic bucket (`prefix` below):
+    [OUTPUT_PREFIX/]<checkpoint sha256, 16 hex digits>/<normal|pneumonia>/seed-<SEED>-count-<COUNT>/
+        synthetic_<label>_<index:06d>.png     the images (generate-synthetic's names and bytes)
+        manifest.csv                          file,label,seed,index,generator_sha256 (shared.synthetic)
+
+The prefix is a function of the request (checkpoint bytes, label, seed, count) and image i's latent is seeded by
+(seed, i), so a repeated request yields the same objects; when the prefix already holds a manifest that matches the
+request, the stored result is returned without generating (`reused`). Nothing is ever half-written: every image is
+uploaded before the manifest, and a prefix without manifest.csv is never a result (a failed or cancelled request
+may leave images there; the next identical request overwrites them with the same bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import tempfile
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pneumonia.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+
+from services.generator.config import GeneratorConfig
+from services.generator.generate_synthetic import generate_images
+from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA
+from shared.errors import CheckpointError, ConfigError, DatasetError
+from shared.grpc_service import ensure_active, rpc_method
+from shared.storage import InvalidKeyError, NotFoundError, ObjectRef, ObjectStore, StorageUnavailableError
+from shared.storage.base import object_uri, validate_key
+from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+MAX_BATCH_SIZE = 1024
+MAX_SEED = 2**63 - 1
+PREFIX_DIGEST_CHARS = 16  # 64 bits of the checkpoint's sha256 name the prefix; the manifest holds all of it
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate, independent of the front end (see GenerateRequest in generator.proto)."""
+
+    checkpoint_key: str
+    label: int  # NORMAL or PNEUMONIA
+    count: int
+    seed: int = 0
+    batch_size: int = 0  # 0: the service's default
+    checkpoint_bucket: str = ""  # "": the service's models bucket
+    checkpoint_sha256: str = ""  # "": whatever is stored
+    output_prefix: str = ""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The stored images (manifest order), the manifest, their prefix and whether an earlier result was reused."""
+
+    images: list[ObjectRef]
+    manifest: ObjectRef
+    prefix: str
+    reused: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """`done` of `total` images finished in `phase` ('generating' or 'uploading')."""
+
+    phase: str
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[Progress], None]  # runs between batches and uploads; raising stops the work
+
+
+def _no_progress(progress: Progress) -> None:
+    """The default ProgressCallback: nobody listens."""
+
+
+class SyntheticImageService:
+    """Generates into a temp dir with the GAN engineer's generate_images and stores the result idempotently."""
+
+    def __init__(self, config: GeneratorConfig, store: ObjectStore) -> None:
+        self.config = config
+        self.store = store
+        self.device = config.torch_device()
+        # Identical requests in this process run one after the other, so the second reuses the first's result.
+        self._prefix_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+
+    def validate(self, request: GenerationRequest) -> None:
+        """ConfigError (or InvalidKeyError) naming the first field that cannot work."""
+        if not 1 <= request.count <= self.config.max_images:
+            raise ConfigError(
+                f"count must be between 1 and {self.config.max_images} (PNEUMONIA_GENERATOR_MAX_IMAGES), "
+                f"got {request.count}"
+            )
+        if request.label not in CLASS_NAMES:
+            raise ConfigError(f"label must be {NORMAL} (normal) or {PNEUMONIA} (pneumonia), got {request.label!r}")
+        if not 0 <= request.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {request.seed}")
+        if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(
+                f"batch_size must be between 0 (the default) and {MAX_BATCH_SIZE}, got {request.batch_size}"
+            )
+        if not request.checkpoint_key:
+            raise ConfigError("checkpoint key is required (the generator checkpoint's object key)")
+        validate_key(request.checkpoint_key)
+        if request.output_prefix:
+            try:
+                validate_key(request.output_prefix.rstrip("/"))
+            except InvalidKeyError as exc:
+                raise InvalidKeyError(f"output_prefix {request.output_prefix!r}: {exc}") from exc
+
+    def result_prefix(self, request: GenerationRequest, checkpoint_sha256: str) -> str:
+        """The request's deterministic key prefix in the synthetic bucket, ending in '/'."""
+        base = f"{request.output_prefix.rstrip('/')}/" if request.output_prefix else ""
+        return (
+            f"{base}{checkpoint_sha256[:PREFIX_DIGEST_CHARS]}/{CLASS_NAMES[request.label]}/"
+            f"seed-{request.seed}-count-{request.count}/"
+        )
+
+    def generate(self, request: GenerationRequest, on_progress: ProgressCallback = _no_progress) -> GenerationResult:
+        """Generate and store the requested images, or return the identical request's stored result.
+
+        Raises ConfigError/InvalidKeyError (bad request), NotFoundError (no such checkpoint), CheckpointError (not
+        a generator checkpoint, changed sha256, or a label it does not generate), StorageUnavailableError (storage
+        down; no manifest is written), or whatever `on_progress` raises to stop the work.
+        """
+        self.validate(request)
+        bucket = request.checkpoint_bucket or self.config.models_bucket
+        checkpoint = self.store.stat(bucket, request.checkpoint_key)
+        if request.checkpoint_sha256 and request.checkpoint_sha256 != checkpoint.sha256:
+            raise CheckpointError(
+                f"{checkpoint.uri} has sha256 {checkpoint.sha256}, not the requested {request.checkpoint_sha256}: "
+                "it was replaced since the reference was taken"
+            )
+        prefix = self.result_prefix(request, checkpoint.sha256)
+        with self._lock_for(prefix):
+            self.store.ensure_bucket(self.config.synthetic_bucket)
+            stored = self._stored_result(prefix, request, checkpoint.sha256)
+            if stored is not None:
+                log.info("reusing stored result", extra={"prefix": prefix, "images": len(stored.images)})
+                return stored
+            with tempfile.TemporaryDirectory(prefix="pneumonia-generator-") as tmp:
+                images_dir = Path(tmp, "images")
+                rows = self._generate_locally(request, checkpoint, Path(tmp, "generator.pth"), images_dir, on_progress)
+                return self._upload(prefix, images_dir, rows, on_progress)
+
+    def _lock_for(self, prefix: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._prefix_locks[prefix]
+
+    def _generate_locally(
+        self,
+        request: GenerationRequest,
+        checkpoint: ObjectRef,
+        checkpoint_path: Path,
+        images_dir: Path,
+        on_progress: ProgressCallback,
+    ) -> list[ManifestRow]:
+        """Download the checkpoint (sha256-verified) and write the PNGs and manifest.csv to `images_dir`."""
+        downloaded = self.store.get_file(checkpoint.bucket, checkpoint.key, checkpoint_path)
+        if downloaded.sha256 != checkpoint.sha256:
+            raise CheckpointError(f"{checkpoint.uri} was replaced while it was being read; retry the request")
+        log.info("generating", extra={"checkpoint": checkpoint.uri, "count": request.count, "seed": request.seed})
+        try:
+            return generate_images(
+                checkpoint_path,
+                images_dir,
+                request.count,
+                request.label,
+                request.seed,
+                request.batch_size or self.config.batch_size,
+                self.device,
+                on_batch=lambda done: on_progress(Progress("generating", done, request.count)),
+            )
+        except (CheckpointError, ConfigError) as exc:  # name the stored object, not this container's temp file
+            raise type(exc)(str(exc).replace(str(checkpoint_path), checkpoint.uri)) from exc
+
+    def _upload(
+        self, prefix: str, images_dir: Path, rows: list[ManifestRow], on_progress: ProgressCallback
+    ) -> GenerationResult:
+        """Store every image, then (last) the manifest."""
+        bucket = self.config.synthetic_bucket
+        images: list[ObjectRef] = []
+        try:
+            for row in rows:
+                images.append(self.store.put_file(bucket, prefix + row.file, images_dir / row.file, "image/png"))
+                on_progress(Progress("uploading", len(images), len(rows)))
+            manifest = self.store.put_file(bucket, prefix + MANIFEST_NAME, images_dir / MANIFEST_NAME, "text/csv")
+        except StorageUnavailableError as exc:
+            raise StorageUnavailableError(
+                f"storing {object_uri(bucket, prefix)} failed after {len(images)} of {len(rows)} images, before the "
+                f"manifest, so it is not a result; retry the request. {exc}"
+            ) from exc
+        log.info("stored result", extra={"prefix": prefix, "images": len(images)})
+        return GenerationResult(images, manifest, prefix, reused=False)
+
+    def _stored_result(
+        self, prefix: str, request: GenerationRequest, checkpoint_sha256: str
+    ) -> GenerationResult | None:
+        """The result already under `prefix` if its manifest matches the request, else None.
+
+        A manifest that does not match is deleted, so that the prefix is no result while it is rewritten.
+        """
+        bucket = self.config.synthetic_bucket
+        with tempfile.TemporaryDirectory(prefix="pneumonia-manifest-") as tmp:
+            try:
+                manifest = self.store.get_file(bucket, prefix + MANIFEST_NAME, Path(tmp, MANIFEST_NAME))
+            except NotFoundError:
+                return None
+            try:
+                rows = read_manifest(tmp)
+                problem = _mismatch(rows, request, checkpoint_sha256)
+                images = [] if problem else [self.store.stat(bucket, prefix + row.file) for row in rows]
+            except (DatasetError, NotFoundError) as exc:
+                problem = str(exc)
+        if problem:
+            log.warning("replacing a stored manifest: %s", problem, extra={"prefix": prefix})
+            self.store.delete(bucket, prefix + MANIFEST_NAME)
+            return None
+        return GenerationResult(images, manifest, prefix, reused=True)
+
+
+def _mismatch(rows: list[ManifestRow], request: GenerationRequest, checkpoint_sha256: str) -> str:
+    """Why a stored manifest is not the result of `request` ('' when it is)."""
+    if sorted(row.index for row in rows) != list(range(request.count)):
+        return f"it lists indices other than 0..{request.count - 1}"
+    for row in rows:
+        if (row.label, row.seed, row.generator_sha256) != (request.label, request.seed, checkpoint_sha256):
+            return f"{row.file} has label {row.label}, seed {row.seed}, generator {row.generator_sha256}"
+    return ""
+
+
+# ---------------------------------------------------------------- gRPC front end
+
+PROTO_LABELS = {common_pb2.LABEL_NORMAL: NORMAL, common_pb2.LABEL_PNEUMONIA: PNEUMONIA}
+PHASES = {"generating": generator_pb2.GENERATE_PHASE_GENERATING, "uploading": generator_pb2.GENERATE_PHASE_UPLOADING}
+
+
+def request_from_proto(message: generator_pb2.GenerateRequest) -> GenerationRequest:
+    """The front-end-independent request; ConfigError for a label that is not NORMAL or PNEUMONIA."""
+    if message.label not in PROTO_LABELS:
+        raise ConfigError(f"label must be LABEL_NORMAL or LABEL_PNEUMONIA, got {message.label}")
+    return GenerationRequest(
+        checkpoint_key=message.checkpoint.key,
+        label=PROTO_LABELS[message.label],
+        count=message.count,
+        seed=message.seed,
+        batch_size=message.batch_size,
+        checkpoint_bucket=message.checkpoint.bucket,
+        checkpoint_sha256=message.checkpoint.sha256,
+        output_prefix=message.output_prefix,
+    )
+
+
+def ref_to_proto(ref: ObjectRef) -> common_pb2.ObjectRef:
+    return common_pb2.ObjectRef(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, size=ref.size)
+
+
+def response_to_proto(result: GenerationResult) -> generator_pb2.GenerateResponse:
+    return generator_pb2.GenerateResponse(
+        images=[ref_to_proto(ref) for ref in result.images],
+        manifest=ref_to_proto(result.manifest),
+        prefix=result.prefix,
+        reused=result.reused,
+    )
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
+    """pneumonia.v1.GeneratorService over SyntheticImageService; stops work once the caller has gone."""
+
+    def __init__(self, service: SyntheticImageService) -> None:
+        self.service = service
+
+    @rpc_method
+    def Generate(
+        self, request: generator_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> generator_pb2.GenerateResponse:
+        result = self.service.generate(request_from_proto(request), on_progress=lambda _: ensure_active(context))
+        return response_to_proto(result)
+
+    @rpc_method
+    def GenerateStream(
+        self, request: generator_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[generator_pb2.GenerateProgress]:
+        generation = request_from_proto(request)
+        events: queue.Queue[Any] = queue.Queue()  # Progress, then a GenerationResult or an exception
+
+        def report(progress: Progress) -> None:
+            ensure_active(context)
+            events.put(progress)
+
+        def work() -> None:
+            try:
+                events.put(self.service.generate(generation, on_progress=report))
+            except Exception as exc:  # re-raised below, in the RPC's thread
+                events.put(exc)
+
+        threading.Thread(target=work, name="generate-stream", daemon=True).start()
+        while True:
+            event = events.get()
+            if isinstance(event, Exception):
+                raise event
+            if isinstance(event, GenerationResult):
+                yield generator_pb2.GenerateProgress(
+                    phase=generator_pb2.GENERATE_PHASE_DONE,
+                    images_done=len(event.images),
+                    images_total=generation.count,
+                    result=response_to_proto(event),
+                )
+                return
+            yield generator_pb2.GenerateProgress(
+                phase=PHASES[event.phase], images_done=event.done, images_total=event.total
+            )

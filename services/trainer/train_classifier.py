@@ -1,0 +1,542 @@
+"""Train the pneumonia classifier with one strategy and patient-level cross-validation.
+
+Strategies: baseline (real images only); augmented (--use-synthetic: real + every synthetic image, each epoch);
+curriculum (--use-synthetic --use-curriculum: the synthetic share of each epoch's samples follows
+--curriculum-schedule). The hold-out test set is fixed first (patient-level, seeded); the rest is split into k
+patient-level folds (k = 1: one train/validation split). Synthetic images only ever enter training folds.
+Each fold model is evaluated on its validation fold and on the hold-out; the fold model with the best validation
+AUROC becomes the strategy's model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from shared.curriculum import Schedule, parse_schedule, ratio_at, synthetic_count
+from shared.datasets import DATASETS, LabelledImages, TorchImageDataset, load_dataset
+from shared.errors import ConfigError, DatasetError
+from shared.images import atomic_write_bytes
+from shared.metrics import binary_metrics, summarize_folds
+from shared.models.classifier import (
+    ARCHS,
+    build_classifier,
+    classifier_config,
+    classifier_transform,
+    save_classifier,
+    set_train_mode,
+)
+from shared.runtime import seed_everything, select_device
+from shared.splits import develop_and_holdout, holdout_indices, patient_kfold
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_PREFIX = "synthetic-"  # patient id prefix of every synthetic image (shared.synthetic.load_synthetic)
+Progress = Callable[[dict[str, Any]], None]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # The seed's flags and defaults.
+    parser.add_argument("--data-dir", default="./data/processed", help="dataset location")
+    parser.add_argument("--synthetic-dir", default="./data/synthetic", help="synthetic images (generate-synthetic)")
+    parser.add_argument("--model-dir", default="./models", help="where classifier checkpoints go")
+    parser.add_argument("--results-dir", default="./results/metrics", help="where the metrics JSON files go")
+    parser.add_argument("--figures-dir", default="./results/figures", help="where the plots go")
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs per fold")
+    parser.add_argument("--batch-size", type=int, default=32, help="mini-batch size")
+    parser.add_argument("--lr", type=float, default=0.001, help="learning rate (max lr with --scheduler onecycle)")
+    parser.add_argument("--unfreeze", action="store_true", help="train the whole network, not only the head")
+    parser.add_argument("--k-folds", type=int, default=5, help="cross-validation folds (1: one train/val split)")
+    parser.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    parser.add_argument("--use-synthetic", action="store_true", help="add synthetic images to the training folds")
+    parser.add_argument(
+        "--use-curriculum", action="store_true", help="raise the synthetic share per epoch (needs --use-synthetic)"
+    )
+    parser.add_argument(
+        "--curriculum-schedule",
+        default="0:0.0, 5:0.25, 10:0.5",
+        help="EPOCH:RATIO, ...: share of an epoch's samples that are synthetic, from that 0-based epoch on",
+    )
+    parser.add_argument("--cpu", action="store_true", help="force CPU even where CUDA is available")
+    # Additions.
+    parser.add_argument("--dataset", choices=DATASETS, default="rsna", help="dataset source")
+    parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="ResNet architecture")
+    parser.add_argument(
+        "--weights", default="imagenet", help="'imagenet' (local torch hub cache only), 'none' or a checkpoint path"
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="input size (<= 64: small-input stem)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="input channels")
+    parser.add_argument("--seed", type=int, default=0, help="seed for folds, subsets, initialisation and sampling")
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="seeded stratified patient-level subset of the development set"
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.15, help="share of patients for validation when --k-folds 1"
+    )
+    parser.add_argument(
+        "--class-balance",
+        choices=("weighted-loss", "sampler", "none"),
+        default="weighted-loss",
+        help="counter class imbalance with inverse class frequencies of the real training fold",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=("none", "onecycle"),
+        default="none",
+        help="none: Adam at --lr (the seed); onecycle: AdamW + OneCycleLR with max lr --lr",
+    )
+
+
+def strategy_name(args: argparse.Namespace) -> str:
+    if args.use_curriculum:
+        return "curriculum"
+    return "augmented" if args.use_synthetic else "baseline"
+
+
+def check_args(args: argparse.Namespace) -> Schedule | None:
+    """Reject option values that cannot work; return the curriculum schedule (None without --use-curriculum)."""
+    if args.use_curriculum and not args.use_synthetic:
+        raise ConfigError("--use-curriculum schedules synthetic images: add --use-synthetic")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--k-folds", args.k_folds)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if args.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {args.lr}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if args.image_size < 8:
+        raise ConfigError(f"--image-size must be at least 8, got {args.image_size}")
+    if args.k_folds == 1 and not 0.0 < args.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images must be at least 1, got {args.max_images}")
+    return parse_schedule(args.curriculum_schedule) if args.use_curriculum else None
+
+
+def assert_real_only(images: LabelledImages, where: str) -> None:
+    """Validation folds and the hold-out must never hold a synthetic image."""
+    synthetic = [pid for pid in images.patient_ids if pid.startswith(SYNTHETIC_PREFIX)]
+    if synthetic:
+        raise RuntimeError(f"{len(synthetic)} synthetic images in the {where} (e.g. {synthetic[0]}): refusing to go on")
+
+
+def load_synthetic_pool(directory: str) -> LabelledImages:
+    """The synthetic images; each must carry the synthetic patient id prefix so that it can be kept out of
+    evaluation."""
+    from shared.synthetic import load_synthetic
+
+    pool = load_synthetic(directory)
+    if not all(pid.startswith(SYNTHETIC_PREFIX) for pid in pool.patient_ids):
+        raise DatasetError(f"{directory}: synthetic images must have patient ids starting with {SYNTHETIC_PREFIX!r}")
+    return pool
+
+
+def subsample(images: LabelledImages, max_images: int, seed: int) -> LabelledImages:
+    """A seeded, class-stratified, patient-level subset of about `max_images` images (all of them if fewer)."""
+    if max_images >= len(images):
+        return images
+    try:
+        _, kept = holdout_indices(images.patient_ids, images.labels, fraction=max_images / len(images), seed=seed)
+    except ConfigError as exc:
+        raise ConfigError(f"--max-images {max_images} is too small to keep patients of both classes") from exc
+    return images.subset(kept)
+
+
+def fold_indices(
+    develop: LabelledImages, k: int, val_fraction: float, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) image indices into `develop`: k patient-level folds, or one split for k = 1."""
+    if k == 1:
+        return [holdout_indices(develop.patient_ids, develop.labels, fraction=val_fraction, seed=seed)]
+    return patient_kfold(develop.patient_ids, develop.labels, k, seed=seed)
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Inverse class frequencies, n / (2 n_c), so that both classes weigh as much in total."""
+    counts = np.bincount(labels, minlength=2)
+    if (counts == 0).any():
+        raise DatasetError(f"a training fold lacks a class (counts normal/pneumonia = {counts.tolist()})")
+    return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32)
+
+
+def synthetic_plan(strategy: str, epochs: int, n_real: int, pool_size: int, schedule: Schedule | None) -> list[int]:
+    """How many synthetic samples each epoch of a fold draws."""
+    if strategy == "baseline":
+        return [0] * epochs
+    if strategy == "augmented":
+        return [pool_size] * epochs
+    assert schedule is not None
+    return [synthetic_count(ratio_at(schedule, epoch), n_real, pool_size) for epoch in range(epochs)]
+
+
+def training_loader(
+    real: LabelledImages,
+    synthetic: LabelledImages | None,
+    transform: Callable,
+    args: argparse.Namespace,
+    weights: torch.Tensor,
+) -> DataLoader:
+    """One epoch's training data: the real training fold plus the synthetic images drawn for it."""
+    datasets: list[Dataset] = [TorchImageDataset(real, transform)]
+    labels = [real.labels]
+    if synthetic is not None and len(synthetic):
+        datasets.append(TorchImageDataset(synthetic, transform))
+        labels.append(synthetic.labels)
+    dataset = ConcatDataset(datasets)
+    sampler = None
+    if args.class_balance == "sampler":
+        sample_weights = weights[torch.from_numpy(np.concatenate(labels))].double()
+        sampler = WeightedRandomSampler(sample_weights, num_samples=len(dataset), replacement=True)
+    return DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=args.workers,
+        pin_memory=torch.cuda.is_available() and not args.cpu,
+    )
+
+
+def evaluation_loader(images: LabelledImages, transform: Callable, args: argparse.Namespace) -> DataLoader:
+    return DataLoader(
+        TorchImageDataset(images, transform),
+        batch_size=args.batch_size,
+        shuffle=False,
+        num_workers=args.workers,
+        pin_memory=torch.cuda.is_available() and not args.cpu,
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    desc: str,
+) -> tuple[float, float]:
+    """One pass over `loader`; (mean training loss, training accuracy)."""
+    set_train_mode(model)
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in tqdm(loader, desc=desc, leave=False):
+        images, labels = images.to(device), labels.to(device)  # batch x C x S x S, batch
+        logits = model(images)  # batch x 2
+        loss = criterion(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        seen += len(labels)
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, P(pneumonia), mean unweighted cross-entropy) over `loader`, in eval mode."""
+    model.eval()
+    labels, probabilities, total_loss = [], [], 0.0
+    for images, targets in tqdm(loader, desc="evaluate", leave=False):
+        logits = model(images.to(device))  # batch x 2
+        total_loss += nn.functional.cross_entropy(logits, targets.to(device), reduction="sum").item()
+        probabilities.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+        labels.append(targets.numpy())
+    y_true = np.concatenate(labels)
+    return y_true, np.concatenate(probabilities), total_loss / len(y_true)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, dict[str, Any]]:
+    """(mean unweighted cross-entropy, binary_metrics) of `model` on `loader`."""
+    y_true, p_pneumonia, loss = predict(model, loader, device)
+    return loss, binary_metrics(y_true, p_pneumonia)
+
+
+def train_fold(
+    fold: int,
+    train_real: LabelledImages,
+    val: LabelledImages,
+    pool: LabelledImages | None,
+    config: dict[str, Any],
+    args: argparse.Namespace,
+    schedule: Schedule | None,
+    device: torch.device,
+    report: Callable[[dict[str, Any]], None],
+) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
+    """Train one fold's model; (model, history per epoch, validation metrics after the last epoch)."""
+    seed_everything(args.seed + fold)
+    strategy = config["strategy"]
+    model = build_classifier(
+        args.arch, 2, args.channels, args.image_size, args.weights, freeze_backbone=not args.unfreeze
+    ).to(device)
+    weights = class_weights(train_real.labels)
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if args.class_balance == "weighted-loss" else None)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    plan = synthetic_plan(strategy, args.epochs, len(train_real), len(pool) if pool is not None else 0, schedule)
+    if args.scheduler == "onecycle":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(parameters, lr=args.lr)
+        total_steps = sum(math.ceil((len(train_real) + n) / args.batch_size) for n in plan)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
+    else:
+        optimizer, scheduler = torch.optim.Adam(parameters, lr=args.lr), None
+
+    train_transform, eval_transform = classifier_transform(config, train=True), classifier_transform(config, False)
+    val_loader = evaluation_loader(val, eval_transform, args)
+    rng = np.random.default_rng([args.seed, fold])  # which synthetic images each epoch draws
+    history: list[dict[str, Any]] = []
+    val_metrics: dict[str, Any] = {}
+    for epoch, n_synthetic in enumerate(plan):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        drawn = None
+        if n_synthetic:
+            assert pool is not None
+            drawn = pool.subset(np.sort(rng.choice(len(pool), size=n_synthetic, replace=False)))
+        loader = training_loader(train_real, drawn, train_transform, args, weights)
+        desc = f"{strategy} fold {fold} epoch {epoch + 1}/{args.epochs}"
+        train_loss, train_acc = train_one_epoch(model, loader, criterion, optimizer, scheduler, device, desc)
+        val_loss, val_metrics = evaluate(model, val_loader, device)
+        entry = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": val_loss,
+            "val_acc": val_metrics["accuracy"],
+            "val_auroc": val_metrics["auroc"],
+            "synthetic_ratio": n_synthetic / (n_synthetic + len(train_real)),
+            "n_real": len(train_real),
+            "n_synthetic": n_synthetic,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(entry)
+        auroc = "n/a" if entry["val_auroc"] is None else f"{entry['val_auroc']:.3f}"
+        log.info(
+            "%s: train loss %.4f acc %.3f | val loss %.4f acc %.3f AUROC %s | synthetic %.0f%% | %.0f s",
+            desc,
+            train_loss,
+            train_acc,
+            val_loss,
+            entry["val_acc"],
+            auroc,
+            100 * entry["synthetic_ratio"],
+            entry["seconds"],
+        )
+        report(entry)
+    return model, history, val_metrics
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_training_curves(strategy: str, folds: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch: one colour per fold, solid = training, dashed = validation."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for fold in folds:
+        epochs = [e["epoch"] + 1 for e in fold["epochs"]]
+        (line,) = ax_loss.plot(epochs, [e["train_loss"] for e in fold["epochs"]], label=f"fold {fold['fold']} train")
+        ax_loss.plot(
+            epochs,
+            [e["val_loss"] for e in fold["epochs"]],
+            "--",
+            color=line.get_color(),
+            label=f"fold {fold['fold']} val",
+        )
+        ax_acc.plot(epochs, [e["train_acc"] for e in fold["epochs"]], color=line.get_color())
+        ax_acc.plot(epochs, [e["val_acc"] for e in fold["epochs"]], "--", color=line.get_color())
+    ax_loss.set(title=f"{strategy}: loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.set(title=f"{strategy}: accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.legend(fontsize="small")
+    save_figure(fig, path)
+
+
+def plot_synthetic_ratio(strategy: str, folds: list[dict[str, Any]], schedule: Schedule, path: Path) -> None:
+    """The synthetic share per epoch: scheduled (line) and used (markers; lower when the pool runs out)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [e["epoch"] for e in folds[0]["epochs"]]
+    ax.plot(
+        [e + 1 for e in epochs], [ratio_at(schedule, e) for e in epochs], "k--", drawstyle="steps-mid", label="schedule"
+    )
+    for fold in folds:
+        used = [e["synthetic_ratio"] for e in fold["epochs"]]
+        ax.plot([e + 1 for e in epochs], used, "o", alpha=0.7, label=f"fold {fold['fold']} used")
+    ax.set(
+        title=f"{strategy}: synthetic share of training samples", xlabel="epoch", ylabel="synthetic ratio", ylim=(0, 1)
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize="small")
+    save_figure(fig, path)
+
+
+CV_PLOT_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
+
+
+def plot_cv_metrics(strategy: str, fold_metrics: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    """Validation metrics: mean over folds (bars, 95% CI whiskers) and each fold (dots)."""
+    import matplotlib.pyplot as plt
+
+    names = [n for n in CV_PLOT_METRICS if summary["average"].get(n) is not None]
+    means = [summary["average"][n] for n in names]
+    yerr = None
+    if len(fold_metrics) > 1:  # 95% CI of the mean as asymmetric whiskers: 2 x metrics
+        yerr = np.array(
+            [[m - summary["ci95"][n][0], summary["ci95"][n][1] - m] for n, m in zip(names, means, strict=True)]
+        ).T
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(names, means, yerr=yerr, capsize=4, color="lightsteelblue")
+    for fold in fold_metrics:
+        ax.plot(names, [fold[n] if fold[n] is not None else np.nan for n in names], "k.", alpha=0.6)
+    ax.set(title=f"{strategy}: validation metrics over {len(fold_metrics)} fold(s)", ylim=(0, 1.05))
+    save_figure(fig, path)
+
+
+def run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Every command-line option (JSON values only)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))}
+
+
+def train_strategy(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
+    """Train and evaluate one strategy end to end; write checkpoints, metrics and figures; return the final metrics.
+
+    `progress`, when given, is called after every epoch with {"strategy", "fold", "num_folds", "epochs"} and the
+    epoch's history entry.
+    """
+    schedule = check_args(args)
+    strategy = strategy_name(args)
+    device = select_device(args.cpu)
+    seed_everything(args.seed)
+
+    develop, holdout = develop_and_holdout(load_dataset(args.dataset, args.data_dir))
+    assert_real_only(develop, "development set")
+    assert_real_only(holdout, "hold-out test set")
+    if args.max_images is not None:
+        develop = subsample(develop, args.max_images, args.seed)
+    pool = load_synthetic_pool(args.synthetic_dir) if args.use_synthetic else None
+    folds = fold_indices(develop, args.k_folds, args.val_fraction, args.seed)
+    log.info(
+        "%s: %d development images (%s), %d hold-out, %d synthetic in the pool, %d fold(s), %s on %s",
+        strategy,
+        len(develop),
+        develop.class_counts(),
+        len(holdout),
+        len(pool) if pool is not None else 0,
+        len(folds),
+        args.arch,
+        device,
+    )
+
+    config = classifier_config(args.arch, args.channels, args.image_size, strategy, args.weights)
+    holdout_loader = evaluation_loader(holdout, classifier_transform(config, train=False), args)
+    model_dir, results_dir, figures_dir = Path(args.model_dir), Path(args.results_dir), Path(args.figures_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+
+    fold_histories: list[dict[str, Any]] = []
+    val_per_fold: list[dict[str, Any]] = []
+    holdout_per_fold: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    for fold, (train_idx, val_idx) in enumerate(folds, start=1):
+        train_real, val = develop.subset(train_idx), develop.subset(val_idx)
+        assert_real_only(val, f"validation fold {fold}")
+
+        def report(entry: dict[str, Any], fold: int = fold) -> None:
+            if progress is not None:
+                progress({"strategy": strategy, "fold": fold, "num_folds": len(folds), "epochs": args.epochs, **entry})
+
+        model, history, val_metrics = train_fold(fold, train_real, val, pool, config, args, schedule, device, report)
+        _, holdout_metrics = evaluate(model, holdout_loader, device)
+        save_classifier(model_dir / f"fold_{fold}_{strategy}_{args.arch}.pth", model, config)
+        fold_histories.append({"fold": fold, "epochs": history})
+        val_per_fold.append({"fold": fold, **val_metrics})
+        holdout_per_fold.append({"fold": fold, **holdout_metrics})
+        auroc = -1.0 if val_metrics["auroc"] is None else val_metrics["auroc"]
+        if not best or auroc > best["auroc"]:
+            best = {"fold": fold, "auroc": auroc, "n_train_real": len(train_real)}
+
+    # The strategy's model is the selected fold model itself: no retraining.
+    model_path = model_dir / f"{strategy}_{args.arch}.pth"
+    atomic_write_bytes(model_path, (model_dir / f"fold_{best['fold']}_{strategy}_{args.arch}.pth").read_bytes())
+    cv_summary = {"strategy": strategy, "folds": val_per_fold, **summarize_folds(val_per_fold)}
+    final = {
+        "strategy": strategy,
+        "model": str(model_path),
+        "selected_fold": best["fold"],
+        "holdout": holdout_per_fold[best["fold"] - 1],
+        "holdout_per_fold": holdout_per_fold,
+        "holdout_summary": summarize_folds(holdout_per_fold),
+        "class_balance": args.class_balance,
+        "n_train_real": best["n_train_real"],
+        "n_synthetic_pool": len(pool) if pool is not None else 0,
+        "n_develop": len(develop),
+        "n_holdout": len(holdout),
+        "dataset": args.dataset,
+        "arch": args.arch,
+    }
+    write_json(
+        results_dir / f"{strategy}_training_history.json",
+        {"strategy": strategy, "config": run_config(args), "folds": fold_histories},
+    )
+    write_json(results_dir / f"{strategy}_cv_summary.json", cv_summary)
+    write_json(results_dir / f"{strategy}_final_metrics.json", final)
+    plot_training_curves(strategy, fold_histories, figures_dir / f"{strategy}_training_curves.png")
+    if schedule is not None:
+        plot_synthetic_ratio(strategy, fold_histories, schedule, figures_dir / f"{strategy}_synthetic_ratio.png")
+    plot_cv_metrics(strategy, val_per_fold, cv_summary, figures_dir / f"{strategy}_cv_metrics.png")
+    return final
+
+
+def format_summary(final: dict[str, Any]) -> str:
+    """A short table: hold-out metrics of each fold model and of the selected model."""
+
+    def cell(value: float | None) -> str:
+        return "   n/a" if value is None else f"{value:6.3f}"
+
+    names = ("accuracy", "auroc", "sensitivity", "specificity", "f1")
+    rows = [f"{final['strategy']} ({final['arch']}, {final['dataset']}): hold-out test metrics"]
+    rows.append(f"{'model':<14}" + "".join(f"{n:>13}" for n in names))
+    for metrics in final["holdout_per_fold"]:
+        rows.append(f"{'fold ' + str(metrics['fold']):<14}" + "".join(f"{cell(metrics[n]):>13}" for n in names))
+    rows.append(
+        f"{'selected (' + str(final['selected_fold']) + ')':<14}"
+        + "".join(f"{cell(final['holdout'][n]):>13}" for n in names)
+    )
+    rows.append(f"model: {final['model']}")
+    return "\n".join(rows)
+
+
+def main(args: argparse.Namespace) -> int:
+    final = train_strategy(args)
+    print(format_summary(final))
+    return 0

@@ -1,0 +1,194 @@
+"""`pneumonia train-classifier` end to end on the phantom dataset: each strategy writes every output, synthetic
+images reach training folds only, and bad options fail with a clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.cli import build_parser
+from services.cli import main as pneumonia
+from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
+from shared.datasets import ArrayImages, load_dataset
+from shared.datasets.phantom import write_phantom_dataset
+from shared.images import save_png
+from shared.splits import develop_and_holdout
+from shared.synthetic import ManifestRow, write_manifest
+
+STRATEGY_FLAGS = {  # one epoch where a second shows nothing new (CPU time is precious)
+    "baseline": ["--epochs", "1"],
+    "augmented": ["--use-synthetic", "--epochs", "1"],
+    "curriculum": ["--use-synthetic", "--use-curriculum", "--curriculum-schedule", "0:0.0, 1:0.5"],
+}
+NUM_SYNTHETIC = 12
+MAX_IMAGES = 40
+FAST = [
+    "--dataset", "phantom", "--arch", "resnet18", "--weights", "none", "--unfreeze", "--image-size", "16",
+    "--channels", "1", "--epochs", "2", "--batch-size", "20", "--max-images", str(MAX_IMAGES), "--workers", "0",
+    "--cpu",
+]  # fmt: skip
+
+
+def write_synthetic_folder(directory: Path, count: int) -> Path:
+    """PNGs plus manifest.csv, the layout `pneumonia generate-synthetic` writes; half of each class."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for index in range(count):
+        name = f"synthetic_{index:04d}.png"
+        save_png(rng.integers(0, 256, (32, 32), dtype=np.uint8), directory / name)
+        rows.append(ManifestRow(file=name, label=index % 2, seed=3, index=index, generator_sha256="0" * 64))
+    write_manifest(directory, rows)
+    return directory
+
+
+def output_args(root: Path) -> list[str]:
+    return [
+        "--synthetic-dir", str(root / "synthetic"), "--model-dir", str(root / "models"),
+        "--results-dir", str(root / "metrics"), "--figures-dir", str(root / "figures"),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 phantom patients at 16 px (hold-out 16, development 64): smaller than the suite's shared phantom."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom16"), num_patients=80, image_size=16, seed=1)
+
+
+@pytest.fixture(scope="module")
+def runs(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All three strategies, 2 folds x 2 epochs each, into one output tree."""
+    root = tmp_path_factory.mktemp("train_classifier")
+    write_synthetic_folder(root / "synthetic", NUM_SYNTHETIC)
+    for flags in STRATEGY_FLAGS.values():
+        argv = ["train-classifier", "--data-dir", str(phantom_dir), *output_args(root), *FAST, "--k-folds", "2", *flags]
+        assert pneumonia(argv) == 0
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGY_FLAGS))
+def test_each_strategy_writes_all_outputs(runs: Path, strategy: str) -> None:
+    for name in ("training_history", "cv_summary", "final_metrics"):
+        assert (runs / "metrics" / f"{strategy}_{name}.json").is_file()
+    for fold in (1, 2):
+        assert (runs / "models" / f"fold_{fold}_{strategy}_resnet18.pth").is_file()
+    figures = {"training_curves", "cv_metrics"} | ({"synthetic_ratio"} if strategy == "curriculum" else set())
+    assert {p.name for p in (runs / "figures").glob(f"{strategy}_*.png")} == {f"{strategy}_{f}.png" for f in figures}
+
+    history = json.loads((runs / "metrics" / f"{strategy}_training_history.json").read_text())
+    assert history["strategy"] == strategy and history["config"]["k_folds"] == 2
+    assert [f["fold"] for f in history["folds"]] == [1, 2]
+    for fold in history["folds"]:
+        assert [e["epoch"] for e in fold["epochs"]] == list(range(history["config"]["epochs"]))
+        for entry in fold["epochs"]:
+            assert set(entry) >= {"train_loss", "train_acc", "val_loss", "val_acc", "val_auroc", "synthetic_ratio"}
+            assert np.isfinite(entry["train_loss"]) and entry["seconds"] > 0
+
+    cv = json.loads((runs / "metrics" / f"{strategy}_cv_summary.json").read_text())
+    assert [f["fold"] for f in cv["folds"]] == [1, 2]
+    assert cv["average"]["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in cv["folds"]]))
+    assert len(cv["ci95"]["accuracy"]) == 2
+
+    final = json.loads((runs / "metrics" / f"{strategy}_final_metrics.json").read_text())
+    assert final["model"] == str(runs / "models" / f"{strategy}_resnet18.pth")
+    selected = final["selected_fold"]
+    aurocs = [-1.0 if f["auroc"] is None else f["auroc"] for f in cv["folds"]]
+    assert selected == 1 + int(np.argmax(aurocs))
+    assert final["holdout"] == final["holdout_per_fold"][selected - 1]
+    assert (runs / "models" / f"{strategy}_resnet18.pth").read_bytes() == (
+        runs / "models" / f"fold_{selected}_{strategy}_resnet18.pth"
+    ).read_bytes()
+    assert final["n_synthetic_pool"] == (0 if strategy == "baseline" else NUM_SYNTHETIC)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGY_FLAGS))
+def test_synthetic_images_never_reach_validation_or_holdout(runs: Path, phantom_dir: Path, strategy: str) -> None:
+    develop, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
+    develop = subsample(develop, MAX_IMAGES, seed=0)
+    cv = json.loads((runs / "metrics" / f"{strategy}_cv_summary.json").read_text())
+    final = json.loads((runs / "metrics" / f"{strategy}_final_metrics.json").read_text())
+    # The validation folds partition the real development subset; the hold-out is exactly the real hold-out.
+    assert sum(f["n"] for f in cv["folds"]) == len(develop) == final["n_develop"]
+    assert sum(f["n_positive"] for f in cv["folds"]) == int(develop.labels.sum())
+    for metrics in final["holdout_per_fold"]:
+        assert (metrics["n"], metrics["n_positive"]) == (len(holdout), int(holdout.labels.sum()))
+
+
+@pytest.mark.slow
+def test_synthetic_counts_follow_each_strategy(runs: Path) -> None:
+    def epochs(strategy: str) -> list[dict]:
+        history = json.loads((runs / "metrics" / f"{strategy}_training_history.json").read_text())
+        return [entry for fold in history["folds"] for entry in fold["epochs"]]
+
+    assert all(e["n_synthetic"] == 0 and e["synthetic_ratio"] == 0 for e in epochs("baseline"))
+    for e in epochs("augmented"):
+        assert e["n_synthetic"] == NUM_SYNTHETIC
+        assert e["synthetic_ratio"] == pytest.approx(NUM_SYNTHETIC / (NUM_SYNTHETIC + e["n_real"]))
+    for e in epochs("curriculum"):
+        # Schedule 0:0.0, 1:0.5: none in epoch 0; epoch 1 wants as many synthetic as real (~20), the pool holds 12.
+        expected = 0 if e["epoch"] == 0 else min(NUM_SYNTHETIC, e["n_real"])
+        assert e["n_synthetic"] == expected
+        assert e["synthetic_ratio"] == pytest.approx(expected / (expected + e["n_real"]))
+    assert any(0 < e["synthetic_ratio"] < 0.5 for e in epochs("curriculum"))  # the pool capped it: ratio recorded
+
+
+def test_validation_sets_with_synthetic_images_are_refused() -> None:
+    images = ArrayImages(np.zeros((2, 8, 8), np.uint8), ["p1", "synthetic-x.png"], [0, 1])
+    with pytest.raises(RuntimeError, match="synthetic"):
+        assert_real_only(images, "validation fold 1")
+    assert_real_only(images.subset([0]), "validation fold 1")
+
+
+def test_subsample_is_stratified_by_patient_and_seeded(phantom_dir: Path) -> None:
+    develop, _ = develop_and_holdout(load_dataset("phantom", phantom_dir))
+    subset = subsample(develop, 40, seed=0)
+    assert abs(len(subset) - 40) <= 2
+    assert abs(subset.labels.mean() - develop.labels.mean()) < 0.05
+    assert set(subset.patient_ids) <= set(develop.patient_ids)
+    assert list(subsample(develop, 40, seed=0).patient_ids) == list(subset.patient_ids)
+    assert list(subsample(develop, 40, seed=1).patient_ids) != list(subset.patient_ids)
+    assert subsample(develop, 10_000, seed=0) is develop
+
+
+def test_one_split_run_reports_progress(phantom_dir: Path, tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "1"]
+        + ["--epochs", "1", "--scheduler", "onecycle", "--class-balance", "sampler"]
+    )
+    events: list[dict] = []
+    final = train_strategy(args, progress=events.append)
+    assert [(e["strategy"], e["fold"], e["num_folds"], e["epoch"]) for e in events] == [("baseline", 1, 1, 0)]
+    assert final["selected_fold"] == 1 and len(final["holdout_per_fold"]) == 1
+    assert final["holdout_summary"]["ci95"]["accuracy"] is None
+    assert (tmp_path / "models" / "baseline_resnet18.pth").is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--use-curriculum"], "add --use-synthetic"),
+        (["--use-synthetic", "--use-curriculum", "--curriculum-schedule", "0:0.0, 5:1.5"], "--curriculum-schedule"),
+        (["--use-synthetic", "--synthetic-dir", "MISSING"], "synthetic image folder not found"),
+        (["--k-folds", "0"], "--k-folds"),
+        (["--weights", "imagenet"], "--weights none"),
+    ],
+)
+def test_bad_options_fail_with_a_clear_message(
+    phantom_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no ImageNet weights cached
+    flags = [str(tmp_path / f) if f == "MISSING" else f for f in flags]
+    argv = ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, *flags]
+    assert pneumonia(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

@@ -1,0 +1,474 @@
+"""Compare the strategies and judge the synthetic images: did GAN augmentation help, and at what risk?
+
+Reads the metrics of baseline, augmented and curriculum training, tests their differences across folds (paired
+t-test and Wilcoxon on the hold-out metrics of the fold models), measures synthetic image quality (SSIM, Fréchet
+distance in the baseline classifier's feature space, Inception FID where torch-fidelity's weights are cached),
+searches for synthetic near-copies of real patients' images (memorization), trains on synthetic and tests on real
+for a conditional generator (TSTR), and draws Grad-CAM maps. Writes comparison_report.txt (the answer in plain
+words), analysis_summary.json (every number in the report) and the figures to --analysis-dir. A missing input
+(metrics file, model, synthetic folder, dataset) skips what needs it, with a line in the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.analyzer import image_quality, plots
+from services.analyzer.report import (
+    CANDIDATES,
+    REFERENCE,
+    STRATEGIES,
+    StrategyResults,
+    compare_strategies,
+    load_results,
+    note,
+    overall_verdict,
+    render_report,
+)
+from shared.checkpoints import load_checkpoint
+from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, load_dataset
+from shared.errors import ConfigError
+from shared.images import atomic_write_bytes
+from shared.models.classifier import ARCHS, classifier_transform, load_classifier
+from shared.runtime import seed_everything, select_device
+from shared.splits import develop_and_holdout
+from shared.synthetic import load_synthetic
+
+log = logging.getLogger(__name__)
+
+NUM_CLOSEST_PAIRS = 8
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # The seed's flags and defaults.
+    parser.add_argument("--metrics-dir", default="./results/metrics", help="train-classifier's metrics JSON files")
+    parser.add_argument("--analysis-dir", default="./results/analysis", help="where the report and figures go")
+    parser.add_argument("--model-dir", default="./models", help="classifier checkpoints {strategy}_{arch}.pth")
+    parser.add_argument("--data-dir", default="./data/processed", help="dataset location")
+    parser.add_argument("--synthetic-dir", default="./data/synthetic", help="synthetic images (generate-synthetic)")
+    parser.add_argument(
+        "--num-ssim-real", type=int, default=100, help="real development-set pneumonia images for the SSIM distribution"
+    )
+    parser.add_argument(
+        "--num-ssim-synth", type=int, default=500, help="synthetic images for SSIM, Fréchet distances and memorization"
+    )
+    parser.add_argument("--num-gradcam-samples", type=int, default=3, help="Grad-CAM samples of each kind per model")
+    parser.add_argument("--cpu", action="store_true", help="force CPU even where CUDA is available")
+    parser.add_argument("--skip-plots", action="store_true", help="no training-curve and cross-validation figures")
+    parser.add_argument("--skip-ssim", action="store_true", help="no SSIM distribution")
+    parser.add_argument("--skip-gradcam", action="store_true", help="no Grad-CAM figure")
+    # Additions.
+    parser.add_argument("--dataset", choices=DATASETS, default="rsna", help="dataset source")
+    parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="architecture in the model file names")
+    parser.add_argument(
+        "--gan-model-path", default="./models/gan/generator_final.pth", help="generator checkpoint (for TSTR)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for every sample drawn here")
+    parser.add_argument(
+        "--memorization-threshold",
+        type=float,
+        default=0.95,
+        help="SSIM to its nearest real image at or above which a synthetic image counts as a near-copy. 0.95: X-rays "
+        "of different patients stay well below it (the report prints how close distinct real images come), while a "
+        "copy blurred or shifted a little by the generator stays above it",
+    )
+    parser.add_argument(
+        "--num-reference-real",
+        type=int,
+        default=0,
+        help="development-set real images searched for near-copies and used for the Fréchet distances; 0 = all "
+        "(a sample can miss a copy of an image outside it)",
+    )
+    parser.add_argument("--tstr-images", type=int, default=1000, help="balanced training images for TSTR and TRTR")
+    parser.add_argument("--tstr-epochs", type=int, default=5, help="training epochs for TSTR and TRTR")
+    parser.add_argument("--tstr-image-size", type=int, default=32, help="input size of the TSTR/TRTR classifier")
+    parser.add_argument("--skip-fidelity", action="store_true", help="no Fréchet distances or Inception FID")
+    parser.add_argument("--skip-memorization", action="store_true", help="no memorization check")
+    parser.add_argument("--skip-tstr", action="store_true", help="no train-on-synthetic / test-on-real")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for flag in ("num_ssim_real", "num_ssim_synth", "num_gradcam_samples", "tstr_images", "tstr_epochs"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.num_reference_real < 0:
+        raise ConfigError(f"--num-reference-real must be >= 0 (0 = all), got {args.num_reference_real}")
+    if not 0.0 < args.memorization_threshold <= 1.0:
+        raise ConfigError(f"--memorization-threshold must be in (0, 1], got {args.memorization_threshold}")
+    if args.tstr_image_size < 8:
+        raise ConfigError(f"--tstr-image-size must be at least 8, got {args.tstr_image_size}")
+
+
+def strategy_table(results: dict[str, StrategyResults]) -> dict[str, dict[str, Any]]:
+    """Per strategy: the CV summary and the hold-out metrics the report quotes."""
+    table = {}
+    for strategy, found in results.items():
+        cv = None
+        if found.cv is not None:
+            cv = {
+                "n_folds": len(found.cv.get("folds", [])),
+                **{k: found.cv.get(k) for k in ("average", "std_dev", "ci95")},
+            }
+        final = found.final or {}
+        table[strategy] = {
+            "cv": cv,
+            "holdout": final.get("holdout"),
+            "holdout_summary": final.get("holdout_summary"),
+            "n_fold_models": len(final.get("holdout_per_fold", [])),
+            "selected_fold": final.get("selected_fold"),
+            "n_train_real": final.get("n_train_real"),
+            "n_synthetic_pool": final.get("n_synthetic_pool"),
+        }
+    return table
+
+
+def plot_metrics(results: dict[str, StrategyResults], out: Path, skipped: list[str]) -> list[str]:
+    """Training curves and cross-validation bars of the strategies side by side; the file names written."""
+    written = []
+    histories = {s: r.history for s, r in results.items() if r.history}
+    if histories:
+        for name, keys, ylabel in (
+            ("loss", ("train_loss", "val_loss"), "cross-entropy"),
+            ("accuracy", ("train_acc", "val_acc"), "accuracy"),
+            ("synthetic_ratio", ("synthetic_ratio",), "synthetic share of training samples"),
+        ):
+            plots.plot_training_curves(histories, keys, ylabel, out / f"comparison_{name}.png")
+            written.append(f"comparison_{name}.png")
+    else:
+        note(skipped, "training-curve figures: no training history found")
+    summaries = {s: r.cv for s, r in results.items() if r.cv}
+    if summaries:
+        plots.plot_cv_comparison(summaries, out / "cv_comparison.png")
+        written.append("cv_comparison.png")
+    else:
+        note(skipped, "cv_comparison.png: no cross-validation summary found")
+    return written
+
+
+def load_splits(args: argparse.Namespace, skipped: list[str]) -> tuple[LabelledImages, LabelledImages] | None:
+    """(development, hold-out) images, or None when the data directory does not exist."""
+    if not Path(args.data_dir).exists():
+        note(skipped, f"dataset: {args.data_dir} not found; every analysis of images needs it")
+        return None
+    return develop_and_holdout(load_dataset(args.dataset, args.data_dir))
+
+
+def load_synthetic_images(args: argparse.Namespace, skipped: list[str]) -> LabelledImages | None:
+    """The synthetic images, or None when the folder does not exist."""
+    if not Path(args.synthetic_dir).exists():
+        note(skipped, f"synthetic images: {args.synthetic_dir} not found; image quality and memorization need them")
+        return None
+    return load_synthetic(args.synthetic_dir)
+
+
+def load_model(
+    args: argparse.Namespace, strategy: str, device: torch.device, skipped: list[str], purpose: str
+) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+    """(model, config) of `{model-dir}/{strategy}_{arch}.pth`, or None when the file does not exist."""
+    path = Path(args.model_dir) / f"{strategy}_{args.arch}.pth"
+    if not path.is_file():
+        note(skipped, f"{purpose}: model {path} not found")
+        return None
+    return load_classifier(path, device)
+
+
+def image_name(images: LabelledImages, index: int) -> str:
+    """A file path where the images are files, else the patient id."""
+    paths = getattr(images, "paths", None)
+    return str(paths[index]) if paths is not None else str(images.patient_ids[index])
+
+
+@dataclass
+class ImageSets:
+    """The real reference and synthetic images, decoded once: pixels at the synthetic images' size (uint8 N x H x W)
+    and, with a baseline model, its penultimate features (N x D)."""
+
+    develop: LabelledImages
+    synthetic: LabelledImages
+    reference: np.ndarray  # indices into develop
+    synth_indices: np.ndarray  # indices into synthetic
+    size: tuple[int, int]  # width, height
+    real_px: np.ndarray
+    synth_px: np.ndarray
+    real_feat: np.ndarray | None
+    synth_feat: np.ndarray | None
+
+    @property
+    def real_pos(self) -> np.ndarray:
+        return self.develop.labels[self.reference] == PNEUMONIA
+
+    @property
+    def synth_pos(self) -> np.ndarray:
+        return self.synthetic.labels[self.synth_indices] == PNEUMONIA
+
+
+def draw_reference(args: argparse.Namespace, develop: LabelledImages, synthetic: LabelledImages) -> np.ndarray:
+    """Seeded indices of the real reference: the development images of the classes the synthetic set holds (all, or
+    --num-reference-real), or only --num-ssim-real pneumonia images when the SSIM distribution is all that runs."""
+    rng = np.random.default_rng(args.seed)
+    if args.skip_fidelity and args.skip_memorization:
+        return rng.permutation(np.flatnonzero(develop.labels == PNEUMONIA))[: args.num_ssim_real]
+    candidates = np.flatnonzero(np.isin(develop.labels, np.unique(synthetic.labels)))
+    return rng.permutation(candidates)[: args.num_reference_real or None]
+
+
+def describe_image_sets(
+    args: argparse.Namespace,
+    develop: LabelledImages,
+    synthetic: LabelledImages,
+    reference: np.ndarray,
+    baseline: tuple[torch.nn.Module, dict[str, Any]] | None,
+    device: torch.device,
+) -> ImageSets:
+    """Draw (seeded) up to --num-ssim-synth synthetic images; decode and describe them and the reference once."""
+    synth_indices = np.random.default_rng(args.seed + 1).permutation(len(synthetic))[: args.num_ssim_synth]
+    size = synthetic.load(int(synth_indices[0])).size  # compare at the generator's resolution
+    model, transform = (baseline[0], classifier_transform(baseline[1], train=False)) if baseline else (None, None)
+    real_px, real_feat = image_quality.describe(develop, reference, size, model, transform, device, desc="real")
+    synth_px, synth_feat = image_quality.describe(
+        synthetic, synth_indices, size, model, transform, device, desc="synthetic"
+    )
+    return ImageSets(develop, synthetic, reference, synth_indices, size, real_px, synth_px, real_feat, synth_feat)
+
+
+def analyze_ssim(args: argparse.Namespace, sets: ImageSets, device: torch.device, out: Path) -> dict[str, Any]:
+    """Synthetic pneumonia images' mean SSIM against --num-ssim-real real pneumonia images; ssim_distribution.png."""
+    real = sets.real_px[sets.real_pos][: args.num_ssim_real]
+    ssim = image_quality.ssim_distribution(sets.synth_px[sets.synth_pos], real, device)
+    plots.plot_ssim_distribution(
+        ssim.pop("synthetic_vs_real_values"), ssim.pop("real_vs_real_values"), out / "ssim_distribution.png"
+    )
+    return ssim
+
+
+def analyze_fidelity(
+    args: argparse.Namespace, sets: ImageSets, device: torch.device, skipped: list[str]
+) -> dict[str, Any]:
+    """Fréchet distances between real and synthetic pneumonia images, each beside its real-vs-real floor: in the
+    baseline classifier's feature space (when there is a baseline model) and, where torch-fidelity's weights are
+    cached, in Inception's (Inception FID)."""
+    found: dict[str, Any] = {}
+    real_px, synth_px = sets.real_px[sets.real_pos], sets.synth_px[sets.synth_pos]
+    n = image_quality.floor_set_size(len(real_px), len(synth_px))
+    if n < 2:
+        note(skipped, "Fréchet distances: need at least 4 real and 2 synthetic pneumonia images")
+        return found
+    if sets.real_feat is not None and sets.synth_feat is not None:
+        found["frechet_classifier"] = {
+            "model": f"{REFERENCE}_{args.arch}",
+            **image_quality.frechet_with_floor(sets.real_feat[sets.real_pos], sets.synth_feat[sets.synth_pos]),
+        }
+    weights, why = image_quality.inception_weights()
+    if weights is None:
+        note(skipped, f"Inception FID: {why}")
+    else:
+        found["inception_fid"] = image_quality.frechet_with_floor(
+            image_quality.inception_features(real_px[: 2 * n], weights, device),
+            image_quality.inception_features(synth_px[:n], weights, device),
+        )
+    return found
+
+
+def analyze_memorization(args: argparse.Namespace, sets: ImageSets, device: torch.device, out: Path) -> dict[str, Any]:
+    """Each synthetic image's nearest real reference image; near-copies named; memorization_closest_pairs.png."""
+    memo = image_quality.memorization_check(
+        sets.synth_px, sets.real_px, args.memorization_threshold, sets.synth_feat, sets.real_feat, device
+    )
+    ssim_values, nearest = memo["nearest_ssim_values"], memo["nearest_real"]
+
+    def pair(i: int) -> dict[str, Any]:
+        return {
+            "synthetic": image_name(sets.synthetic, int(sets.synth_indices[i])),
+            "real": image_name(sets.develop, int(sets.reference[nearest[i]])),
+            "ssim": ssim_values[i],
+        }
+
+    closest = [int(i) for i in np.argsort(-np.asarray(ssim_values), kind="stable")[:NUM_CLOSEST_PAIRS]]
+    pictures = []
+    for i in closest:
+        flag = " NEAR-COPY" if ssim_values[i] >= args.memorization_threshold else ""
+        pictures.append((sets.synth_px[i], sets.real_px[nearest[i]], f"SSIM {ssim_values[i]:.3f}{flag}"))
+    plots.plot_image_pairs(pictures, out / "memorization_closest_pairs.png")
+    features = memo["feature_distance"]
+    return {
+        "image_size": [sets.size[1], sets.size[0]],
+        **{k: memo[k] for k in ("n_synthetic", "n_real", "threshold", "nearest_ssim", "real_nearest_ssim")},
+        "n_flagged": memo["n_flagged"],
+        "flagged": [pair(i) for i in memo["flagged_indices"]],
+        "closest_pairs": [pair(i) for i in closest],
+        "feature_distance": features and {k: v for k, v in features.items() if k != "nearest_real"},
+    }
+
+
+def analyze_images(
+    args: argparse.Namespace,
+    develop: LabelledImages,
+    synthetic: LabelledImages,
+    device: torch.device,
+    out: Path,
+    summary: dict[str, Any],
+    skipped: list[str],
+) -> list[str]:
+    """SSIM distribution, Fréchet distances, Inception FID and the memorization check; fills `summary`, returns the
+    figures written."""
+    written: list[str] = []
+    baseline = None
+    if not (args.skip_fidelity and args.skip_memorization):
+        baseline = load_model(args, REFERENCE, device, skipped, "classifier-feature distances")
+    reference = draw_reference(args, develop, synthetic)
+    if len(reference) < 2:
+        note(skipped, "image quality and memorization: fewer than 2 development images of the synthetic classes")
+        return written
+    log.info(
+        "describing %d synthetic and %d real reference images", min(len(synthetic), args.num_ssim_synth), len(reference)
+    )
+    sets = describe_image_sets(args, develop, synthetic, reference, baseline, device)
+    enough_pneumonia = sets.real_pos.sum() >= 2 and sets.synth_pos.sum() >= 1
+    if args.skip_ssim:
+        note(skipped, "SSIM distribution: --skip-ssim")
+    elif not enough_pneumonia:
+        note(skipped, "SSIM distribution: needs at least 2 real and 1 synthetic pneumonia images")
+    else:
+        summary["ssim"] = analyze_ssim(args, sets, device, out)
+        written.append("ssim_distribution.png")
+    if args.skip_fidelity:
+        note(skipped, "Fréchet distances and Inception FID: --skip-fidelity")
+    else:
+        summary.update(analyze_fidelity(args, sets, device, skipped))
+    if args.skip_memorization:
+        note(skipped, "memorization check: --skip-memorization")
+    else:
+        summary["memorization"] = analyze_memorization(args, sets, device, out)
+        log.info(
+            "memorization: %d near-copies among %d synthetic images",
+            summary["memorization"]["n_flagged"],
+            len(sets.synth_px),
+        )
+        written.append("memorization_closest_pairs.png")
+    return written
+
+
+def analyze_tstr(
+    args: argparse.Namespace, develop: LabelledImages, holdout: LabelledImages, device: torch.device, skipped: list[str]
+) -> dict[str, Any] | None:
+    """Train-on-synthetic / test-on-real for a conditional generator; None (with a reason) otherwise."""
+    path = Path(args.gan_model_path)
+    if not path.is_file():
+        note(skipped, f"TSTR: generator {path} not found")
+        return None
+    if not load_checkpoint(path, "dcgan-generator")["config"].get("conditional"):
+        note(skipped, f"TSTR: {path} is an unconditional generator (one class only): it cannot make a labelled set")
+        return None
+    from services.analyzer.tstr import run_tstr  # imported here: it pulls in the trainer and the generator
+
+    return run_tstr(
+        str(path), develop, holdout, args.tstr_images, args.tstr_epochs, args.tstr_image_size, args.seed, device
+    )
+
+
+def analyze_gradcam(
+    args: argparse.Namespace,
+    holdout: LabelledImages,
+    synthetic: LabelledImages | None,
+    device: torch.device,
+    out: Path,
+    skipped: list[str],
+) -> dict[str, Any] | None:
+    """gradcam_comparison.png: one row per strategy's model, columns = hold-out positives and negatives and
+    synthetic images; returns the samples used and each model's P(pneumonia) for them."""
+    from services.analyzer.gradcam import gradcam_samples  # imported here: pytorch-grad-cam is slow to import
+
+    rng = np.random.default_rng(args.seed)
+    k = args.num_gradcam_samples
+    kinds = [("real pneumonia", holdout, np.flatnonzero(holdout.labels == PNEUMONIA))]
+    kinds.append(("real normal", holdout, np.flatnonzero(holdout.labels != PNEUMONIA)))
+    if synthetic is not None:
+        kinds.append(("synthetic", synthetic, np.arange(len(synthetic))))
+    samples = [(kind, images, int(i)) for kind, images, pool in kinds for i in rng.permutation(pool)[:k]]
+    pictures = [images.load(i) for _, images, i in samples]
+    rows, record = [], {"figure": "gradcam_comparison.png", "samples": [], "models": {}}
+    record["samples"] = [{"kind": kind, "image": image_name(images, i)} for kind, images, i in samples]
+    for strategy in STRATEGIES:
+        loaded = load_model(args, strategy, device, skipped, "Grad-CAM")
+        if loaded is None:
+            continue
+        results = gradcam_samples(*loaded, pictures, device)
+        titled = [
+            (px, cam, f"{kind}\nP(pneu)={p:.2f}") for (kind, _, _), (px, cam, p) in zip(samples, results, strict=True)
+        ]
+        rows.append((strategy, titled))
+        record["models"][strategy] = [p for _, _, p in results]
+    if not rows:
+        note(skipped, "Grad-CAM: no strategy model found")
+        return None
+    plots.plot_gradcam_grid(rows, out / record["figure"])
+    return record
+
+
+def analyze(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every analysis the inputs allow; write the figures, analysis_summary.json and comparison_report.txt."""
+    check_args(args)
+    seed_everything(args.seed)
+    device = select_device(args.cpu)
+    out = Path(args.analysis_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: list[str] = []
+    written: list[str] = []
+
+    results = load_results(Path(args.metrics_dir), skipped)
+    summary: dict[str, Any] = {
+        "inputs": {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))},
+        "strategies": strategy_table(results),
+        "comparisons": compare_strategies(results, skipped),
+        "ssim": None,
+        "frechet_classifier": None,
+        "inception_fid": None,
+        "memorization": None,
+        "tstr": None,
+        "gradcam": None,
+    }
+    if args.skip_plots:
+        note(skipped, "training-curve and cross-validation figures: --skip-plots")
+    else:
+        written += plot_metrics(results, out, skipped)
+
+    splits = load_splits(args, skipped)
+    needs_images = not (args.skip_ssim and args.skip_fidelity and args.skip_memorization)
+    synthetic = load_synthetic_images(args, skipped) if needs_images or not args.skip_gradcam else None
+    if splits is not None:
+        develop, holdout = splits
+        if needs_images and synthetic is not None:
+            written += analyze_images(args, develop, synthetic, device, out, summary, skipped)
+        if args.skip_tstr:
+            note(skipped, "TSTR: --skip-tstr")
+        else:
+            summary["tstr"] = analyze_tstr(args, develop, holdout, device, skipped)
+        if args.skip_gradcam:
+            note(skipped, "Grad-CAM: --skip-gradcam")
+        else:
+            summary["gradcam"] = analyze_gradcam(args, holdout, synthetic, device, out, skipped)
+            if summary["gradcam"] is not None:
+                written.append(summary["gradcam"]["figure"])
+
+    summary["skipped"] = skipped
+    summary["outputs"] = [*written, "analysis_summary.json", "comparison_report.txt"]
+    atomic_write_bytes(out / "analysis_summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "comparison_report.txt", render_report(summary).encode())
+    log.info("wrote %s to %s", ", ".join(summary["outputs"]), out)
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = analyze(args)
+    for strategy in CANDIDATES:
+        print(overall_verdict(summary["comparisons"], strategy))
+    print(f"{len(summary['skipped'])} analyses skipped; report: {Path(args.analysis_dir) / 'comparison_report.txt'}")
+    return 0

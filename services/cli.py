@@ -17,6 +17,10 @@ COMMANDS: dict[str, str] = {
     "download-dataset": "shared.datasets.download",
     "train-gan": "services.trainer.train_gan",
     "generate-synthetic": "services.generator.generate_synthetic",
+    "train-classifier": "services.trainer.train_classifier",
+    "evaluate": "services.trainer.evaluate",
+    "analyze-results": "services.analyzer.analyze_results",
+    "experiment": "services.experiment",
 }
 
 

@@ -1,0 +1,69 @@
+"""The whole quick experiment on phantom data, shrunk by step overrides: every output present and valid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from services.cli import main as pneumonia
+from shared.datasets import load_dataset
+from shared.splits import develop_and_holdout
+
+STRATEGIES = ("baseline", "augmented", "curriculum")
+
+
+@pytest.mark.slow
+def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
+    work = tmp_path / "work"
+    rc = pneumonia(
+        [
+            "experiment", "--profile", "quick", "--dataset", "phantom", "--data-dir", str(phantom_dir),
+            "--work-dir", str(work), "--cpu",
+            "--gan-args", "--epochs 2 --max-images 120 --batch-size 32 --feature-maps-g 16 --feature-maps-d 16",
+            "--generate-args", "--num-images 48 --batch-size 16",
+            "--classifier-args", "--epochs 3 --k-folds 2 --max-images 160 --image-size 32 --batch-size 32 "
+            "--curriculum-schedule '0:0.0, 1:0.2, 2:0.4'",
+            "--analyze-args", "--num-ssim-real 8 --num-ssim-synth 16 --num-gradcam-samples 1",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Hold-out test metrics" in out and "comparison_report.txt" in out
+
+    # GAN and synthesis outputs
+    assert (work / "models/gan/generator_final.pth").is_file()
+    synthetic = sorted((work / "data/synthetic").glob("*.png"))
+    assert len(synthetic) == 48
+    Image.open(synthetic[0]).load()
+
+    # Every strategy: models, metrics, and evaluation sets made of real images only
+    _, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
+    metrics = work / "results/metrics"
+    for strategy in STRATEGIES:
+        assert (work / f"models/{strategy}_resnet18.pth").is_file()
+        assert (work / f"models/fold_1_{strategy}_resnet18.pth").is_file()
+        history = json.loads((metrics / f"{strategy}_training_history.json").read_text())
+        assert len(history["folds"]) == 2 and all(len(fold["epochs"]) == 3 for fold in history["folds"])
+        cv = json.loads((metrics / f"{strategy}_cv_summary.json").read_text())
+        final = json.loads((metrics / f"{strategy}_final_metrics.json").read_text())
+        # the hold-out is exactly the real hold-out set: no synthetic image was scored
+        assert final["holdout"]["n"] == len(holdout)
+        assert all(m["n"] == len(holdout) for m in final["holdout_per_fold"])
+        # validation folds partition the real development subset: no synthetic image among them
+        assert sum(fold["n"] for fold in cv["folds"]) == final["n_develop"] <= 170
+    ratios = [e["synthetic_ratio"] for e in history["folds"][0]["epochs"]]
+    assert ratios[0] == 0.0 and ratios[-1] == pytest.approx(0.4, abs=0.05)
+
+    # The baseline learned the phantom task: well above chance on the hold-out
+    baseline = json.loads((metrics / "baseline_final_metrics.json").read_text())
+    assert baseline["holdout"]["auroc"] > 0.75
+
+    # Analysis outputs
+    analysis = work / "results/analysis"
+    report = (analysis / "comparison_report.txt").read_text()
+    assert "baseline" in report and "augmented" in report and "curriculum" in report
+    for name in ("cv_comparison.png", "ssim_distribution.png", "analysis_summary.json"):
+        assert (analysis / name).is_file(), name
+    assert list(analysis.glob("gradcam_*.png"))

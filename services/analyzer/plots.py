@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,15 +11,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from services.analyzer.report import CV_METRICS, mean_over_folds
-from shared.images import atomic_write_bytes
+from shared.figures import save_figure
 
 STRATEGY_COLOURS = {"baseline": "tab:blue", "augmented": "tab:orange", "curriculum": "tab:green"}
-
-
-def save(fig: Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_training_curves(histories: dict[str, dict[str, Any]], keys: Sequence[str], ylabel: str, path: Path) -> None:
@@ -39,7 +32,7 @@ def plot_training_curves(histories: dict[str, dict[str, Any]], keys: Sequence[st
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cv_comparison(summaries: dict[str, dict[str, Any]], path: Path) -> None:
@@ -67,7 +60,7 @@ def plot_cv_comparison(summaries: dict[str, dict[str, Any]], path: Path) -> None
     ax.set_xticks(x, CV_METRICS)
     ax.set(ylim=(0, 1.05), ylabel="mean over folds (95% CI)", title="Cross-validation metrics by strategy")
     ax.legend(loc="lower right")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ssim_distribution(synthetic_vs_real: Sequence[float], real_vs_real: Sequence[float], path: Path) -> None:
@@ -85,7 +78,7 @@ def plot_ssim_distribution(synthetic_vs_real: Sequence[float], real_vs_real: Seq
         ax.set(title=title, xlabel="mean SSIM to the real images", ylabel="images")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_image_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], path: Path) -> None:
@@ -98,7 +91,7 @@ def plot_image_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]], path: 
             ax.imshow(image, cmap="gray", vmin=0, vmax=255)
             ax.set_title(label, fontsize=8)
             ax.axis("off")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_gradcam_grid(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, np.ndarray, str]]]], path: Path) -> None:
@@ -116,4 +109,4 @@ def plot_gradcam_grid(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, np.nd
             ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1)
             ax.set_title(f"{model_name}\n{title}" if c == 0 else title, fontsize=8)
     fig.suptitle("Grad-CAM for the pneumonia output (last conv layer)")
-    save(fig, path)
+    save_figure(fig, path)

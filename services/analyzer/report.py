@@ -295,7 +295,13 @@ def render_report(summary: dict[str, Any]) -> str:
         lines.append(f"{strategy:<11} " + "; ".join(cells))
     lines.append("")
 
-    lines += ["Cross-validation metrics (validation folds, mean and 95% CI)", "-" * 60]
+    lines += [
+        "Cross-validation metrics (validation folds, mean and 95% CI)",
+        "-" * 60,
+        "Note: the GAN learned from the whole development set, so its images may resemble validation-fold images and",
+        "the augmented and curriculum validation metrics may be optimistic. The hold-out set above was never seen by",
+        "the GAN or any classifier; the answer at the top rests on it.",
+    ]
     for strategy, entry in summary["strategies"].items():
         cv = entry.get("cv")
         if cv is None:

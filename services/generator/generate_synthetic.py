@@ -104,13 +104,7 @@ def load_generator(checkpoint_path: str | Path, device: torch.device) -> tuple[G
     """The generator from a `dcgan-generator` checkpoint, in eval mode, and its config."""
     checkpoint = load_checkpoint(checkpoint_path, "dcgan-generator")
     config = checkpoint["config"]
-    generator = Generator(
-        latent_dim=config["latent_dim"],
-        feature_maps=config["feature_maps_g"],
-        channels=config["num_channels"],
-        image_size=config["image_size"],
-        num_classes=config["num_classes"],
-    )
+    generator = Generator.from_config(config)
     try:
         generator.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:

@@ -11,7 +11,6 @@ AUROC becomes the strategy's model.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from shared.curriculum import Schedule, parse_schedule, ratio_at, synthetic_count
 from shared.datasets import DATASETS, LabelledImages, TorchImageDataset, load_dataset
 from shared.errors import ConfigError, DatasetError
+from shared.figures import save_figure
 from shared.images import atomic_write_bytes
 from shared.metrics import binary_metrics, summarize_folds
 from shared.models.classifier import (
@@ -345,21 +347,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def plot_training_curves(strategy: str, folds: list[dict[str, Any]], path: Path) -> None:
     """Loss and accuracy per epoch: one colour per fold, solid = training, dashed = validation."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for fold in folds:
         epochs = [e["epoch"] + 1 for e in fold["epochs"]]
         (line,) = ax_loss.plot(epochs, [e["train_loss"] for e in fold["epochs"]], label=f"fold {fold['fold']} train")
@@ -382,10 +373,8 @@ def plot_training_curves(strategy: str, folds: list[dict[str, Any]], path: Path)
 
 def plot_synthetic_ratio(strategy: str, folds: list[dict[str, Any]], schedule: Schedule, path: Path) -> None:
     """The synthetic share per epoch: scheduled (line) and used (markers; lower when the pool runs out)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = [e["epoch"] for e in folds[0]["epochs"]]
     ax.plot(
         [e + 1 for e in epochs], [ratio_at(schedule, e) for e in epochs], "k--", drawstyle="steps-mid", label="schedule"
@@ -406,8 +395,6 @@ CV_PLOT_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivit
 
 def plot_cv_metrics(strategy: str, fold_metrics: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
     """Validation metrics: mean over folds (bars, 95% CI whiskers) and each fold (dots)."""
-    import matplotlib.pyplot as plt
-
     names = [n for n in CV_PLOT_METRICS if summary["average"].get(n) is not None]
     means = [summary["average"][n] for n in names]
     yerr = None
@@ -415,7 +402,8 @@ def plot_cv_metrics(strategy: str, fold_metrics: list[dict[str, Any]], summary: 
         yerr = np.array(
             [[m - summary["ci95"][n][0], summary["ci95"][n][1] - m] for n, m in zip(names, means, strict=True)]
         ).T
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     ax.bar(names, means, yerr=yerr, capsize=4, color="lightsteelblue")
     for fold in fold_metrics:
         ax.plot(names, [fold[n] if fold[n] is not None else np.nan for n in names], "k.", alpha=0.6)

@@ -8,7 +8,6 @@ resumable checkpoint, a sample grid from a fixed latent batch and the loss histo
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
 from shared.errors import CheckpointError, ConfigError, DatasetError
+from shared.figures import save_figure
 from shared.images import atomic_write_bytes, save_png
 from shared.models.dcgan import Discriminator, Generator, for_inference, num_resolution_steps
 from shared.runtime import rng_state, seed_everything, select_device, set_rng_state
@@ -181,13 +181,7 @@ def training_images(config: dict[str, Any]) -> LabelledImages:
 
 
 def build_models(config: dict[str, Any], device: torch.device) -> tuple[Generator, Discriminator]:
-    generator = Generator(
-        latent_dim=config["latent_dim"],
-        feature_maps=config["feature_maps_g"],
-        channels=config["num_channels"],
-        image_size=config["image_size"],
-        num_classes=config["num_classes"],
-    )
+    generator = Generator.from_config(config)
     discriminator = Discriminator(
         feature_maps=config["feature_maps_d"],
         channels=config["num_channels"],
@@ -360,9 +354,7 @@ def plot_real_vs_synthetic(
         ax.imshow(grid.permute(1, 2, 0).numpy())
         ax.set_title(title)
         ax.axis("off")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def save_history(config: dict[str, Any], history: list[dict[str, Any]], path: Path) -> None:
@@ -382,9 +374,7 @@ def plot_losses(history: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_title("GAN training losses")
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -80,6 +80,17 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(weights_init)
 
+    @classmethod
+    def from_config(cls, config: dict) -> Generator:
+        """The generator a checkpoint config describes (keys latent_dim, feature_maps_g, num_channels, ...)."""
+        return cls(
+            latent_dim=config["latent_dim"],
+            feature_maps=config["feature_maps_g"],
+            channels=config["num_channels"],
+            image_size=config["image_size"],
+            num_classes=config["num_classes"],
+        )
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.embed is not None:
             if labels is None:

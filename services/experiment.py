@@ -44,12 +44,12 @@ PROFILES: dict[str, Profile] = {
     # Sized from measured CPU costs (README, "Quick profile"): ResNet-18 with the small-input stem trains at
     # roughly 30 images/s on 2 cores at 28 px, so every classifier pass is a seeded subset of the data.
     "quick": Profile(
-        gan="--image-size 32 --num-channels 1 --feature-maps-g 32 --feature-maps-d 32 --epochs 10 --batch-size 64 "
+        gan="--image-size 32 --num-channels 1 --feature-maps-g 32 --feature-maps-d 32 --epochs 8 --batch-size 64 "
         "--workers 0 --vis-batch-size 64",
         generate="--num-images 300 --batch-size 100",
         # Small batches: on the CPU they cost the same per image and give 4x the optimizer steps of batch 64.
         classifier="--arch resnet18 --weights none --unfreeze --image-size 28 --channels 1 --epochs 3 --batch-size 16 "
-        "--lr 0.002 --scheduler onecycle --k-folds 3 --max-images 750 --workers 0 "
+        "--lr 0.002 --scheduler onecycle --k-folds 3 --max-images 680 --workers 0 "
         "--curriculum-schedule '0:0.0, 1:0.2, 2:0.33'",
         analyze="--arch resnet18 --num-ssim-real 50 --num-ssim-synth 100 --num-gradcam-samples 2 "
         "--num-reference-real 1000",

@@ -13,9 +13,9 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small phantom dataset in the RSNA layout (32 px, 240 patients), written once per session."""
+    """A small phantom dataset in the RSNA layout (32 px, 400 patients), written once per session."""
     from shared.datasets.phantom import write_phantom_dataset
 
     return write_phantom_dataset(
-        tmp_path_factory.mktemp("phantom"), num_patients=240, image_size=32, positive_fraction=0.4, seed=0
+        tmp_path_factory.mktemp("phantom"), num_patients=400, image_size=32, positive_fraction=0.4, seed=0
     )

@@ -22,9 +22,9 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
             "experiment", "--profile", "quick", "--dataset", "phantom", "--data-dir", str(phantom_dir),
             "--work-dir", str(work), "--cpu",
             "--gan-args", "--epochs 2 --max-images 120 --batch-size 32 --feature-maps-g 16 --feature-maps-d 16",
-            "--generate-args", "--num-images 48 --batch-size 16",
-            "--classifier-args", "--epochs 3 --k-folds 2 --max-images 160 --image-size 32 --batch-size 32 "
-            "--curriculum-schedule '0:0.0, 1:0.2, 2:0.4'",
+            "--generate-args", "--num-images 96 --batch-size 32",
+            "--classifier-args", "--epochs 6 --k-folds 2 --max-images 100000 --image-size 16 --batch-size 16 "
+            "--scheduler none --lr 0.001 --curriculum-schedule '0:0.0, 2:0.15, 4:0.3'",
             "--analyze-args", "--num-ssim-real 8 --num-ssim-synth 16 --num-gradcam-samples 1",
         ]
     )  # fmt: skip
@@ -35,30 +35,30 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
     # GAN and synthesis outputs
     assert (work / "models/gan/generator_final.pth").is_file()
     synthetic = sorted((work / "data/synthetic").glob("*.png"))
-    assert len(synthetic) == 48
+    assert len(synthetic) == 96
     Image.open(synthetic[0]).load()
 
     # Every strategy: models, metrics, and evaluation sets made of real images only
-    _, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
+    develop, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
     metrics = work / "results/metrics"
     for strategy in STRATEGIES:
         assert (work / f"models/{strategy}_resnet18.pth").is_file()
         assert (work / f"models/fold_1_{strategy}_resnet18.pth").is_file()
         history = json.loads((metrics / f"{strategy}_training_history.json").read_text())
-        assert len(history["folds"]) == 2 and all(len(fold["epochs"]) == 3 for fold in history["folds"])
+        assert len(history["folds"]) == 2 and all(len(fold["epochs"]) == 6 for fold in history["folds"])
         cv = json.loads((metrics / f"{strategy}_cv_summary.json").read_text())
         final = json.loads((metrics / f"{strategy}_final_metrics.json").read_text())
         # the hold-out is exactly the real hold-out set: no synthetic image was scored
         assert final["holdout"]["n"] == len(holdout)
         assert all(m["n"] == len(holdout) for m in final["holdout_per_fold"])
         # validation folds partition the real development subset: no synthetic image among them
-        assert sum(fold["n"] for fold in cv["folds"]) == final["n_develop"] <= 170
+        assert sum(fold["n"] for fold in cv["folds"]) == final["n_develop"] == len(develop)
     ratios = [e["synthetic_ratio"] for e in history["folds"][0]["epochs"]]
-    assert ratios[0] == 0.0 and ratios[-1] == pytest.approx(0.4, abs=0.05)
+    assert ratios[0] == 0.0 and ratios[-1] == pytest.approx(0.3, abs=0.02)
 
-    # The baseline learned the phantom task: well above chance on the hold-out
+    # The baseline learned the phantom task: its fold models are well above chance (AUROC 0.5) on the hold-out
     baseline = json.loads((metrics / "baseline_final_metrics.json").read_text())
-    assert baseline["holdout"]["auroc"] > 0.75
+    assert baseline["holdout_summary"]["average"]["auroc"] > 0.65
 
     # Analysis outputs
     analysis = work / "results/analysis"

@@ -20,8 +20,9 @@ from shared.quality import pixel_frechet_distance
 from shared.splits import develop_and_holdout
 
 GAN_FLAGS = [
-    "--image-size", "16", "--num-channels", "1", "--latent-dim", "16", "--feature-maps-g", "16",
-    "--feature-maps-d", "16", "--batch-size", "16", "--workers", "0", "--vis-batch-size", "16", "--cpu",
+    "--image-size", "32", "--num-channels", "1", "--latent-dim", "32", "--feature-maps-g", "16",
+    "--feature-maps-d", "16", "--batch-size", "8", "--lr", "0.0005", "--workers", "0", "--vis-batch-size", "16",
+    "--cpu",
 ]  # fmt: skip
 
 
@@ -46,17 +47,17 @@ def as_array(paths: list[Path]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("gan-e2e")
-    train_gan(phantom_dir, work, "--epochs", "6")
+    train_gan(phantom_dir, work, "--epochs", "8")
     return work
 
 
 def test_gan_writes_every_output_and_a_usable_generator(trained: Path) -> None:
-    assert len(list((trained / "results/gan_images").glob("epoch_*.png"))) == 6
+    assert len(list((trained / "results/gan_images").glob("epoch_*.png"))) == 8
     for name in ("gan_loss_curve.png", "gan_real_vs_synthetic.png"):
         Image.open(trained / "results/figures" / name).load()
     assert (trained / "results/metrics/gan_training_history.json").is_file()
     generator, config = load_generator(trained / "models/gan/generator_final.pth", torch.device("cpu"))
-    assert config["label"] == PNEUMONIA and config["image_size"] == 16
+    assert config["label"] == PNEUMONIA and config["image_size"] == 32
 
 
 def test_generation_is_deterministic_and_the_manifest_matches(trained: Path, tmp_path: Path) -> None:
@@ -76,7 +77,7 @@ def test_generation_is_deterministic_and_the_manifest_matches(trained: Path, tmp
     for path in a[:5]:
         with Image.open(path) as image:
             image.load()
-            assert image.size == (16, 16) and image.mode == "L"
+            assert image.size == (32, 32) and image.mode == "L"
 
 
 def test_trained_generator_is_closer_to_real_pneumonia_images_than_an_untrained_one(
@@ -84,14 +85,14 @@ def test_trained_generator_is_closer_to_real_pneumonia_images_than_an_untrained_
 ) -> None:
     develop, _ = develop_and_holdout(load_dataset("phantom", phantom_dir))
     positives = develop.subset(np.flatnonzero(develop.labels == PNEUMONIA))
-    real = np.stack([np.asarray(positives.load(i).resize((16, 16)), dtype=np.float64) / 255 for i in range(64)])
+    real = np.stack([np.asarray(positives.load(i).resize((32, 32)), dtype=np.float64) / 255 for i in range(64)])
 
     generate(trained / "models/gan/generator_final.pth", tmp_path / "trained", seed=0)
     config = load_checkpoint(trained / "models/gan/generator_final.pth", "dcgan-generator")["config"]
     torch.manual_seed(0)
     untrained = for_inference(Generator.from_config(config), seed=0)
     with torch.no_grad():
-        noise = untrained(torch.randn(64, config["latent_dim"]))  # 64 x 1 x 16 x 16 in [-1, 1]
+        noise = untrained(torch.randn(64, config["latent_dim"]))  # 64 x 1 x 32 x 32 in [-1, 1]
     untrained_images = ((noise[:, 0].numpy() + 1) / 2).clip(0, 1)
 
     trained_distance = pixel_frechet_distance(real, as_array(sorted((tmp_path / "trained").glob("*.png"))))

@@ -41,8 +41,9 @@ class Profile:
 STEP_OVERRIDES = ("gan", "generate", "classifier", "analyze")
 
 PROFILES: dict[str, Profile] = {
-    # Sized from measured CPU costs (README, "Quick profile"): ResNet-18 with the small-input stem trains at
-    # roughly 30 images/s on 2 cores at 28 px, so every classifier pass is a seeded subset of the data.
+    # Sized from measured CPU costs (README, "Results: the quick profile"): ResNet-18 with the small-input stem
+    # trains at roughly 30 images/s on 2 cores at 28 px, so every classifier pass is a seeded subset of the data;
+    # the whole profile took 14 minutes there.
     "quick": Profile(
         gan="--image-size 32 --num-channels 1 --feature-maps-g 32 --feature-maps-d 32 --epochs 8 --batch-size 64 "
         "--workers 0 --vis-batch-size 64",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two cores: one intra-op thread per test process keeps timings predictable and avoids oversubscription.
+# At most two intra-op threads (the machines have two cores): more only oversubscribes them.
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 

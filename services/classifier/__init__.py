@@ -1,0 +1,1 @@
+"""The classifier service: a TorchServe handler serving a trained pneumonia classifier checkpoint."""

@@ -1,0 +1,178 @@
+"""The TorchServe handler, stage by stage, without a TorchServe server."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from ts.utils.util import PredictionException
+
+from services.classifier.handler import PneumoniaHandler
+from shared.images import MAX_IMAGE_PIXELS
+from shared.models.classifier import build_classifier, classifier_config, save_classifier
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def handler(tmp_path_factory: pytest.TempPathFactory) -> PneumoniaHandler:
+    model_dir = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", in_channels=1, image_size=SIZE, weights="none")
+    save_classifier(model_dir / "model.pth", model, classifier_config("resnet18", 1, SIZE, "baseline", "none"))
+    context = SimpleNamespace(
+        system_properties={"model_dir": str(model_dir), "gpu_id": None},
+        manifest={"model": {"serializedFile": "model.pth", "modelVersion": "1.0"}},
+    )
+    h = PneumoniaHandler()
+    h.initialize(context)
+    return h
+
+
+@pytest.fixture(scope="module")
+def pixels() -> np.ndarray:
+    """A 24 x 24 uint8 image spanning 0..255, so min/max rescaling leaves it unchanged."""
+    arr = np.random.default_rng(0).integers(0, 256, size=(24, 24), dtype=np.uint8)
+    arr[0, 0], arr[0, 1] = 0, 255
+    return arr
+
+
+def encode(arr: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def dicom_bytes(arr: np.ndarray | None, photometric: str = "MONOCHROME2") -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    if arr is not None:
+        frames = arr.shape[0] if arr.ndim == 3 else 1
+        ds.Rows, ds.Columns = arr.shape[-2:]
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.PixelData = arr.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's header), with a valid CRC."""
+    data = bytearray(encode(np.zeros((4, 4), dtype=np.uint8), "PNG"))
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of header fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def predict(handler: PneumoniaHandler, rows: list[dict]) -> list[dict]:
+    return handler.postprocess(handler.inference(handler.preprocess(rows)))
+
+
+def test_initialize_loads_checkpoint(handler: PneumoniaHandler) -> None:
+    assert handler.initialized
+    assert handler.device == torch.device("cpu")
+    assert handler.model_version == "1.0"
+    assert handler.config["image_size"] == SIZE
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "DICOM"])
+def test_each_format_gives_an_answer(handler: PneumoniaHandler, pixels: np.ndarray, fmt: str) -> None:
+    body = dicom_bytes(pixels) if fmt == "DICOM" else encode(pixels, fmt)
+    batch = handler.preprocess([{"body": bytearray(body)}])
+    assert batch.shape == (1, 1, SIZE, SIZE)
+    (answer,) = handler.postprocess(handler.inference(batch))
+    assert set(answer) == {"label", "pneumonia_probability", "model_version"}
+    p = answer["pneumonia_probability"]
+    assert isinstance(p, float) and 0.0 <= p <= 1.0
+    assert answer["label"] == ("pneumonia" if p >= 0.5 else "normal")
+    assert answer["model_version"] == "1.0"
+
+
+def test_dicom_and_png_of_same_pixels_agree(handler: PneumoniaHandler, pixels: np.ndarray) -> None:
+    (png,) = predict(handler, [{"data": encode(pixels, "PNG")}])
+    (dcm,) = predict(handler, [{"data": dicom_bytes(pixels)}])
+    assert dcm["pneumonia_probability"] == pytest.approx(png["pneumonia_probability"], abs=1e-5)
+
+
+def test_monochrome1_is_inverted(handler: PneumoniaHandler, pixels: np.ndarray) -> None:
+    inverted = handler.preprocess([{"data": dicom_bytes(pixels, "MONOCHROME1")}])
+    expected = handler.preprocess([{"data": encode(255 - pixels, "PNG")}])
+    plain = handler.preprocess([{"data": dicom_bytes(pixels)}])
+    torch.testing.assert_close(inverted, expected)
+    assert not torch.allclose(inverted, plain)
+
+
+def test_dicom_rescaled_by_min_max(handler: PneumoniaHandler, pixels: np.ndarray) -> None:
+    narrow = (pixels // 4 + 100).astype(np.uint8)  # 100..163: stretched back to 0..255
+    stretched = np.round((narrow - 100.0) / 63.0 * 255.0).astype(np.uint8)
+    torch.testing.assert_close(
+        handler.preprocess([{"data": dicom_bytes(narrow)}]), handler.preprocess([{"data": encode(stretched, "PNG")}])
+    )
+
+
+def test_batch_of_two_rows_gives_two_answers(handler: PneumoniaHandler, pixels: np.ndarray) -> None:
+    answers = predict(handler, [{"data": encode(pixels, "PNG")}, {"body": encode(255 - pixels, "JPEG")}])
+    assert len(answers) == 2
+    (alone,) = predict(handler, [{"data": encode(pixels, "PNG")}])
+    assert answers[0]["pneumonia_probability"] == pytest.approx(alone["pneumonia_probability"], abs=1e-5)
+
+
+def truncated_png() -> bytes:
+    data = encode(np.random.default_rng(1).integers(0, 256, size=(64, 64), dtype=np.uint8), "PNG")
+    return data[: len(data) // 2]
+
+
+def bomb_png(factor: float) -> bytes:
+    side = int((factor * MAX_IMAGE_PIXELS) ** 0.5) + 1
+    return png_claiming_size(side, side)
+
+
+BAD_INPUTS = {
+    "empty body": (lambda: b"", "empty request body"),
+    "missing body": (lambda: None, "empty request body"),
+    "text": (lambda: b"hello, this is not an image", "not an image"),
+    "json": (lambda: {"image": "x"}, "raw image bytes"),
+    "truncated png": (truncated_png, "truncated or corrupt PNG"),
+    "bomb just over the limit": (lambda: bomb_png(1), "too large"),  # PIL itself only warns here
+    "bomb far over the limit": (lambda: bomb_png(4), "too large"),
+    "dicom without pixels": (lambda: dicom_bytes(None), "no pixel data"),
+    "multi-frame dicom": (lambda: dicom_bytes(np.zeros((2, 8, 8), dtype=np.uint8)), "expected one grayscale frame"),
+    "truncated dicom": (lambda: dicom_bytes(np.zeros((8, 8), dtype=np.uint8))[:-10], "cannot decode DICOM pixel"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_a_400_naming_the_problem(handler: PneumoniaHandler, case: str) -> None:
+    make_body, message = BAD_INPUTS[case]
+    with pytest.raises(PredictionException, match=message) as info:
+        handler.preprocess([{"data": make_body()}])
+    assert info.value.error_code == 400
+
+
+def test_one_bad_row_fails_the_batch(handler: PneumoniaHandler, pixels: np.ndarray) -> None:
+    with pytest.raises(PredictionException) as info:
+        handler.preprocess([{"data": encode(pixels, "PNG")}, {"data": b"garbage"}])
+    assert info.value.error_code == 400

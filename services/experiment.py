@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shared.datasets import DATASETS
 from shared.errors import PneumoniaError
+from shared.images import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
         log.info("experiment step %s finished in %.1f s", name, timings[name])
     timings["total"] = round(time.perf_counter() - started, 1)
     results = Path(args.work_dir) / "results"
-    (results / "experiment_timings.json").write_text(json.dumps(timings, indent=2))
+    atomic_write_json(results / "experiment_timings.json", timings)
     print("\nHold-out test metrics (mean over fold models, 95% CI):")
     print(summary_table(results / "metrics"))
     print(f"\nReport: {results / 'analysis' / 'comparison_report.txt'}  (total {timings['total']:.0f} s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
@@ -55,6 +56,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: str | Path, data: object) -> None:
+    """Write `data` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def save_png(array: np.ndarray, path: str | Path) -> None:

@@ -17,6 +17,7 @@ from shared.errors import DatasetError
 from shared.images import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.csv"
+SYNTHETIC_PREFIX = "synthetic-"  # patient id prefix of every synthetic image: keeps them out of evaluation
 MANIFEST_COLUMNS = ("file", "label", "seed", "index", "generator_sha256")
 
 
@@ -70,7 +71,7 @@ def write_manifest(directory: str | Path, rows: list[ManifestRow]) -> None:
 
 
 def load_synthetic(directory: str | Path) -> FileImages:
-    """The synthetic folder as labelled images; each file is its own "patient" (`synthetic-{file}`)."""
+    """The synthetic folder as labelled images; each file is its own "patient" (`{SYNTHETIC_PREFIX}{file}`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetError(f"synthetic image folder not found: {directory}")
@@ -83,4 +84,4 @@ def load_synthetic(directory: str | Path) -> FileImages:
     for path in paths:
         if not path.is_file():
             raise DatasetError(f"{directory / MANIFEST_NAME} lists {path.name}, which is missing from {directory}")
-    return FileImages(paths, [f"synthetic-{row.file}" for row in rows], [row.label for row in rows])
+    return FileImages(paths, [f"{SYNTHETIC_PREFIX}{row.file}" for row in rows], [row.label for row in rows])

@@ -12,7 +12,6 @@ words), analysis_summary.json (every number in the report) and the figures to --
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from services.analyzer.report import (
 from shared.checkpoints import load_checkpoint
 from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, load_dataset
 from shared.errors import ConfigError
-from shared.images import atomic_write_bytes
+from shared.images import atomic_write_bytes, atomic_write_json
 from shared.models.classifier import ARCHS, classifier_transform, load_classifier
 from shared.runtime import seed_everything, select_device
 from shared.splits import develop_and_holdout
@@ -460,7 +459,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
 
     summary["skipped"] = skipped
     summary["outputs"] = [*written, "analysis_summary.json", "comparison_report.txt"]
-    atomic_write_bytes(out / "analysis_summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_json(out / "analysis_summary.json", summary)
     atomic_write_bytes(out / "comparison_report.txt", render_report(summary).encode())
     log.info("wrote %s to %s", ", ".join(summary["outputs"]), out)
     return summary

@@ -8,7 +8,6 @@ all = every labelled image (including any the model was trained on).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from services.trainer.train_classifier import predict
 from shared.datasets import DATASETS, DatasetSplits, LabelledImages, TorchImageDataset, load_dataset
 from shared.errors import ConfigError, DatasetError
-from shared.images import atomic_write_bytes
+from shared.images import atomic_write_json
 from shared.metrics import binary_metrics
 from shared.models.classifier import classifier_transform, load_classifier
 from shared.runtime import select_device
@@ -96,6 +95,6 @@ def format_metrics(result: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     result = evaluate_model(args)
     if args.output:
-        atomic_write_bytes(Path(args.output), (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_json(Path(args.output), result)
     print(format_metrics(result))
     return 0

@@ -11,7 +11,6 @@ AUROC becomes the strategy's model.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ from shared.curriculum import Schedule, parse_schedule, ratio_at, synthetic_coun
 from shared.datasets import DATASETS, LabelledImages, TorchImageDataset, load_dataset
 from shared.errors import ConfigError, DatasetError
 from shared.figures import save_figure
-from shared.images import atomic_write_bytes
+from shared.images import atomic_write_bytes, atomic_write_json
 from shared.metrics import binary_metrics, summarize_folds
 from shared.models.classifier import (
     ARCHS,
@@ -43,10 +42,10 @@ from shared.models.classifier import (
 )
 from shared.runtime import seed_everything, select_device
 from shared.splits import develop_and_holdout, holdout_indices, patient_kfold
+from shared.synthetic import SYNTHETIC_PREFIX, load_synthetic
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC_PREFIX = "synthetic-"  # patient id prefix of every synthetic image (shared.synthetic.load_synthetic)
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -133,17 +132,6 @@ def assert_real_only(images: LabelledImages, where: str) -> None:
     synthetic = [pid for pid in images.patient_ids if pid.startswith(SYNTHETIC_PREFIX)]
     if synthetic:
         raise RuntimeError(f"{len(synthetic)} synthetic images in the {where} (e.g. {synthetic[0]}): refusing to go on")
-
-
-def load_synthetic_pool(directory: str) -> LabelledImages:
-    """The synthetic images; each must carry the synthetic patient id prefix so that it can be kept out of
-    evaluation."""
-    from shared.synthetic import load_synthetic
-
-    pool = load_synthetic(directory)
-    if not all(pid.startswith(SYNTHETIC_PREFIX) for pid in pool.patient_ids):
-        raise DatasetError(f"{directory}: synthetic images must have patient ids starting with {SYNTHETIC_PREFIX!r}")
-    return pool
 
 
 def subsample(images: LabelledImages, max_images: int, seed: int) -> LabelledImages:
@@ -343,10 +331,6 @@ def train_fold(
     return model, history, val_metrics
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
 def plot_training_curves(strategy: str, folds: list[dict[str, Any]], path: Path) -> None:
     """Loss and accuracy per epoch: one colour per fold, solid = training, dashed = validation."""
     fig = Figure(figsize=(11, 4))
@@ -432,7 +416,7 @@ def train_strategy(args: argparse.Namespace, progress: Progress | None = None) -
     assert_real_only(holdout, "hold-out test set")
     if args.max_images is not None:
         develop = subsample(develop, args.max_images, args.seed)
-    pool = load_synthetic_pool(args.synthetic_dir) if args.use_synthetic else None
+    pool = load_synthetic(args.synthetic_dir) if args.use_synthetic else None
     folds = fold_indices(develop, args.k_folds, args.val_fraction, args.seed)
     log.info(
         "%s: %d development images (%s), %d hold-out, %d synthetic in the pool, %d fold(s), %s on %s",
@@ -492,12 +476,12 @@ def train_strategy(args: argparse.Namespace, progress: Progress | None = None) -
         "dataset": args.dataset,
         "arch": args.arch,
     }
-    write_json(
+    atomic_write_json(
         results_dir / f"{strategy}_training_history.json",
         {"strategy": strategy, "config": run_config(args), "folds": fold_histories},
     )
-    write_json(results_dir / f"{strategy}_cv_summary.json", cv_summary)
-    write_json(results_dir / f"{strategy}_final_metrics.json", final)
+    atomic_write_json(results_dir / f"{strategy}_cv_summary.json", cv_summary)
+    atomic_write_json(results_dir / f"{strategy}_final_metrics.json", final)
     plot_training_curves(strategy, fold_histories, figures_dir / f"{strategy}_training_curves.png")
     if schedule is not None:
         plot_synthetic_ratio(strategy, fold_histories, schedule, figures_dir / f"{strategy}_synthetic_ratio.png")

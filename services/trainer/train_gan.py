@@ -8,7 +8,6 @@ resumable checkpoint, a sample grid from a fixed latent batch and the loss histo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
@@ -30,7 +29,7 @@ from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
 from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.figures import save_figure
-from shared.images import atomic_write_bytes, save_png
+from shared.images import atomic_write_json, save_png
 from shared.models.dcgan import Discriminator, Generator, for_inference, num_resolution_steps
 from shared.runtime import rng_state, seed_everything, select_device, set_rng_state
 from shared.splits import develop_and_holdout
@@ -358,7 +357,7 @@ def plot_real_vs_synthetic(
 
 
 def save_history(config: dict[str, Any], history: list[dict[str, Any]], path: Path) -> None:
-    atomic_write_bytes(path, json.dumps({"config": config, "epochs": history}, indent=2).encode())
+    atomic_write_json(path, {"config": config, "epochs": history})
 
 
 def plot_losses(history: list[dict[str, Any]], path: Path) -> None:

@@ -1,7 +1,11 @@
-"""Compile proto/pneumonia/v1/*.proto into the Python package `pneumonia.v1` under proto/gen (`make proto`).
+"""Compile the protos under proto/pneumonia into Python packages under proto/gen (`make proto`).
+
+    proto/pneumonia/v1/*.proto          -> pneumonia.v1          our services' contracts
+    proto/pneumonia/torchserve/*.proto  -> pneumonia.torchserve  our copy of TorchServe's gRPC inference API
+
 
     python scripts/gen_proto.py              # regenerate proto/gen in place
-    python scripts/gen_proto.py --out DIR    # write the package under DIR instead (the staleness test)
+    python scripts/gen_proto.py --out DIR    # write the packages under DIR instead (the staleness test)
 
 The protos are compiled with `-I proto`, so generated modules import each other as `pneumonia.v1.<name>_pb2`;
 pyproject.toml maps the package `pneumonia` to proto/gen/pneumonia. Output depends only on the protos and the
@@ -20,23 +24,29 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PACKAGE = Path("pneumonia", "v1")
 DEFAULT_OUT = PROTO_ROOT / "gen"
 PACKAGE_DOCS = {
     Path("pneumonia"): '"""Generated gRPC contracts of the pneumonia services (scripts/gen_proto.py)."""\n',
-    PACKAGE: '"""pneumonia.v1 messages and stubs, generated from proto/pneumonia/v1 by scripts/gen_proto.py."""\n',
+    Path("pneumonia", "v1"): (
+        '"""pneumonia.v1 messages and stubs, generated from proto/pneumonia/v1 by scripts/gen_proto.py."""\n'
+    ),
+    Path("pneumonia", "torchserve"): (
+        '"""TorchServe\'s gRPC inference API, generated from proto/pneumonia/torchserve by scripts/gen_proto.py."""\n'
+    ),
 }
+PACKAGES = tuple(package for package in PACKAGE_DOCS if package != Path("pneumonia"))
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Compile every .proto of proto/pneumonia/v1 into `out_dir`/pneumonia/v1; return the files there."""
-    protos = sorted((PROTO_ROOT / PACKAGE).glob("*.proto"))
+    """Compile every .proto of each package in PACKAGES into `out_dir`; return the files written there."""
+    protos = sorted(proto for package in PACKAGES for proto in (PROTO_ROOT / package).glob("*.proto"))
     if not protos:
-        raise FileNotFoundError(f"no .proto files in {PROTO_ROOT / PACKAGE}")
-    package_dir = out_dir / PACKAGE
-    if package_dir.exists():
-        shutil.rmtree(package_dir)  # a deleted .proto must not leave its stubs behind
-    package_dir.mkdir(parents=True)
+        raise FileNotFoundError(f"no .proto files under {PROTO_ROOT / 'pneumonia'}")
+    for package in PACKAGES:
+        package_dir = out_dir / package
+        if package_dir.exists():
+            shutil.rmtree(package_dir)  # a deleted .proto must not leave its stubs behind
+        package_dir.mkdir(parents=True)
     well_known = resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
     args = [
         "grpc_tools.protoc",
@@ -51,15 +61,15 @@ def generate(out_dir: Path) -> list[Path]:
         raise RuntimeError(f"protoc failed on {', '.join(p.name for p in protos)}")
     for package, doc in PACKAGE_DOCS.items():
         (out_dir / package / "__init__.py").write_text(doc)
-    return sorted(package_dir.iterdir())
+    return sorted(path for package in PACKAGES for path in (out_dir / package).iterdir())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory that receives pneumonia/v1/")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory that receives pneumonia/")
     args = parser.parse_args(argv)
     written = generate(args.out.resolve())
-    print(f"wrote {len(written)} files under {args.out / PACKAGE}")
+    print(f"wrote {len(written)} files under {args.out / 'pneumonia'}")
     return 0
 
 

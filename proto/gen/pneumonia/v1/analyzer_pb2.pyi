@@ -8,16 +8,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AnalyzeRequest(_message.Message):
-    __slots__ = ("metrics", "models", "synthetic", "output")
+    __slots__ = ("metrics", "models", "synthetic", "output", "dataset", "generator", "arch", "num_ssim_real", "num_ssim_synth", "num_gradcam_samples", "num_reference_real", "seed", "cpu")
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    NUM_SSIM_REAL_FIELD_NUMBER: _ClassVar[int]
+    NUM_SSIM_SYNTH_FIELD_NUMBER: _ClassVar[int]
+    NUM_GRADCAM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NUM_REFERENCE_REAL_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
     metrics: _common_pb2.ObjectPrefix
     models: _common_pb2.ObjectPrefix
     synthetic: _common_pb2.ObjectPrefix
     output: _common_pb2.ObjectPrefix
-    def __init__(self, metrics: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., models: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ...) -> None: ...
+    dataset: _common_pb2.DatasetSource
+    generator: _common_pb2.ObjectRef
+    arch: str
+    num_ssim_real: int
+    num_ssim_synth: int
+    num_gradcam_samples: int
+    num_reference_real: int
+    seed: int
+    cpu: bool
+    def __init__(self, metrics: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., models: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., generator: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., arch: _Optional[str] = ..., num_ssim_real: _Optional[int] = ..., num_ssim_synth: _Optional[int] = ..., num_gradcam_samples: _Optional[int] = ..., num_reference_real: _Optional[int] = ..., seed: _Optional[int] = ..., cpu: _Optional[bool] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
     __slots__ = ("reports", "summary", "skipped")

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pneumonia/v1/common.proto\x12\x0cpneumonia.v1\"F\n\tObjectRef\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\".\n\x0cObjectPrefix\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t*E\n\x05Label\x12\x15\n\x11LABEL_UNSPECIFIED\x10\x00\x12\x10\n\x0cLABEL_NORMAL\x10\x01\x12\x13\n\x0fLABEL_PNEUMONIA\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pneumonia/v1/common.proto\x12\x0cpneumonia.v1\"F\n\tObjectRef\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\".\n\x0cObjectPrefix\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\"G\n\rDatasetSource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix*E\n\x05Label\x12\x15\n\x11LABEL_UNSPECIFIED\x10\x00\x12\x10\n\x0cLABEL_NORMAL\x10\x01\x12\x13\n\x0fLABEL_PNEUMONIA\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pneumonia.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LABEL']._serialized_start=163
-  _globals['_LABEL']._serialized_end=232
-  _globals['_JOBSTATE']._serialized_start=235
-  _globals['_JOBSTATE']._serialized_end=389
+  _globals['_LABEL']._serialized_start=236
+  _globals['_LABEL']._serialized_end=305
+  _globals['_JOBSTATE']._serialized_start=308
+  _globals['_JOBSTATE']._serialized_end=462
   _globals['_OBJECTREF']._serialized_start=43
   _globals['_OBJECTREF']._serialized_end=113
   _globals['_OBJECTPREFIX']._serialized_start=115
   _globals['_OBJECTPREFIX']._serialized_end=161
+  _globals['_DATASETSOURCE']._serialized_start=163
+  _globals['_DATASETSOURCE']._serialized_end=234
 # @@protoc_insertion_point(module_scope)

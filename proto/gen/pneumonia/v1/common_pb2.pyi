@@ -1,7 +1,8 @@
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -48,3 +49,11 @@ class ObjectPrefix(_message.Message):
     bucket: str
     prefix: str
     def __init__(self, bucket: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class DatasetSource(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: ObjectPrefix
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[_Union[ObjectPrefix, _Mapping]] = ...) -> None: ...

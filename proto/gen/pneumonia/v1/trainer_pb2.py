@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pneumonia.v1 import common_pb2 as pneumonia_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apneumonia/v1/trainer.proto\x12\x0cpneumonia.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pneumonia/v1/common.proto\"G\n\rDatasetSource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\"\x92\x04\n\x12StartGanJobRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.pneumonia.v1.DatasetSource\x12\x15\n\routput_prefix\x18\x02 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x06 \x01(\x01\x12\x12\n\nlatent_dim\x18\x07 \x01(\x05\x12\x14\n\x0cnum_channels\x18\x08 \x01(\x05\x12\x12\n\nimage_size\x18\t \x01(\x05\x12\x16\n\x0e\x66\x65\x61ture_maps_g\x18\n \x01(\x05\x12\x16\n\x0e\x66\x65\x61ture_maps_d\x18\x0b \x01(\x05\x12*\n\x08train_on\x18\x0c \x01(\x0e\x32\x18.pneumonia.v1.GanTrainOn\x12\x13\n\x0b\x63onditional\x18\r \x01(\x08\x12#\n\x04loss\x18\x0e \x01(\x0e\x32\x15.pneumonia.v1.GanLoss\x12\x11\n\tgp_weight\x18\x0f \x01(\x01\x12\x10\n\x08n_critic\x18\x10 \x01(\x05\x12\x0c\n\x04seed\x18\x11 \x01(\x03\x12\x17\n\nmax_images\x18\x12 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0csample_every\x18\x13 \x01(\x05\x12\x16\n\x0evis_batch_size\x18\x14 \x01(\x05\x12\x0b\n\x03\x63pu\x18\x15 \x01(\x08\x12\x0e\n\x06resume\x18\x16 \x01(\x08\x42\r\n\x0b_max_images\"\xe2\x04\n\x19StartClassifierJobRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.pneumonia.v1.DatasetSource\x12-\n\tsynthetic\x18\x02 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12\x15\n\routput_prefix\x18\x03 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\n\n\x02lr\x18\x06 \x01(\x01\x12\x10\n\x08unfreeze\x18\x07 \x01(\x08\x12\x0f\n\x07k_folds\x18\x08 \x01(\x05\x12\x15\n\ruse_synthetic\x18\t \x01(\x08\x12\x16\n\x0euse_curriculum\x18\n \x01(\x08\x12\x1b\n\x13\x63urriculum_schedule\x18\x0b \x01(\t\x12\x0c\n\x04\x61rch\x18\x0c \x01(\t\x12\x0f\n\x07weights\x18\r \x01(\t\x12\x33\n\x12weights_checkpoint\x18\x0e \x01(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12\x12\n\nimage_size\x18\x0f \x01(\x05\x12\x10\n\x08\x63hannels\x18\x10 \x01(\x05\x12\x0c\n\x04seed\x18\x11 \x01(\x03\x12\x17\n\nmax_images\x18\x12 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0cval_fraction\x18\x13 \x01(\x01\x12\x31\n\rclass_balance\x18\x14 \x01(\x0e\x32\x1a.pneumonia.v1.ClassBalance\x12,\n\tscheduler\x18\x15 \x01(\x0e\x32\x19.pneumonia.v1.LrScheduler\x12\x0b\n\x03\x63pu\x18\x16 \x01(\x08\x42\r\n\x0b_max_images\"\xd6\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.pneumonia.v1.JobKind\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.pneumonia.v1.JobState\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x05 \x01(\x05\x12\x0c\n\x04\x66old\x18\x06 \x01(\x05\x12\x13\n\x0btotal_folds\x18\x07 \x01(\x05\x12/\n\x07metrics\x18\x08 \x03(\x0b\x32\x1e.pneumonia.v1.Job.MetricsEntry\x12\x0f\n\x07message\x18\t \x01(\t\x12(\n\x07outputs\x18\n \x03(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*K\n\x07GanLoss\x12\x18\n\x14GAN_LOSS_UNSPECIFIED\x10\x00\x12\x10\n\x0cGAN_LOSS_BCE\x10\x01\x12\x14\n\x10GAN_LOSS_WGAN_GP\x10\x02*[\n\nGanTrainOn\x12\x1c\n\x18GAN_TRAIN_ON_UNSPECIFIED\x10\x00\x12\x19\n\x15GAN_TRAIN_ON_POSITIVE\x10\x01\x12\x14\n\x10GAN_TRAIN_ON_ALL\x10\x02*\x81\x01\n\x0c\x43lassBalance\x12\x1d\n\x19\x43LASS_BALANCE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43LASS_BALANCE_WEIGHTED_LOSS\x10\x01\x12\x19\n\x15\x43LASS_BALANCE_SAMPLER\x10\x02\x12\x16\n\x12\x43LASS_BALANCE_NONE\x10\x03*]\n\x0bLrScheduler\x12\x1c\n\x18LR_SCHEDULER_UNSPECIFIED\x10\x00\x12\x15\n\x11LR_SCHEDULER_NONE\x10\x01\x12\x19\n\x15LR_SCHEDULER_ONECYCLE\x10\x02*N\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cJOB_KIND_GAN\x10\x01\x12\x17\n\x13JOB_KIND_CLASSIFIER\x10\x02\x32\xe0\x02\n\x0eTrainerService\x12\x42\n\x0bStartGanJob\x12 .pneumonia.v1.StartGanJobRequest\x1a\x11.pneumonia.v1.Job\x12P\n\x12StartClassifierJob\x12\'.pneumonia.v1.StartClassifierJobRequest\x1a\x11.pneumonia.v1.Job\x12\x38\n\x06GetJob\x12\x1b.pneumonia.v1.GetJobRequest\x1a\x11.pneumonia.v1.Job\x12>\n\x08WatchJob\x12\x1d.pneumonia.v1.WatchJobRequest\x1a\x11.pneumonia.v1.Job0\x01\x12>\n\tCancelJob\x12\x1e.pneumonia.v1.CancelJobRequest\x1a\x11.pneumonia.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apneumonia/v1/trainer.proto\x12\x0cpneumonia.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19pneumonia/v1/common.proto\"\x92\x04\n\x12StartGanJobRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.pneumonia.v1.DatasetSource\x12\x15\n\routput_prefix\x18\x02 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x06 \x01(\x01\x12\x12\n\nlatent_dim\x18\x07 \x01(\x05\x12\x14\n\x0cnum_channels\x18\x08 \x01(\x05\x12\x12\n\nimage_size\x18\t \x01(\x05\x12\x16\n\x0e\x66\x65\x61ture_maps_g\x18\n \x01(\x05\x12\x16\n\x0e\x66\x65\x61ture_maps_d\x18\x0b \x01(\x05\x12*\n\x08train_on\x18\x0c \x01(\x0e\x32\x18.pneumonia.v1.GanTrainOn\x12\x13\n\x0b\x63onditional\x18\r \x01(\x08\x12#\n\x04loss\x18\x0e \x01(\x0e\x32\x15.pneumonia.v1.GanLoss\x12\x11\n\tgp_weight\x18\x0f \x01(\x01\x12\x10\n\x08n_critic\x18\x10 \x01(\x05\x12\x0c\n\x04seed\x18\x11 \x01(\x03\x12\x17\n\nmax_images\x18\x12 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0csample_every\x18\x13 \x01(\x05\x12\x16\n\x0evis_batch_size\x18\x14 \x01(\x05\x12\x0b\n\x03\x63pu\x18\x15 \x01(\x08\x12\x0e\n\x06resume\x18\x16 \x01(\x08\x42\r\n\x0b_max_images\"\xfe\x04\n\x19StartClassifierJobRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.pneumonia.v1.DatasetSource\x12-\n\tsynthetic\x18\x02 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12\x15\n\routput_prefix\x18\x03 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\n\n\x02lr\x18\x06 \x01(\x01\x12\x10\n\x08unfreeze\x18\x07 \x01(\x08\x12\x0f\n\x07k_folds\x18\x08 \x01(\x05\x12\x15\n\ruse_synthetic\x18\t \x01(\x08\x12\x16\n\x0euse_curriculum\x18\n \x01(\x08\x12\x1b\n\x13\x63urriculum_schedule\x18\x0b \x01(\t\x12\x0c\n\x04\x61rch\x18\x0c \x01(\t\x12\x0f\n\x07weights\x18\r \x01(\t\x12\x33\n\x12weights_checkpoint\x18\x0e \x01(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12\x12\n\nimage_size\x18\x0f \x01(\x05\x12\x10\n\x08\x63hannels\x18\x10 \x01(\x05\x12\x0c\n\x04seed\x18\x11 \x01(\x03\x12\x17\n\nmax_images\x18\x12 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0cval_fraction\x18\x13 \x01(\x01\x12\x31\n\rclass_balance\x18\x14 \x01(\x0e\x32\x1a.pneumonia.v1.ClassBalance\x12,\n\tscheduler\x18\x15 \x01(\x0e\x32\x19.pneumonia.v1.LrScheduler\x12\x0b\n\x03\x63pu\x18\x16 \x01(\x08\x12\x1a\n\x12model_archive_name\x18\x17 \x01(\tB\r\n\x0b_max_images\"\x86\x04\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.pneumonia.v1.JobKind\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.pneumonia.v1.JobState\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x05 \x01(\x05\x12\x0c\n\x04\x66old\x18\x06 \x01(\x05\x12\x13\n\x0btotal_folds\x18\x07 \x01(\x05\x12/\n\x07metrics\x18\x08 \x03(\x0b\x32\x1e.pneumonia.v1.Job.MetricsEntry\x12\x0f\n\x07message\x18\t \x01(\t\x12(\n\x07outputs\x18\n \x03(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rmodel_archive\x18\x0e \x01(\x0b\x32\x17.pneumonia.v1.ObjectRef\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t*K\n\x07GanLoss\x12\x18\n\x14GAN_LOSS_UNSPECIFIED\x10\x00\x12\x10\n\x0cGAN_LOSS_BCE\x10\x01\x12\x14\n\x10GAN_LOSS_WGAN_GP\x10\x02*[\n\nGanTrainOn\x12\x1c\n\x18GAN_TRAIN_ON_UNSPECIFIED\x10\x00\x12\x19\n\x15GAN_TRAIN_ON_POSITIVE\x10\x01\x12\x14\n\x10GAN_TRAIN_ON_ALL\x10\x02*\x81\x01\n\x0c\x43lassBalance\x12\x1d\n\x19\x43LASS_BALANCE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43LASS_BALANCE_WEIGHTED_LOSS\x10\x01\x12\x19\n\x15\x43LASS_BALANCE_SAMPLER\x10\x02\x12\x16\n\x12\x43LASS_BALANCE_NONE\x10\x03*]\n\x0bLrScheduler\x12\x1c\n\x18LR_SCHEDULER_UNSPECIFIED\x10\x00\x12\x15\n\x11LR_SCHEDULER_NONE\x10\x01\x12\x19\n\x15LR_SCHEDULER_ONECYCLE\x10\x02*N\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cJOB_KIND_GAN\x10\x01\x12\x17\n\x13JOB_KIND_CLASSIFIER\x10\x02\x32\xe0\x02\n\x0eTrainerService\x12\x42\n\x0bStartGanJob\x12 .pneumonia.v1.StartGanJobRequest\x1a\x11.pneumonia.v1.Job\x12P\n\x12StartClassifierJob\x12\'.pneumonia.v1.StartClassifierJobRequest\x1a\x11.pneumonia.v1.Job\x12\x38\n\x06GetJob\x12\x1b.pneumonia.v1.GetJobRequest\x1a\x11.pneumonia.v1.Job\x12>\n\x08WatchJob\x12\x1d.pneumonia.v1.WatchJobRequest\x1a\x11.pneumonia.v1.Job0\x01\x12>\n\tCancelJob\x12\x1e.pneumonia.v1.CancelJobRequest\x1a\x11.pneumonia.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB_METRICSENTRY']._loaded_options = None
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_GANLOSS']._serialized_start=1900
-  _globals['_GANLOSS']._serialized_end=1975
-  _globals['_GANTRAINON']._serialized_start=1977
-  _globals['_GANTRAINON']._serialized_end=2068
-  _globals['_CLASSBALANCE']._serialized_start=2071
-  _globals['_CLASSBALANCE']._serialized_end=2200
-  _globals['_LRSCHEDULER']._serialized_start=2202
-  _globals['_LRSCHEDULER']._serialized_end=2295
-  _globals['_JOBKIND']._serialized_start=2297
-  _globals['_JOBKIND']._serialized_end=2375
-  _globals['_DATASETSOURCE']._serialized_start=104
-  _globals['_DATASETSOURCE']._serialized_end=175
-  _globals['_STARTGANJOBREQUEST']._serialized_start=178
-  _globals['_STARTGANJOBREQUEST']._serialized_end=708
-  _globals['_STARTCLASSIFIERJOBREQUEST']._serialized_start=711
-  _globals['_STARTCLASSIFIERJOBREQUEST']._serialized_end=1321
-  _globals['_JOB']._serialized_start=1324
-  _globals['_JOB']._serialized_end=1794
-  _globals['_JOB_METRICSENTRY']._serialized_start=1748
-  _globals['_JOB_METRICSENTRY']._serialized_end=1794
-  _globals['_GETJOBREQUEST']._serialized_start=1796
-  _globals['_GETJOBREQUEST']._serialized_end=1827
-  _globals['_WATCHJOBREQUEST']._serialized_start=1829
-  _globals['_WATCHJOBREQUEST']._serialized_end=1862
-  _globals['_CANCELJOBREQUEST']._serialized_start=1864
-  _globals['_CANCELJOBREQUEST']._serialized_end=1898
-  _globals['_TRAINERSERVICE']._serialized_start=2378
-  _globals['_TRAINERSERVICE']._serialized_end=2730
+  _globals['_GANLOSS']._serialized_start=1903
+  _globals['_GANLOSS']._serialized_end=1978
+  _globals['_GANTRAINON']._serialized_start=1980
+  _globals['_GANTRAINON']._serialized_end=2071
+  _globals['_CLASSBALANCE']._serialized_start=2074
+  _globals['_CLASSBALANCE']._serialized_end=2203
+  _globals['_LRSCHEDULER']._serialized_start=2205
+  _globals['_LRSCHEDULER']._serialized_end=2298
+  _globals['_JOBKIND']._serialized_start=2300
+  _globals['_JOBKIND']._serialized_end=2378
+  _globals['_STARTGANJOBREQUEST']._serialized_start=105
+  _globals['_STARTGANJOBREQUEST']._serialized_end=635
+  _globals['_STARTCLASSIFIERJOBREQUEST']._serialized_start=638
+  _globals['_STARTCLASSIFIERJOBREQUEST']._serialized_end=1276
+  _globals['_JOB']._serialized_start=1279
+  _globals['_JOB']._serialized_end=1797
+  _globals['_JOB_METRICSENTRY']._serialized_start=1751
+  _globals['_JOB_METRICSENTRY']._serialized_end=1797
+  _globals['_GETJOBREQUEST']._serialized_start=1799
+  _globals['_GETJOBREQUEST']._serialized_end=1830
+  _globals['_WATCHJOBREQUEST']._serialized_start=1832
+  _globals['_WATCHJOBREQUEST']._serialized_end=1865
+  _globals['_CANCELJOBREQUEST']._serialized_start=1867
+  _globals['_CANCELJOBREQUEST']._serialized_end=1901
+  _globals['_TRAINERSERVICE']._serialized_start=2381
+  _globals['_TRAINERSERVICE']._serialized_end=2733
 # @@protoc_insertion_point(module_scope)

@@ -58,14 +58,6 @@ JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_GAN: JobKind
 JOB_KIND_CLASSIFIER: JobKind
 
-class DatasetSource(_message.Message):
-    __slots__ = ("name", "data")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    data: _common_pb2.ObjectPrefix
-    def __init__(self, name: _Optional[str] = ..., data: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ...) -> None: ...
-
 class StartGanJobRequest(_message.Message):
     __slots__ = ("dataset", "output_prefix", "epochs", "batch_size", "lr", "beta1", "latent_dim", "num_channels", "image_size", "feature_maps_g", "feature_maps_d", "train_on", "conditional", "loss", "gp_weight", "n_critic", "seed", "max_images", "sample_every", "vis_batch_size", "cpu", "resume")
     DATASET_FIELD_NUMBER: _ClassVar[int]
@@ -90,7 +82,7 @@ class StartGanJobRequest(_message.Message):
     VIS_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
-    dataset: DatasetSource
+    dataset: _common_pb2.DatasetSource
     output_prefix: str
     epochs: int
     batch_size: int
@@ -112,10 +104,10 @@ class StartGanJobRequest(_message.Message):
     vis_batch_size: int
     cpu: bool
     resume: bool
-    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., beta1: _Optional[float] = ..., latent_dim: _Optional[int] = ..., num_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., feature_maps_g: _Optional[int] = ..., feature_maps_d: _Optional[int] = ..., train_on: _Optional[_Union[GanTrainOn, str]] = ..., conditional: _Optional[bool] = ..., loss: _Optional[_Union[GanLoss, str]] = ..., gp_weight: _Optional[float] = ..., n_critic: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., sample_every: _Optional[int] = ..., vis_batch_size: _Optional[int] = ..., cpu: _Optional[bool] = ..., resume: _Optional[bool] = ...) -> None: ...
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., beta1: _Optional[float] = ..., latent_dim: _Optional[int] = ..., num_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., feature_maps_g: _Optional[int] = ..., feature_maps_d: _Optional[int] = ..., train_on: _Optional[_Union[GanTrainOn, str]] = ..., conditional: _Optional[bool] = ..., loss: _Optional[_Union[GanLoss, str]] = ..., gp_weight: _Optional[float] = ..., n_critic: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., sample_every: _Optional[int] = ..., vis_batch_size: _Optional[int] = ..., cpu: _Optional[bool] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class StartClassifierJobRequest(_message.Message):
-    __slots__ = ("dataset", "synthetic", "output_prefix", "epochs", "batch_size", "lr", "unfreeze", "k_folds", "use_synthetic", "use_curriculum", "curriculum_schedule", "arch", "weights", "weights_checkpoint", "image_size", "channels", "seed", "max_images", "val_fraction", "class_balance", "scheduler", "cpu")
+    __slots__ = ("dataset", "synthetic", "output_prefix", "epochs", "batch_size", "lr", "unfreeze", "k_folds", "use_synthetic", "use_curriculum", "curriculum_schedule", "arch", "weights", "weights_checkpoint", "image_size", "channels", "seed", "max_images", "val_fraction", "class_balance", "scheduler", "cpu", "model_archive_name")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
@@ -138,7 +130,8 @@ class StartClassifierJobRequest(_message.Message):
     CLASS_BALANCE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
-    dataset: DatasetSource
+    MODEL_ARCHIVE_NAME_FIELD_NUMBER: _ClassVar[int]
+    dataset: _common_pb2.DatasetSource
     synthetic: _common_pb2.ObjectPrefix
     output_prefix: str
     epochs: int
@@ -160,10 +153,11 @@ class StartClassifierJobRequest(_message.Message):
     class_balance: ClassBalance
     scheduler: LrScheduler
     cpu: bool
-    def __init__(self, dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., unfreeze: _Optional[bool] = ..., k_folds: _Optional[int] = ..., use_synthetic: _Optional[bool] = ..., use_curriculum: _Optional[bool] = ..., curriculum_schedule: _Optional[str] = ..., arch: _Optional[str] = ..., weights: _Optional[str] = ..., weights_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., val_fraction: _Optional[float] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., cpu: _Optional[bool] = ...) -> None: ...
+    model_archive_name: str
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., unfreeze: _Optional[bool] = ..., k_folds: _Optional[int] = ..., use_synthetic: _Optional[bool] = ..., use_curriculum: _Optional[bool] = ..., curriculum_schedule: _Optional[str] = ..., arch: _Optional[str] = ..., weights: _Optional[str] = ..., weights_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., val_fraction: _Optional[float] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., cpu: _Optional[bool] = ..., model_archive_name: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "epoch", "total_epochs", "fold", "total_folds", "metrics", "message", "outputs", "created_at", "started_at", "finished_at")
+    __slots__ = ("job_id", "kind", "state", "epoch", "total_epochs", "fold", "total_folds", "metrics", "message", "outputs", "created_at", "started_at", "finished_at", "model_archive")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +178,7 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: _common_pb2.JobState
@@ -197,7 +192,8 @@ class Job(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., fold: _Optional[int] = ..., total_folds: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    model_archive: _common_pb2.ObjectRef
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[_common_pb2.JobState, str]] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., fold: _Optional[int] = ..., total_folds: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., message: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_archive: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -28,6 +28,7 @@ from shared.storage import (
     StorageUnavailableError,
     open_store,
 )
+from shared.storage.sync import download_prefix, upload_dir
 
 
 def s3_store(server: S3TestServer, retries: int = 2, retry_delay: float = 0.01) -> S3Store:
@@ -371,3 +372,43 @@ def test_config_names_the_missing_s3_variable(missing: str) -> None:
 def test_config_rejects_bad_values_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         StorageConfig.from_env({**S3_ENV, name: value})
+
+
+# --- shared.storage.sync: whole prefixes to and from a directory, on both backends ---------------------------------
+
+
+def test_upload_dir_then_download_prefix_round_trips_a_tree(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"alpha")
+    (src / "sub" / "b.bin").write_bytes(bytes(range(256)))
+    uploaded = upload_dir(store, src, bucket, "runs/r1")
+    assert [ref.key for ref in uploaded] == ["runs/r1/a.txt", "runs/r1/sub/b.bin"]
+    store.put_bytes(bucket, "runs/r10/other.txt", b"a sibling prefix that must not be downloaded")
+
+    dest = tmp_path / "dest"
+    downloaded = download_prefix(store, bucket, "runs/r1", dest)
+    assert [ref.key for ref in downloaded] == ["runs/r1/a.txt", "runs/r1/sub/b.bin"]
+    assert (dest / "a.txt").read_bytes() == b"alpha"
+    assert (dest / "sub" / "b.bin").read_bytes() == bytes(range(256))
+    assert not (dest / "other.txt").exists()
+
+
+def test_download_prefix_replaces_a_stale_local_copy_and_keeps_a_current_one(
+    store: ObjectStore, bucket: str, tmp_path: Path
+) -> None:
+    store.put_bytes(bucket, "data/x.txt", b"stored")
+    store.put_bytes(bucket, "data/y.txt", b"same")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "x.txt").write_bytes(b"stale!")
+    (dest / "y.txt").write_bytes(b"same")
+    mtime = (dest / "y.txt").stat().st_mtime_ns
+    download_prefix(store, bucket, "data/", dest)
+    assert (dest / "x.txt").read_bytes() == b"stored"
+    assert (dest / "y.txt").stat().st_mtime_ns == mtime  # already current: not downloaded again
+
+
+def test_download_prefix_of_nothing_is_not_found(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="no objects under"):
+        download_prefix(store, bucket, "missing/", tmp_path)

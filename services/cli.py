@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "train-classifier": "services.trainer.train_classifier",
     "evaluate": "services.trainer.evaluate",
     "analyze-results": "services.analyzer.analyze_results",
+    "archive-classifier": "services.classifier.archive",
     "experiment": "services.experiment",
 }
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "services.trainer.evaluate",
     "analyze-results": "services.analyzer.analyze_results",
     "archive-classifier": "services.classifier.archive",
+    "export": "shared.models.export",
     "experiment": "services.experiment",
 }
 

@@ -1,0 +1,173 @@
+"""Calibrated probabilities and a chosen operating point, fitted on validation data only.
+
+    calibration = fit_calibration(val_logits, val_labels)                   # Youden's J
+    calibration = fit_calibration(val_logits, val_labels, target_sensitivity=0.95)
+    p = calibrated_probability(test_logits, calibration.temperature)       # P(pneumonia)
+    predicted = p >= calibration.threshold
+
+Temperature scaling (Guo et al. 2017): one scalar T > 0 divides the logits; it is fitted by minimizing the negative
+log-likelihood on validation logits, so it changes confidence, never the ranking (AUROC is unchanged). The threshold
+on the calibrated P(pneumonia) is then chosen on the same validation data: Youden's J (sensitivity + specificity - 1,
+the ROC point farthest above chance) by default, or the highest threshold that still reaches a target sensitivity,
+the choice of a screening user who must not miss pneumonia. Both are saved with the model (its config's
+"calibration" entry) and used by evaluate and by the served handler. They are never fitted on test data: callers
+pass validation logits only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+
+from shared.errors import PneumoniaError
+
+NUM_BINS = 10
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+
+
+class CalibrationError(PneumoniaError):
+    """Calibration cannot be fitted (e.g. validation data with one class only)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted temperature and decision threshold, with how they were chosen and what they did on validation."""
+
+    temperature: float
+    threshold: float
+    method: str  # "youden" or "target-sensitivity"
+    target_sensitivity: float | None
+    val_sensitivity: float
+    val_specificity: float
+    ece_before: float
+    ece_after: float
+    n_val: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**data)
+
+
+def pneumonia_probability(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """N x 2 logits -> P(pneumonia) after dividing the logits by `temperature`."""
+    scaled = torch.as_tensor(np.asarray(logits, dtype=np.float64)) / temperature
+    return torch.softmax(scaled, dim=1)[:, 1].numpy()
+
+
+def calibrated_probability(logits: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """P(pneumonia) with the calibration's temperature (plain softmax without one)."""
+    return pneumonia_probability(logits, calibration.temperature if calibration is not None else 1.0)
+
+
+def decision_threshold(calibration: Calibration | None) -> float:
+    """The calibration's threshold, else 0.5."""
+    return calibration.threshold if calibration is not None else 0.5
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = NUM_BINS) -> float:
+    """ECE of P(pneumonia): bin-weighted |observed pneumonia rate - mean predicted probability| over equal-width
+    probability bins (the binary form: the predicted probability of the positive class, not of the argmax)."""
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    bins = np.minimum((probabilities * num_bins).astype(int), num_bins - 1)
+    error = 0.0
+    for b in range(num_bins):
+        members = bins == b
+        if members.any():
+            error += members.mean() * abs(labels[members].mean() - probabilities[members].mean())
+    return float(error)
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, num_bins: int = NUM_BINS) -> dict[str, list]:
+    """Per equal-width bin: mean predicted probability, observed pneumonia rate and count (empty bins left out)."""
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    bins = np.minimum((probabilities * num_bins).astype(int), num_bins - 1)
+    out: dict[str, list] = {"predicted": [], "observed": [], "count": []}
+    for b in range(num_bins):
+        members = bins == b
+        if members.any():
+            out["predicted"].append(float(probabilities[members].mean()))
+            out["observed"].append(float(labels[members].mean()))
+            out["count"].append(int(members.sum()))
+    return out
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimizing the NLL of softmax(logits / T) on these (validation) logits."""
+    x = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(np.clip(log_t.exp().item(), MIN_TEMPERATURE, MAX_TEMPERATURE))
+
+
+def choose_threshold(
+    probabilities: np.ndarray, labels: np.ndarray, target_sensitivity: float | None = None
+) -> tuple[float, float, float]:
+    """(threshold, sensitivity, specificity) on these data: Youden's J, or the highest threshold reaching
+    `target_sensitivity`. Predictions are `probability >= threshold`."""
+    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf ("predict nothing positive")
+    if target_sensitivity is None:
+        best = int(np.argmax(tpr - fpr))
+    else:
+        if not 0.0 < target_sensitivity <= 1.0:
+            raise CalibrationError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
+        best = int(np.argmax(tpr >= target_sensitivity - 1e-12))  # thresholds decrease, so the first is highest
+    return float(thresholds[best]), float(tpr[best]), float(1.0 - fpr[best])
+
+
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, target_sensitivity: float | None = None) -> Calibration:
+    """Temperature and threshold from validation logits (N x 2) and labels (0 normal, 1 pneumonia)."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise CalibrationError("calibration needs validation data with both classes")
+    temperature = fit_temperature(logits, labels)
+    before = pneumonia_probability(logits)
+    after = pneumonia_probability(logits, temperature)
+    threshold, sensitivity, specificity = choose_threshold(after, labels, target_sensitivity)
+    return Calibration(
+        temperature=temperature,
+        threshold=threshold,
+        method="youden" if target_sensitivity is None else "target-sensitivity",
+        target_sensitivity=target_sensitivity,
+        val_sensitivity=sensitivity,
+        val_specificity=specificity,
+        ece_before=expected_calibration_error(before, labels),
+        ece_after=expected_calibration_error(after, labels),
+        n_val=len(labels),
+    )
+
+
+def plot_reliability(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "Reliability diagram"
+) -> None:
+    """One reliability curve per entry {name: (probabilities, labels)}, with the diagonal and each ECE."""
+    import matplotlib.pyplot as plt
+
+    from shared.figures import save_figure
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
+    for name, (probabilities, labels) in curves.items():
+        bins = reliability_bins(probabilities, labels)
+        ece = expected_calibration_error(probabilities, labels)
+        ax.plot(bins["predicted"], bins["observed"], marker="o", label=f"{name} (ECE {ece:.3f})")
+    ax.set(xlabel="predicted P(pneumonia)", ylabel="observed pneumonia rate", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left")
+    save_figure(fig, path)

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
 from shared.errors import PneumoniaError
+from shared.figures import save_figure
 
 NUM_BINS = 10
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -158,11 +160,8 @@ def plot_reliability(
     curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "Reliability diagram"
 ) -> None:
     """One reliability curve per entry {name: (probabilities, labels)}, with the diagonal and each ECE."""
-    import matplotlib.pyplot as plt
-
-    from shared.figures import save_figure
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
     for name, (probabilities, labels) in curves.items():
         bins = reliability_bins(probabilities, labels)

@@ -33,3 +33,52 @@ experiment-local: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- Containers and Kubernetes (docs/deployment.md) ----
+# make experiment [PROFILE=quick|full] [DEVICE=gpu|cpu] [DATA_DIR=...]: the experiment through docker-compose.
+PROFILE ?= quick
+DEVICE ?= gpu
+COMPOSE ?= docker compose
+KUBECTL ?= kubectl
+K8S_OVERLAY ?= $(if $(filter gpu,$(DEVICE)),gpu,cpu)
+REPORT_DIR ?= results/compose
+RUN_ID := compose-$(shell date -u +%Y%m%d-%H%M%S)-$(PROFILE)
+COMPOSE_ENV = COMPOSE_PROFILES=$(DEVICE) PNEUMONIA_VARIANT=$(if $(filter gpu,$(DEVICE)),cuda,cpu) \
+	DATA_DIR=$(abspath $(DATA_DIR)) REPORT_DIR=$(abspath $(REPORT_DIR))
+
+.PHONY: experiment validate-deploy k8s-apply k8s-experiment
+
+experiment: SHELL := /bin/bash
+experiment: .SHELLFLAGS := -euo pipefail -c
+experiment:
+	@test -f .env || { echo "make experiment: cp .env.example .env and set its secrets first" >&2; exit 2; }
+	@test -d $(DATA_DIR) || { echo "make experiment: DATA_DIR=$(DATA_DIR) is not a directory" >&2; exit 2; }
+	mkdir -p $(REPORT_DIR)/$(RUN_ID)
+	$(COMPOSE_ENV) $(COMPOSE) build
+	trap '$(COMPOSE_ENV) $(COMPOSE) down' EXIT; \
+	$(COMPOSE_ENV) $(COMPOSE) up -d; \
+	$(COMPOSE_ENV) $(COMPOSE) run --rm orchestrator pneumonia experiment --via-services --profile $(PROFILE) \
+		--dataset pneumoniamnist --data-dir /data --work-dir /var/lib/pneumonia/work --run-id $(RUN_ID) \
+		| tee $(REPORT_DIR)/$(RUN_ID)/experiment.log; \
+	$(COMPOSE_ENV) $(COMPOSE) run --rm --user "$$(id -u):$$(id -g)" report $(RUN_ID); \
+	echo "report: $(REPORT_DIR)/$(RUN_ID)/analysis/comparison_report.txt"
+
+# Offline checks of the Dockerfiles (hadolint), docker-compose.yml (Docker Compose's own parser) and every
+# kustomization (kubectl kustomize + kubernetes-validate); tests/test_deployment.py runs the same in `make test`.
+validate-deploy: install
+	$(BIN)/python scripts/validate_deploy.py
+
+k8s-apply:
+	@test -s k8s/base/secrets.env || { echo "make k8s-apply: cp k8s/base/secrets.env.example k8s/base/secrets.env and fill it in" >&2; exit 2; }
+	$(KUBECTL) apply -k k8s/overlays/$(K8S_OVERLAY)
+
+k8s-experiment: install
+	KUBECTL=$(KUBECTL) PYTHON=$(BIN)/python bash k8s/experiment.sh k8s/overlays/$(K8S_OVERLAY) $(DATA_DIR) results/k8s
+
+# A trained classifier checkpoint as a TorchServe archive (<EXPORT_DIR>/<MODEL_NAME>.mar):
+#   make mar CHECKPOINT=models/baseline_resnet18.pth [MODEL_NAME=pneumonia] [EXPORT_DIR=model-store]
+.PHONY: mar
+mar: install
+	$(if $(CHECKPOINT),,$(error set CHECKPOINT=path/to/classifier.pth))
+	$(BIN)/pneumonia archive-classifier --checkpoint $(CHECKPOINT) --model-name $(or $(MODEL_NAME),pneumonia) \
+		--export-dir $(or $(EXPORT_DIR),model-store)

@@ -1,0 +1,662 @@
+"""The deployment files, checked offline with the real tools and against the code, so that they cannot drift.
+
+Tools (dev dependencies; a missing one fails, never skips): hadolint on every Dockerfile, Docker Compose v2's own
+parser on docker-compose.yml, kubectl kustomize on every kustomization and kubernetes-validate on what it renders
+(scripts/validate_deploy.py). Consistency: environment variable names and ports in the Dockerfiles, compose and
+Kubernetes are the ones the services' config modules document and accept; commands are importable modules or the
+experiment's own plan; image names and tags agree; no secret value is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("validate_deploy", ROOT / "scripts" / "validate_deploy.py")
+assert _spec is not None and _spec.loader is not None
+validate_deploy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(validate_deploy)
+
+# service -> its config module (the PNEUMONIA_<SERVICE>_* variables, documented in the module docstring)
+CONFIG_MODULES = {
+    "trainer": "services.trainer.config",
+    "generator": "services.generator.config",
+    "analyzer": "services.analyzer.config",
+    "classifier": "services.classifier.config",
+}
+STORAGE_CONFIG = "shared.storage.config"
+BUCKET_VARIABLES = {
+    "PNEUMONIA_DATASETS_BUCKET",
+    "PNEUMONIA_SYNTHETIC_BUCKET",
+    "PNEUMONIA_MODELS_BUCKET",
+    "PNEUMONIA_RESULTS_BUCKET",
+}
+# compose service -> the service whose config it runs
+COMPOSE_SERVICES = {
+    "trainer": "trainer",
+    "trainer-cpu": "trainer",
+    "generator": "generator",
+    "classifier": "classifier",
+    "analyzer": "analyzer",
+}
+VARIANTS = {"gpu": "cuda", "cpu": "cpu"}  # device profile / overlay -> image variant
+OVERLAY_PROFILES = {"cpu": "quick", "gpu": "full"}  # overlay -> experiment profile its Jobs run
+FOLD_FLAG = ["--fold", "$(JOB_COMPLETION_INDEX)"]  # not in the CLI yet: docs/deployment.md
+VARIABLE = re.compile(r"PNEUMONIA_[A-Z0-9_]+")
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def project_version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def documented_variables(module_name: str) -> set[str]:
+    """The PNEUMONIA_* variables a config module's docstring lists (indented lines starting with the name)."""
+    doc = importlib.import_module(module_name).__doc__ or ""
+    return set(re.findall(r"^\s{2,}(PNEUMONIA_[A-Z0-9_]+)", doc, flags=re.MULTILINE))
+
+
+def config_class(module: ModuleType) -> Any:
+    """The module's config dataclass: the class defined there with a from_env classmethod."""
+    for value in vars(module).values():
+        if isinstance(value, type) and value.__module__ == module.__name__ and hasattr(value, "from_env"):
+            return value
+    raise AssertionError(f"{module.__name__} defines no config class with from_env")
+
+
+def service_config(service: str, env: dict[str, str]) -> Any:
+    """The service's config as it would read `env` (ConfigError for a bad value)."""
+    return config_class(importlib.import_module(CONFIG_MODULES[service])).from_env(env)
+
+
+def config_ports(config: Any) -> set[int]:
+    return {getattr(config, field.name) for field in fields(config) if field.name.endswith("_port")}
+
+
+def allowed_variables(service: str) -> set[str]:
+    return documented_variables(CONFIG_MODULES[service]) | documented_variables(STORAGE_CONFIG) | BUCKET_VARIABLES
+
+
+def dockerfile_text(service: str) -> str:
+    return (ROOT / "services" / service / "Dockerfile").read_text()
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def runtime_env(service: str) -> dict[str, str]:
+    """The ENV of the Dockerfile's last stage (key=value pairs)."""
+    text = dockerfile_text(service)
+    last_stage = text[text.rindex("\nFROM ") :]
+    env: dict[str, str] = {}
+    for instruction, arguments in dockerfile_instructions(last_stage):
+        if instruction == "ENV":
+            env.update(word.split("=", 1) for word in shlex.split(arguments))
+    return env
+
+
+def exec_form(text: str, instruction: str) -> list[str]:
+    """The JSON-form arguments of the last `instruction` (CMD, or HEALTHCHECK's CMD)."""
+    values = [arguments for name, arguments in dockerfile_instructions(text) if name == instruction]
+    assert values, f"no {instruction}"
+    arguments = values[-1]
+    if instruction == "HEALTHCHECK":
+        arguments = arguments[arguments.index("CMD ") + 4 :]
+    return json.loads(arguments)
+
+
+def module_runs(module: str) -> bool:
+    """`python -m module` can run: a module, or a package with __main__."""
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return False
+    return spec.submodule_search_locations is None or importlib.util.find_spec(f"{module}.__main__") is not None
+
+
+def k8s_objects(text: str) -> list[dict[str, Any]]:
+    return [document for document in yaml.safe_load_all(text) if document]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
+    if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+        return obj["spec"]["template"]["spec"]
+    return None
+
+
+def container_env(container: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A container's environment: its ConfigMap envFrom, its env; secrets become placeholders."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]])
+        if "secretRef" in source:
+            env.update(validate_deploy.PLACEHOLDER_SECRETS)
+    for variable in container.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+        elif "secretKeyRef" in variable.get("valueFrom", {}):
+            env[variable["name"]] = validate_deploy.PLACEHOLDER_SECRETS[variable["valueFrom"]["secretKeyRef"]["key"]]
+    return env
+
+
+def experiment_plan(profile: str) -> dict[str, list[str]]:
+    """services.experiment.plan for the layout the Jobs use (work volume at /work)."""
+    from services.experiment import add_arguments, plan
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--profile", profile, "--dataset", "pneumoniamnist", "--data-dir", "/work/data/pneumoniamnist"]
+        + ["--work-dir", "/work"]
+    )
+    return {name.replace(" (", "-").rstrip(")"): argv for name, argv in plan(args)}
+
+
+def parsed_step(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """A `pneumonia` argv parsed by the CLI's own parser: (options, arguments it does not know)."""
+    from services.cli import build_parser
+
+    namespace, unknown = build_parser().parse_known_args(argv)
+    options = {key: value for key, value in vars(namespace).items() if key not in ("handler", "parser")}
+    return options, unknown
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def compose_models() -> dict[str, dict[str, Any]]:
+    """docker-compose.yml resolved by Docker Compose for each device profile (with the orchestrator's profile)."""
+    models = {}
+    for profile in validate_deploy.DEVICE_PROFILES:
+        env = validate_deploy.compose_env({"PNEUMONIA_VARIANT": VARIANTS[profile]})
+        result = validate_deploy.compose_config([profile, "experiment"], env)
+        assert result.returncode == 0, result.stderr
+        models[profile] = json.loads(result.stdout)
+    return models
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every overlay rendered by kubectl kustomize (placeholder secrets)."""
+    return {
+        overlay: k8s_objects(validate_deploy.render_kustomization(Path("overlays") / overlay))
+        for overlay in OVERLAY_PROFILES
+    }
+
+
+def workloads(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for obj in objects:
+        spec = pod_spec(obj)
+        if spec is not None:
+            yield obj, spec
+
+
+def config_maps(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {obj["metadata"]["name"]: obj.get("data", {}) for obj in objects if obj["kind"] == "ConfigMap"}
+
+
+# ---------------------------------------------------------------------------------------------------- real tools
+
+
+@pytest.mark.parametrize("dockerfile", validate_deploy.dockerfiles(), ids=lambda path: path.parent.name)
+def test_hadolint_passes(dockerfile: Path) -> None:
+    result = validate_deploy.hadolint(dockerfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nCMD python app.py\n")
+    result = validate_deploy.hadolint(bad)
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout and "DL3025" in result.stdout
+
+
+def test_every_service_has_a_dockerfile() -> None:
+    assert [path.parent.name for path in validate_deploy.dockerfiles()] == sorted(CONFIG_MODULES)
+
+
+def test_compose_parser_rejects_broken_files(tmp_path: Path) -> None:
+    """The parser is real: an unknown key, a dangling depends_on and a missing secret all fail."""
+    original = validate_deploy.COMPOSE_FILE.read_text()
+    broken = {
+        "unknown key": original.replace("    shm_size:", "    shm_sise:", 1),
+        "dangling depends_on": original.replace(
+            "      generator:\n        condition:", "      genrator:\n        condition:"
+        ),
+    }
+    for problem, text in broken.items():
+        assert text != original, problem
+        path = tmp_path / "docker-compose.yml"
+        path.write_text(text)
+        result = validate_deploy.compose_config(["gpu", "experiment"], validate_deploy.compose_env(), compose_file=path)
+        assert result.returncode != 0, problem
+    env = validate_deploy.compose_env()
+    del env["MINIO_ROOT_PASSWORD"]
+    result = validate_deploy.compose_config(["gpu"], env)
+    assert result.returncode != 0
+    assert "MINIO_ROOT_PASSWORD" in result.stderr
+
+
+@pytest.mark.parametrize("directory", validate_deploy.kustomizations(), ids=str)
+def test_kustomization_renders_and_validates(directory: Path) -> None:
+    manifests = validate_deploy.render_kustomization(directory)
+    result = validate_deploy.kubernetes_validate(manifests)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(k8s_objects(manifests)) > 10
+
+
+def test_kubernetes_validate_rejects_a_broken_manifest(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    deployment = copy.deepcopy(next(obj for obj in rendered["cpu"] if obj["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "eighty"
+    deployment["spec"]["replicaz"] = 2
+    result = validate_deploy.kubernetes_validate(yaml.safe_dump(deployment))
+    assert result.returncode != 0
+    assert "containerPort" in result.stdout + result.stderr
+
+
+def test_both_overlays_exist() -> None:
+    assert {Path("base"), Path("overlays/cpu"), Path("overlays/gpu")} <= set(validate_deploy.kustomizations())
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+
+@pytest.mark.parametrize("service", sorted(CONFIG_MODULES))
+def test_dockerfile_runs_the_service_module_as_non_root(service: str) -> None:
+    text = dockerfile_text(service)
+    command = exec_form(text, "CMD")
+    assert command == ["python", "-m", f"services.{service}"]
+    assert module_runs(command[2]), f"`python -m {command[2]}` has nothing to run"
+    users = [arguments for name, arguments in dockerfile_instructions(text) if name == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+
+
+@pytest.mark.parametrize("service", sorted(CONFIG_MODULES))
+def test_dockerfile_env_ports_and_healthcheck_match_the_config(service: str) -> None:
+    env = runtime_env(service)
+    service_variables = {name for name in env if VARIABLE.fullmatch(name)}
+    assert service_variables <= allowed_variables(service), service_variables - allowed_variables(service)
+    config = service_config(service, env)
+    exposed = {
+        int(port)
+        for name, arguments in dockerfile_instructions(dockerfile_text(service))
+        if name == "EXPOSE"
+        for port in arguments.split()
+    }
+    assert exposed == config_ports(config)
+    check = exec_form(dockerfile_text(service), "HEALTHCHECK")
+    assert check[:3] == ["python", "-m", "shared.healthcheck"] and module_runs("shared.healthcheck")
+    target = re.sub(r"\$\{(\w+)\}", lambda match: env[match.group(1)], check[3])
+    port = int(re.search(r":(\d+)", target).group(1))
+    assert port in config_ports(config)
+    if service == "classifier":
+        assert target == f"http://127.0.0.1:{config.inference_port}/ping"  # TorchServe's own health endpoint
+    elif service == "generator":
+        assert target == f"http://127.0.0.1:{config.http_port}/healthz"
+    else:
+        assert target == f"127.0.0.1:{config.grpc_port}"  # grpc.health.v1 of the service's server
+
+
+def test_dockerfiles_share_their_dependency_stages() -> None:
+    """The stages before the runtime stage are the same text everywhere, so the images share those layers."""
+
+    def shared_part(service: str) -> str:
+        text = dockerfile_text(service)
+        text = re.sub(r"# ---- java:.*?\n\n", "", text, flags=re.DOTALL)  # the classifier's extra Java stage
+        text = text.replace("ARG JAVA_IMAGE=eclipse-temurin:17.0.13_11-jre-jammy\n", "")
+        return text[text.index("ARG PYTHON_IMAGE=") : text.index("# ---- runtime")]
+
+    parts = {service: shared_part(service) for service in CONFIG_MODULES}
+    assert len(set(parts.values())) == 1, "the dependency stages differ between the Dockerfiles"
+
+
+@pytest.mark.parametrize("service", sorted(CONFIG_MODULES))
+def test_dockerfile_bases_are_pinned_and_layers_cache_friendly(service: str) -> None:
+    text = dockerfile_text(service)
+    for image in re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, flags=re.MULTILINE):
+        name, _, tag = image.partition(":")
+        assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"{image} is not a pinned tag"
+    instructions = [f"{name} {arguments}" for name, arguments in dockerfile_instructions(text)]
+    install = next(i for i, line in enumerate(instructions) if "pip install -r /build/requirements.txt" in line)
+    first_source = next(i for i, line in enumerate(instructions) if line.startswith("COPY shared"))
+    assert install < first_source, "dependencies must be installed before the source is copied"
+    assert "VARIANT" in text and "download.pytorch.org/whl/cpu" in text
+    assert not re.search(r"(?i)(password|secret|token)\s*=", text)
+
+
+def test_torch_pins_reach_the_images() -> None:
+    """The Dockerfiles install torch and torchvision from pyproject.toml's exact pins."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [dep for dep in project["dependencies"] if re.match(r"^(torch|torchvision)==", dep)]
+    assert pins == ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def test_classifier_image_has_java_17() -> None:
+    text = dockerfile_text("classifier")
+    assert re.search(r"^ARG JAVA_IMAGE=eclipse-temurin:17\.", text, flags=re.MULTILINE)
+    assert "COPY --from=java /opt/java/openjdk /opt/java/openjdk" in text
+    assert "JAVA_HOME=/opt/java/openjdk" in text
+
+
+def test_dockerignore_is_an_allowlist() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in lines
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "proto/gen", "shared", "services"}
+
+
+# ---------------------------------------------------------------------------------------------------- compose
+
+
+@pytest.mark.parametrize("profile", validate_deploy.DEVICE_PROFILES)
+def test_compose_services_match_their_config(profile: str, compose_models: dict[str, dict[str, Any]]) -> None:
+    services = compose_models[profile]["services"]
+    version, variant = project_version(), VARIANTS[profile]
+    ours = [name for name in services if name in COMPOSE_SERVICES]
+    assert sorted(ours) == sorted(
+        {"generator", "classifier", "analyzer", "trainer" if profile == "gpu" else "trainer-cpu"}
+    )
+    for name in ours:
+        service, spec = COMPOSE_SERVICES[name], services[name]
+        env = {key: value for key, value in spec["environment"].items() if value is not None}
+        assert set(env) <= allowed_variables(service), set(env) - allowed_variables(service)
+        config = service_config(service, env)
+        assert {int(port["target"]) for port in spec.get("ports", [])} <= config_ports(config)
+        assert spec["image"] == f"pneumonia/{service}:{version}-{variant}"
+        assert spec["build"]["dockerfile"] == f"services/{service}/Dockerfile"
+        assert spec["build"]["args"]["VARIANT"] == variant
+        assert spec["read_only"] and spec["cap_drop"] == ["ALL"]
+        assert spec["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+        storage = importlib.import_module(STORAGE_CONFIG).StorageConfig.from_env(env)
+        assert (storage.backend, storage.endpoint, storage.secure) == ("s3", "minio:9000", False)
+
+
+def test_compose_gpu_profile_reserves_gpus(compose_models: dict[str, dict[str, Any]]) -> None:
+    gpu = compose_models["gpu"]["services"]["trainer"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    cpu = compose_models["cpu"]["services"]["trainer-cpu"]
+    assert "deploy" not in cpu
+    assert "trainer" in cpu["networks"]["default"]["aliases"]  # the orchestrator finds it under the same name
+
+
+def test_compose_publishes_no_management_port(compose_models: dict[str, dict[str, Any]]) -> None:
+    services = compose_models["gpu"]["services"]
+    published = {name: {int(port["target"]) for port in spec.get("ports", [])} for name, spec in services.items()}
+    classifier = service_config("classifier", services["classifier"]["environment"])
+    assert published["classifier"] == {classifier.inference_port, classifier.grpc_port}
+    assert not published.get("minio") and not published.get("trainer") and not published.get("analyzer")
+    for name, spec in services.items():
+        for port in spec.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", f"{name} publishes on {port['host_ip']} by default"
+
+
+def test_compose_start_order_is_health_gated(compose_models: dict[str, dict[str, Any]]) -> None:
+    services = compose_models["cpu"]["services"]
+    orchestrator = services["orchestrator"]["depends_on"]
+    for name in ("generator", "classifier", "analyzer", "trainer", "trainer-cpu"):
+        assert orchestrator[name]["condition"] == "service_healthy"
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["minio"]
+
+
+def test_compose_orchestrator_reaches_every_service(compose_models: dict[str, dict[str, Any]]) -> None:
+    from services.orchestrator import ServiceEndpoints
+
+    services = compose_models["gpu"]["services"]
+    spec = services["orchestrator"]
+    env = spec["environment"]
+    known = set(VARIABLE.findall((ROOT / "services" / "orchestrator.py").read_text()))
+    known |= set(VARIABLE.findall((ROOT / "services" / "experiment.py").read_text()))
+    known |= documented_variables(STORAGE_CONFIG) | BUCKET_VARIABLES
+    assert set(env) <= known, set(env) - known
+    endpoints = ServiceEndpoints.from_env(env)
+    configs = {name: service_config(name, services[name]["environment"]) for name in CONFIG_MODULES}
+    assert endpoints.trainer == f"trainer:{configs['trainer'].grpc_port}"
+    assert endpoints.generator == f"generator:{configs['generator'].grpc_port}"
+    assert endpoints.analyzer == f"analyzer:{configs['analyzer'].grpc_port}"
+    classifier = configs["classifier"]
+    assert endpoints.classifier_inference_url == f"http://classifier:{classifier.inference_port}"
+    assert endpoints.classifier_management_url == f"http://classifier:{classifier.management_port}"
+    assert endpoints.classifier_grpc == f"classifier:{classifier.grpc_port}"
+    # the key file TorchServe writes into its workdir, on a volume the orchestrator mounts read-only
+    assert endpoints.classifier_key_file == classifier.workdir / "key_file.json"
+    mounts = {volume["target"]: volume for volume in spec["volumes"]}
+    assert mounts[str(classifier.workdir)]["read_only"] is True
+    assert spec["image"] == services["trainer"]["image"]
+    command = spec["command"]
+    assert command[:3] == ["pneumonia", "experiment", "--via-services"]
+    options, unknown = parsed_step(command[1:])
+    assert not unknown and options["data_dir"] == "/data" and mounts["/data"]["read_only"] is True
+
+
+# ---------------------------------------------------------------------------------------------------- kubernetes
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAY_PROFILES))
+def test_k8s_services_match_their_config(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered[overlay]
+    maps = config_maps(objects)
+    deployments = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "Deployment"}
+    assert sorted(deployments) == sorted(CONFIG_MODULES)
+    k8s_services = [obj for obj in objects if obj["kind"] == "Service"]
+    for name, deployment in deployments.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = container_env(container, maps)
+        assert set(env) <= allowed_variables(name), set(env) - allowed_variables(name)
+        config = service_config(name, env)
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert set(ports.values()) == config_ports(config)
+        assert container["image"] == f"pneumonia/{name}:{project_version()}-{VARIANTS[overlay]}"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            handler = container[probe]
+            port = handler.get("grpc", handler.get("httpGet", {})).get("port")
+            assert ports.get(port, port) in config_ports(config), f"{name} {probe}"
+        if name in ("trainer", "analyzer"):
+            assert container["livenessProbe"]["grpc"]["port"] == config.grpc_port  # native gRPC health probes
+        for service in k8s_services:
+            if service["spec"]["selector"] == {"app.kubernetes.io/name": name}:
+                assert {port["targetPort"] for port in service["spec"]["ports"]} <= set(ports)
+
+
+def test_k8s_and_compose_use_the_same_images(
+    rendered: dict[str, list[dict[str, Any]]], compose_models: dict[str, dict[str, Any]]
+) -> None:
+    for overlay, profile in (("cpu", "cpu"), ("gpu", "gpu")):
+        k8s_images = {
+            container["image"]
+            for _, spec in workloads(rendered[overlay])
+            for container in spec["containers"]
+            if container["image"].startswith("pneumonia/")
+        }
+        compose_services = list(compose_models[profile]["services"].values())
+        compose_images = {spec["image"] for spec in compose_services if spec["image"].startswith("pneumonia/")}
+        assert k8s_images == compose_images
+        third_party = {
+            container["image"]
+            for _, spec in workloads(rendered[overlay])
+            for container in spec["containers"]
+            if not container["image"].startswith("pneumonia/")
+        }
+        compose_third_party = {spec["image"] for spec in compose_services if not spec["image"].startswith("pneumonia/")}
+        assert third_party == compose_third_party  # the same pinned MinIO and mc
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAY_PROFILES))
+def test_k8s_jobs_run_the_experiment_plan(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Each step Job runs `pneumonia <step>` with exactly the flags of `pneumonia experiment --profile P`."""
+    plan = experiment_plan(OVERLAY_PROFILES[overlay])
+    jobs = {
+        obj["metadata"]["name"]: obj
+        for obj in rendered[overlay]
+        if obj["kind"] == "Job" and obj["metadata"]["labels"].get("app.kubernetes.io/component") == "experiment-step"
+    }
+    assert set(plan) <= set(jobs)
+    for step, argv in plan.items():
+        job = jobs[step]
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["pneumonia"] and job["spec"]["suspend"] is True
+        assert container["image"] == f"pneumonia/trainer:{project_version()}-{VARIANTS[overlay]}"
+        options, unknown = parsed_step(container["args"])
+        expected, _ = parsed_step(argv)
+        if step.startswith("train-classifier"):
+            assert job["spec"]["completionMode"] == "Indexed"
+            assert job["spec"]["completions"] == job["spec"]["parallelism"] == expected["k_folds"]
+            assert container["args"][-2:] == FOLD_FLAG
+            if unknown:  # until train-classifier has --fold (docs/deployment.md)
+                assert unknown == FOLD_FLAG
+            else:
+                options.pop("fold")
+        assert not unknown or step.startswith("train-classifier")
+        assert options == expected, step
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAY_PROFILES))
+def test_k8s_pods_are_locked_down(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for obj, spec in workloads(rendered[overlay]):
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+            assert "/tmp" in {mount["mountPath"] for mount in container["volumeMounts"]}, name
+        if obj["kind"] == "Job":
+            assert "backoffLimit" in obj["spec"] and "ttlSecondsAfterFinished" in obj["spec"], name
+    namespace = next(obj for obj in rendered[overlay] if obj["kind"] == "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_gpu_overlay_requests_gpus(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, wants in (("gpu", True), ("cpu", False)):
+        for obj, spec in workloads(rendered[overlay]):
+            accelerated = obj["metadata"]["labels"].get("pneumonia.io/accelerator") == "gpu"
+            limits = spec["containers"][0]["resources"]["limits"]
+            assert ("nvidia.com/gpu" in limits) == (wants and accelerated), obj["metadata"]["name"]
+            if wants and accelerated:
+                assert spec["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == limits["nvidia.com/gpu"]
+                assert spec["nodeSelector"] and spec["tolerations"]
+    accelerated = {obj["metadata"]["name"] for obj, _ in workloads(rendered["gpu"])}
+    assert {"trainer", "train-gan", "train-classifier-baseline"} <= accelerated
+    pvc = next(obj for obj in rendered["gpu"] if obj["kind"] == "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_k8s_network_policies_keep_management_and_minio_internal(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    policies = [obj for obj in rendered["gpu"] if obj["kind"] == "NetworkPolicy"]
+    assert any(policy["spec"]["podSelector"] == {} and not policy["spec"].get("ingress") for policy in policies)
+    classifier = service_config("classifier", {})
+    internal_ports = {classifier.management_port, classifier.grpc_management_port, classifier.metrics_port, 9000}
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = {port["port"] for port in rule.get("ports", [])}
+            if ports & internal_ports:
+                assert rule.get("from"), f"{policy['metadata']['name']} opens {ports & internal_ports} to anyone"
+                assert all("namespaceSelector" not in peer and "ipBlock" not in peer for peer in rule["from"])
+    services = {obj["metadata"]["name"]: obj for obj in rendered["gpu"] if obj["kind"] == "Service"}
+    assert all(service["spec"].get("type", "ClusterIP") == "ClusterIP" for service in services.values())
+    assert {port["port"] for port in services["classifier"]["spec"]["ports"]} == {
+        classifier.inference_port,
+        classifier.grpc_port,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- secrets
+
+
+# A secret variable given a value that is not a reference ($VAR, ${VAR:?...}, "$(command)").
+LITERAL_CREDENTIAL = re.compile(
+    r"(?im)^[ \t]*-?[ \t]*(MINIO_ROOT_PASSWORD|MINIO_ROOT_USER|PNEUMONIA_S3_ACCESS_KEY|PNEUMONIA_S3_SECRET_KEY)"
+    r"[ \t]*[:=][ \t]*(?![\"']?\$)(\S+)"
+)
+
+
+def deployment_files() -> list[Path]:
+    files = [ROOT / "docker-compose.yml", ROOT / ".env.example", *validate_deploy.dockerfiles()]
+    files += [path for path in (ROOT / "k8s").rglob("*") if path.is_file() and path.name != "secrets.env"]
+    return files
+
+
+def test_no_secret_values_are_committed() -> None:
+    patterns = {
+        "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+        "AWS access key id": re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
+        "MinIO default credentials": re.compile(r"minioadmin"),
+        "literal credential": LITERAL_CREDENTIAL,
+    }
+    for path in deployment_files():
+        text = path.read_text()
+        for problem, pattern in patterns.items():
+            match = pattern.search(text)
+            assert match is None, f"{path.relative_to(ROOT)}: {problem}: {match.group(0)!r}"
+    # the example files name every secret, with no value
+    for example in (ROOT / ".env.example", ROOT / "k8s" / "base" / "secrets.env.example"):
+        values = dict(line.split("=", 1) for line in example.read_text().splitlines() if "=" in line)
+        for key in validate_deploy.PLACEHOLDER_SECRETS:
+            assert values[key] == "", f"{example.name} sets {key}"
+    # compose: every secret comes from .env, required (`${NAME:?message}`)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    environments = [compose["x-storage-env"]] + [spec.get("environment", {}) for spec in compose["services"].values()]
+    for environment in environments:
+        for key in set(environment) & set(validate_deploy.PLACEHOLDER_SECRETS):
+            assert environment[key].startswith(f"${{{key}:?"), key
+    # k8s: credentials only through the generated Secret
+    assert "secrets.env" in (ROOT / "k8s" / ".gitignore").read_text()
+    git = subprocess.run(
+        ["git", "check-ignore", "-q", "k8s/base/secrets.env"], cwd=ROOT, capture_output=True, check=False
+    )
+    assert git.returncode == 0, "k8s/base/secrets.env is not ignored by git"
+
+
+def test_the_secret_scan_finds_a_planted_secret(tmp_path: Path) -> None:
+    assert LITERAL_CREDENTIAL.search("    environment:\n      PNEUMONIA_S3_SECRET_KEY: hunter2hunter2\n")
+    assert LITERAL_CREDENTIAL.search("MINIO_ROOT_PASSWORD=hunter2hunter2\n")
+    assert not LITERAL_CREDENTIAL.search("      PNEUMONIA_S3_SECRET_KEY: ${PNEUMONIA_S3_SECRET_KEY:?set it}\n")
+    assert not LITERAL_CREDENTIAL.search("MINIO_ROOT_PASSWORD=\nPNEUMONIA_S3_ACCESS_KEY=\n")
+
+
+def test_validate_deploy_script_passes() -> None:
+    """`make validate-deploy` as a user runs it."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "validate_deploy.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all deployment files are valid" in result.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -412,8 +413,16 @@ def analyze_gradcam(
     return record
 
 
-def analyze(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every analysis the inputs allow; write the figures, analysis_summary.json and comparison_report.txt."""
+def _no_check() -> None:
+    """The default `check` of analyze: nobody can stop the analysis."""
+
+
+def analyze(args: argparse.Namespace, check: Callable[[], None] = _no_check) -> dict[str, Any]:
+    """Run every analysis the inputs allow; write the figures, analysis_summary.json and comparison_report.txt.
+
+    `check` runs between the phases (metrics, figures, data, image quality, TSTR, Grad-CAM, writing); raising
+    there stops the analysis before the report is written (the analyzer service stops on a passed deadline).
+    """
     check_args(args)
     seed_everything(args.seed)
     device = select_device(args.cpu)
@@ -423,6 +432,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     written: list[str] = []
 
     results = load_results(Path(args.metrics_dir), skipped)
+    check()
     summary: dict[str, Any] = {
         "inputs": {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))},
         "strategies": strategy_table(results),
@@ -439,6 +449,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     else:
         written += plot_metrics(results, out, skipped)
 
+    check()
     splits = load_splits(args, skipped)
     needs_images = not (args.skip_ssim and args.skip_fidelity and args.skip_memorization)
     synthetic = load_synthetic_images(args, skipped) if needs_images or not args.skip_gradcam else None
@@ -446,10 +457,12 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         develop, holdout = splits
         if needs_images and synthetic is not None:
             written += analyze_images(args, develop, synthetic, device, out, summary, skipped)
+            check()
         if args.skip_tstr:
             note(skipped, "TSTR: --skip-tstr")
         else:
             summary["tstr"] = analyze_tstr(args, develop, holdout, device, skipped)
+            check()
         if args.skip_gradcam:
             note(skipped, "Grad-CAM: --skip-gradcam")
         else:
@@ -457,6 +470,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
             if summary["gradcam"] is not None:
                 written.append(summary["gradcam"]["figure"])
 
+    check()
     summary["skipped"] = skipped
     summary["outputs"] = [*written, "analysis_summary.json", "comparison_report.txt"]
     atomic_write_json(out / "analysis_summary.json", summary)

@@ -30,6 +30,7 @@ from torch import nn
 
 from shared.datasets.base import LabelledImages
 from shared.errors import PneumoniaError
+from shared.models.classifier import penultimate_features
 
 ASPECT_TOLERANCE = 1.35
 MAX_COLOR_DEVIATION = 8.0
@@ -108,17 +109,6 @@ def check_image(img: Image.Image, gate: PlausibilityGate) -> None:
         raise ImplausibleImageError(
             "constant", f"image is (nearly) constant: pixel standard deviation {std:.2f} < {gate.min_std:.2f}"
         )
-
-
-def penultimate_features(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, features): one forward pass of a torchvision ResNet, features = the input of its `fc` layer."""
-    captured: list[torch.Tensor] = []
-    hook = model.fc.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
-    try:
-        logits = model(batch)
-    finally:
-        hook.remove()
-    return logits, captured[0]
 
 
 def feature_distance(features: np.ndarray, gate: PlausibilityGate) -> np.ndarray:

@@ -177,6 +177,10 @@ def test_full_analysis_writes_every_output(setup: dict[str, Path], monkeypatch, 
 
     assert summary["ssim"]["n_real"] == 10 and summary["ssim"]["n_synthetic"] == 17
     assert 0 < summary["ssim"]["synthetic_vs_real"]["mean"] < 1
+    diversity = summary["diversity"]
+    assert diversity["synthetic"]["pairs"] == 17 * 16 // 2 and diversity["real"]["pairs"] > 0
+    assert 0 < diversity["real"]["mean"] < 1 and isinstance(diversity["mode_collapse"], bool)
+    assert "Diversity: mean pairwise MS-SSIM" in report
     frechet = summary["frechet_classifier"]
     assert frechet["model"] == "baseline_resnet18" and frechet["feature_dim"] == 512 and frechet["n_per_set"] == 17
     assert summary["inception_fid"] is None

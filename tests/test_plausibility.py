@@ -11,14 +11,13 @@ from PIL import Image, ImageDraw
 from skimage import data as skimage_data
 
 from shared.datasets import load_dataset
-from shared.models.classifier import build_classifier, classifier_config, classifier_transform
+from shared.models.classifier import build_classifier, classifier_config, classifier_transform, penultimate_features
 from shared.plausibility import (
     ImplausibleImageError,
     PlausibilityGate,
     check_features,
     check_image,
     fit_gate,
-    penultimate_features,
 )
 from shared.splits import develop_and_holdout
 

@@ -35,6 +35,7 @@ from services.analyzer.report import (
 )
 from shared.checkpoints import load_checkpoint
 from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, load_dataset
+from shared.diversity import compare_diversity
 from shared.errors import ConfigError
 from shared.images import atomic_write_bytes, atomic_write_json
 from shared.models.classifier import ARCHS, classifier_transform, load_classifier
@@ -43,6 +44,8 @@ from shared.splits import develop_and_holdout
 from shared.synthetic import load_synthetic
 
 log = logging.getLogger(__name__)
+
+DIVERSITY_PAIRS = 200  # random distinct pairs per set for mean pairwise MS-SSIM
 
 NUM_CLOSEST_PAIRS = 8
 
@@ -249,6 +252,21 @@ def analyze_ssim(args: argparse.Namespace, sets: ImageSets, device: torch.device
     return ssim
 
 
+def analyze_diversity(args: argparse.Namespace, sets: ImageSets) -> dict[str, Any]:
+    """Mean pairwise MS-SSIM among synthetic and among real pneumonia images at the generator's resolution; warns
+    when the synthetic set is clearly less diverse (mode collapse)."""
+    real = sets.real_px[sets.real_pos].astype(np.float64) / 255.0
+    synthetic = sets.synth_px[sets.synth_pos].astype(np.float64) / 255.0
+    result = compare_diversity(real, synthetic, num_pairs=DIVERSITY_PAIRS, seed=args.seed).to_dict()
+    if result["mode_collapse"]:
+        log.warning(
+            "possible mode collapse: synthetic mean pairwise MS-SSIM %.3f vs real %.3f",
+            result["synthetic"]["mean"],
+            result["real"]["mean"],
+        )
+    return result
+
+
 def analyze_fidelity(
     args: argparse.Namespace, sets: ImageSets, device: torch.device, skipped: list[str]
 ) -> dict[str, Any]:
@@ -339,6 +357,10 @@ def analyze_images(
     else:
         summary["ssim"] = analyze_ssim(args, sets, device, out)
         written.append("ssim_distribution.png")
+    if sets.real_pos.sum() >= 2 and sets.synth_pos.sum() >= 2:
+        summary["diversity"] = analyze_diversity(args, sets)
+    else:
+        note(skipped, "diversity (MS-SSIM): needs at least 2 real and 2 synthetic pneumonia images")
     if args.skip_fidelity:
         note(skipped, "Fréchet distances and Inception FID: --skip-fidelity")
     else:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from shared.datasets.base import LabelledImages
+from shared.models.classifier import penultimate_features
 
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -51,14 +52,6 @@ class ImageViews(Dataset):
         return pixels, self.transform(image) if self.transform is not None else torch.empty(0)
 
 
-def penultimate_layer(model: nn.Module) -> nn.Module:
-    """The global average pooling before the classification head (a ResNet's `avgpool`)."""
-    pools = [m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
-    if not pools:
-        raise ValueError(f"{type(model).__name__} has no global average pooling layer to take features from")
-    return pools[-1]
-
-
 @torch.no_grad()
 def describe(
     images: LabelledImages,
@@ -74,19 +67,10 @@ def describe(
     `model` (in eval mode) on `transform`ed inputs, or None without a model)."""
     loader = DataLoader(ImageViews(images, indices, size, transform if model is not None else None), batch_size)
     pixels, features = [], []
-    captured: dict[str, torch.Tensor] = {}
-    hook = None
-    if model is not None:
-        hook = penultimate_layer(model).register_forward_hook(lambda m, i, out: captured.update(out=out.flatten(1)))
-    try:
-        for batch_pixels, batch_inputs in tqdm(loader, desc=desc, leave=False):
-            pixels.append(batch_pixels.numpy())
-            if model is not None:
-                model(batch_inputs.to(device))  # batch x C x S x S -> features via the hook: batch x D
-                features.append(captured["out"].double().cpu().numpy())
-    finally:
-        if hook is not None:
-            hook.remove()
+    for batch_pixels, batch_inputs in tqdm(loader, desc=desc, leave=False):
+        pixels.append(batch_pixels.numpy())
+        if model is not None:  # batch x C x S x S -> batch x D
+            features.append(penultimate_features(model, batch_inputs.to(device))[1].double().cpu().numpy())
     return np.concatenate(pixels), np.concatenate(features) if model is not None else None
 
 

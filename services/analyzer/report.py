@@ -334,6 +334,19 @@ def render_image_quality(summary: dict[str, Any]) -> list[str]:
             f"  real vs real (reference): mean {ssim['real_vs_real']['mean']:.3f}, median "
             f"{ssim['real_vs_real']['median']:.3f}",
         ]
+    diversity = summary.get("diversity")
+    if diversity:
+        real, synthetic = diversity["real"], diversity["synthetic"]
+        lines += [
+            f"Diversity: mean pairwise MS-SSIM among pneumonia images (lower = more diverse; {diversity['scales']} "
+            f"scale(s), {diversity['window_size']}-px window, {synthetic['pairs']} random pairs per set):",
+            f"  synthetic {synthetic['mean']:.3f} ± {synthetic['std_error']:.3f}; real {real['mean']:.3f} ± "
+            f"{real['std_error']:.3f} (± one standard error); difference {diversity['difference']:+.3f}",
+        ]
+        if diversity["mode_collapse"]:
+            lines.append(
+                "  WARNING: the synthetic images are clearly less diverse than real ones: possible mode collapse."
+            )
     fd = summary.get("frechet_classifier")
     if fd:
         lines += [
@@ -350,7 +363,7 @@ def render_image_quality(summary: dict[str, Any]) -> list[str]:
             f"Inception FID (torch-fidelity weights, {fid['n_per_set']} images per set): real vs synthetic "
             f"{fid['real_vs_synthetic']:.2f}; real vs real (floor) {fid['real_vs_real']:.2f}",
         ]
-    if not (ssim or fd or fid):
+    if not (ssim or diversity or fd or fid):
         lines.append("no image-quality figures (see 'Skipped').")
     lines.append("Lower Fréchet distances are better; near the real-vs-real floor the two sets look alike.")
     lines.append("")

@@ -191,3 +191,14 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise CheckpointError(f"{path}: classifier config is incomplete or invalid ({exc})") from exc
     _load_weights(model, checkpoint["state_dict"], str(path))
     return model.to(device).eval(), config
+
+
+def penultimate_features(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features): one forward pass of a torchvision ResNet, features = the input of its `fc` layer."""
+    captured: list[torch.Tensor] = []
+    hook = model.fc.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    try:
+        logits = model(batch)
+    finally:
+        hook.remove()
+    return logits, captured[0]

@@ -3,7 +3,9 @@ images reach training folds only, and bad options fail with a clear message."""
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,11 @@ import torch
 
 from services.cli import build_parser
 from services.cli import main as pneumonia
+from services.trainer.hooks import TrainingStopped
 from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
 from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
+from shared.errors import CheckpointError
 from shared.images import save_png
 from shared.splits import develop_and_holdout
 from shared.synthetic import ManifestRow, write_manifest
@@ -192,3 +196,108 @@ def test_bad_options_fail_with_a_clear_message(
     assert pneumonia(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+RESUME_FLAGS = [  # every piece of state a resume restores: scheduler, sampler, synthetic draws, two folds
+    "--image-size", "8", "--k-folds", "2", "--epochs", "2", "--scheduler", "onecycle", "--class-balance", "sampler",
+    "--use-synthetic", "--use-curriculum", "--curriculum-schedule", "0:0.0, 1:0.5",
+]  # fmt: skip
+
+
+class Interrupted(Exception):
+    """Raised from the progress hook to kill a run at a chosen epoch."""
+
+
+def parse_classifier_args(phantom_dir: Path, root: Path, *extra: str) -> argparse.Namespace:
+    return build_parser().parse_args(
+        ["train-classifier", "--data-dir", str(phantom_dir), *output_args(root), *FAST, *RESUME_FLAGS, *extra]
+    )
+
+
+def interrupt_at(fold: int, epoch: int) -> Callable[[dict], None]:
+    """A progress hook that kills the run after `epoch` (0-based) of `fold`."""
+
+    def progress(event: dict) -> None:
+        if (event["fold"], event["epoch"]) == (fold, epoch):
+            raise Interrupted(f"killed after fold {fold} epoch {epoch}")
+
+    return progress
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    write_synthetic_folder(root / "synthetic", NUM_SYNTHETIC)
+    return root, train_strategy(parse_classifier_args(phantom_dir, root))
+
+
+def without_timing(history: dict) -> list:
+    return [[{k: v for k, v in e.items() if k != "seconds"} for e in fold["epochs"]] for fold in history["folds"]]
+
+
+@pytest.mark.slow
+def test_resumed_run_ends_as_an_uninterrupted_run(
+    phantom_dir: Path, tmp_path: Path, uninterrupted: tuple[Path, dict]
+) -> None:
+    """Killed in the middle of fold 2: fold 1 is reused, fold 2 goes on from its first epoch's state."""
+    straight_root, straight = uninterrupted
+    fold, epoch = 2, 0
+    write_synthetic_folder(tmp_path / "synthetic", NUM_SYNTHETIC)
+    with pytest.raises(Interrupted):
+        train_strategy(parse_classifier_args(phantom_dir, tmp_path), progress=interrupt_at(fold, epoch))
+    assert not (tmp_path / "models" / "curriculum_resnet18.pth").exists()
+
+    events: list[dict] = []
+    resumed = train_strategy(parse_classifier_args(phantom_dir, tmp_path, "--resume"), progress=events.append)
+    # Only what was left is trained: the rest of the interrupted fold, then the folds after it.
+    expected = [(f, e) for f in (1, 2) for e in (0, 1) if (f, e) > (fold, epoch)]
+    assert [(e["fold"], e["epoch"]) for e in events] == expected
+
+    for key in ("holdout_per_fold", "selected_fold", "holdout", "n_train_real", "n_develop"):
+        assert resumed[key] == straight[key], key
+    for name in ("cv_summary", "final_metrics"):
+        a = json.loads((straight_root / "metrics" / f"curriculum_{name}.json").read_text())
+        b = json.loads((tmp_path / "metrics" / f"curriculum_{name}.json").read_text())
+        a.pop("model", None), b.pop("model", None)
+        assert a == b, name
+    a, b = (
+        json.loads((r / "metrics" / "curriculum_training_history.json").read_text()) for r in (straight_root, tmp_path)
+    )
+    assert without_timing(a) == without_timing(b)
+    for f in (1, 2):
+        name = f"fold_{f}_curriculum_resnet18.pth"
+        weights_a = torch.load(straight_root / "models" / name, weights_only=False)["state_dict"]
+        weights_b = torch.load(tmp_path / "models" / name, weights_only=False)["state_dict"]
+        assert all(torch.equal(t, weights_b[k]) for k, t in weights_a.items()), name
+
+
+def test_should_stop_stops_at_an_epoch_boundary_and_the_run_resumes(phantom_dir: Path, tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "2"]
+        + ["--epochs", "1", "--image-size", "8"]
+    )
+    events: list[dict] = []
+    with pytest.raises(TrainingStopped, match="before baseline fold 2 epoch 1"):
+        train_strategy(args, progress=events.append, should_stop=lambda: len(events) == 1)
+    assert [(e["fold"], e["epoch"]) for e in events] == [(1, 0)]
+    assert (tmp_path / "models" / "fold_1_baseline_resnet18.pth").is_file()
+    args.resume = True
+    final = train_strategy(args, progress=events.append)
+    assert [(e["fold"], e["epoch"]) for e in events] == [(1, 0), (2, 0)]
+    assert len(final["holdout_per_fold"]) == 2
+
+
+def test_resume_refuses_other_options_and_a_missing_state(phantom_dir: Path, tmp_path: Path) -> None:
+    argv = ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "2"]
+    argv += ["--epochs", "1", "--image-size", "8"]
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        train_strategy(build_parser().parse_args([*argv, "--resume"]))
+    with pytest.raises(Interrupted):
+        train_strategy(build_parser().parse_args(argv), progress=interrupt_at(2, 0))
+    with pytest.raises(CheckpointError, match=r"lr: 0\.001 in the checkpoint, 0\.002 now"):
+        train_strategy(build_parser().parse_args([*argv, "--resume", "--lr", "0.002"]))
+    # A finished fold's model that was replaced is detected, not silently reused.
+    fold_model = tmp_path / "models" / "fold_1_baseline_resnet18.pth"
+    fold_model.write_bytes(fold_model.read_bytes() + b"\0")
+    with pytest.raises(CheckpointError, match="fold 1's model .* is missing or was replaced"):
+        train_strategy(build_parser().parse_args([*argv, "--resume", "--workers", "0"]))

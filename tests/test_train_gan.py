@@ -14,6 +14,7 @@ from PIL import Image
 from services import cli
 from services.generator.generate_synthetic import generate_images
 from services.trainer import train_gan
+from services.trainer.hooks import TrainingStopped
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.errors import CheckpointError, ConfigError
 from shared.models.dcgan import Generator
@@ -168,6 +169,24 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(blob_npz: Path, tmp_pat
     history = json.loads((interrupted / "results/metrics/gan_training_history.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     assert history["config"]["epochs"] == 2
+
+
+def test_progress_after_each_epoch_and_a_stop_that_leaves_the_run_resumable(blob_npz: Path, tmp_path: Path) -> None:
+    events: list[dict] = []
+    with pytest.raises(TrainingStopped, match="before epoch 2"):
+        train_gan.train(
+            parse(gan_argv(blob_npz, tmp_path, "--epochs", "3")),
+            progress=events.append,
+            should_stop=lambda: len(events) == 1,
+        )
+    assert [(e["epoch"], e["epochs"]) for e in events] == [(1, 3)]
+    assert {"loss_d", "loss_g", "d_real", "d_fake"} <= set(events[0])
+    assert (tmp_path / "models/gan/checkpoint_last.pth").is_file()
+    assert not (tmp_path / "models/gan/generator_final.pth").exists()
+
+    path = train_gan.train(parse(gan_argv(blob_npz, tmp_path, "--epochs", "3", "--resume")), progress=events.append)
+    assert [e["epoch"] for e in events] == [1, 2, 3]
+    assert path == tmp_path / "models/gan/generator_final.pth" and path.is_file()
 
 
 def test_resume_refuses_a_checkpoint_trained_with_other_options(blob_npz: Path, tmp_path: Path) -> None:

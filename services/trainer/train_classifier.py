@@ -6,6 +6,11 @@ curriculum (--use-synthetic --use-curriculum: the synthetic share of each epoch'
 patient-level folds (k = 1: one train/validation split). Synthetic images only ever enter training folds.
 Each fold model is evaluated on its validation fold and on the hold-out; the fold model with the best validation
 AUROC becomes the strategy's model.
+
+Every epoch writes a resumable training state (MODEL_DIR/<strategy>_<arch>_training_state.pth: model, optimizer,
+scheduler and every RNG of the fold in progress, plus the results of the folds already finished); --resume continues
+a killed run from it with the same options: finished folds are not retrained, the interrupted fold goes on from its
+last epoch, and the final metrics are those an uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +32,13 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
+from services.trainer.hooks import Progress, StopCheck, stop_if_asked
+from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.curriculum import Schedule, parse_schedule, ratio_at, synthetic_count
 from shared.datasets import DATASETS, LabelledImages, TorchImageDataset, load_dataset
-from shared.errors import ConfigError, DatasetError
+from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.figures import save_figure
-from shared.images import atomic_write_bytes, atomic_write_json
+from shared.images import atomic_write_bytes, atomic_write_json, sha256_file
 from shared.metrics import binary_metrics, summarize_folds
 from shared.models.classifier import (
     ARCHS,
@@ -40,13 +48,15 @@ from shared.models.classifier import (
     save_classifier,
     set_train_mode,
 )
-from shared.runtime import seed_everything, select_device
+from shared.runtime import rng_state, seed_everything, select_device, set_rng_state
 from shared.splits import develop_and_holdout, holdout_indices, patient_kfold
 from shared.synthetic import SYNTHETIC_PREFIX, load_synthetic
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict[str, Any]], None]
+TRAINING_STATE = "classifier-training-state"
+# Options that do not change what is trained: a resumed run may give other values.
+RESUME_MAY_CHANGE = frozenset({"resume", "workers", "cpu", "model_dir", "results_dir", "figures_dir", "verbose"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("none", "onecycle"),
         default="none",
         help="none: Adam at --lr (the seed); onecycle: AdamW + OneCycleLR with max lr --lr",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --model-dir from its last epoch (same options): finished folds are not retrained",
     )
 
 
@@ -257,6 +272,16 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tupl
     return loss, binary_metrics(y_true, p_pneumonia)
 
 
+@dataclass
+class FoldHooks:
+    """What train_fold calls: `save_state` with the fold's resumable state after every epoch, then `report` with the
+    epoch's history entry; `should_stop` before every epoch."""
+
+    report: Callable[[dict[str, Any]], None]
+    save_state: Callable[[dict[str, Any]], None]
+    should_stop: StopCheck | None = None
+
+
 def train_fold(
     fold: int,
     train_real: LabelledImages,
@@ -266,9 +291,11 @@ def train_fold(
     args: argparse.Namespace,
     schedule: Schedule | None,
     device: torch.device,
-    report: Callable[[dict[str, Any]], None],
+    hooks: FoldHooks,
+    saved: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
-    """Train one fold's model; (model, history per epoch, validation metrics after the last epoch)."""
+    """Train one fold's model, from scratch or from `saved` (a state this function saved); (model, history per
+    epoch, validation metrics after the last epoch)."""
     seed_everything(args.seed + fold)
     strategy = config["strategy"]
     model = build_classifier(
@@ -290,7 +317,11 @@ def train_fold(
     rng = np.random.default_rng([args.seed, fold])  # which synthetic images each epoch draws
     history: list[dict[str, Any]] = []
     val_metrics: dict[str, Any] = {}
-    for epoch, n_synthetic in enumerate(plan):
+    if saved is not None:
+        history, val_metrics = restore_fold(saved, model, optimizer, scheduler, rng)
+    for epoch in range(len(history), args.epochs):
+        stop_if_asked(hooks.should_stop, f"before {strategy} fold {fold} epoch {epoch + 1}")
+        n_synthetic = plan[epoch]
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         drawn = None
@@ -327,8 +358,49 @@ def train_fold(
             100 * entry["synthetic_ratio"],
             entry["seconds"],
         )
-        report(entry)
+        hooks.save_state(fold_state(fold, history, val_metrics, model, optimizer, scheduler, rng))
+        hooks.report(entry)
     return model, history, val_metrics
+
+
+def fold_state(
+    fold: int,
+    history: list[dict[str, Any]],
+    val_metrics: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Everything an exact resume of the fold after its latest epoch needs."""
+    return {
+        "fold": fold,
+        "history": list(history),
+        "val_metrics": val_metrics,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng_state": rng_state(),
+        "synthetic_rng": rng.bit_generator.state,
+    }
+
+
+def restore_fold(
+    saved: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Load a fold_state into the freshly built objects; (history so far, latest validation metrics)."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved["scheduler"])
+    rng.bit_generator.state = saved["synthetic_rng"]
+    set_rng_state(saved["rng_state"])  # last: building the objects above drew from the global RNGs
+    log.info("resuming fold %d after epoch %d", saved["fold"], len(saved["history"]))
+    return list(saved["history"]), saved["val_metrics"]
 
 
 def plot_training_curves(strategy: str, folds: list[dict[str, Any]], path: Path) -> None:
@@ -400,14 +472,68 @@ def run_config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))}
 
 
-def train_strategy(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
+def resume_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that define what a run trains (stored in its training state; a resume must repeat them)."""
+    config = {k: v for k, v in run_config(args).items() if k not in RESUME_MAY_CHANGE and k != "command"}
+    config["data_dir"] = str(Path(args.data_dir).resolve())
+    config["synthetic_dir"] = str(Path(args.synthetic_dir).resolve()) if args.use_synthetic else None
+    if args.weights not in ("imagenet", "none"):
+        config["weights"] = str(Path(args.weights).resolve())
+    return config
+
+
+def training_state_path(model_dir: Path, strategy: str, arch: str) -> Path:
+    return model_dir / f"{strategy}_{arch}_training_state.pth"
+
+
+def fold_model_path(model_dir: Path, fold: int, strategy: str, arch: str) -> Path:
+    return model_dir / f"fold_{fold}_{strategy}_{arch}.pth"
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointError if the saved run was started with options that differ from the current ones."""
+    differing = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differing:
+        details = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differing)
+        raise CheckpointError(f"cannot resume from {path}: it was trained with other options ({details})")
+
+
+def load_resume_state(
+    path: Path, config: dict[str, Any], model_dir: Path, strategy: str, arch: str
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(records of the finished folds, state of the fold in progress or None) of the run saved at `path`."""
+    state = load_checkpoint(path, TRAINING_STATE)
+    check_resumable(state["config"], config, path)
+    for record in state["folds_done"]:
+        fold_path = fold_model_path(model_dir, record["fold"], strategy, arch)
+        if not fold_path.is_file() or sha256_file(fold_path) != record["model_sha256"]:
+            raise CheckpointError(
+                f"cannot resume from {path}: fold {record['fold']}'s model {fold_path} is missing or was replaced"
+            )
+    log.info("resuming %s from %s: %d fold(s) finished", strategy, path, len(state["folds_done"]))
+    return list(state["folds_done"]), state["current"]
+
+
+def train_strategy(
+    args: argparse.Namespace, progress: Progress | None = None, should_stop: StopCheck | None = None
+) -> dict[str, Any]:
     """Train and evaluate one strategy end to end; write checkpoints, metrics and figures; return the final metrics.
 
-    `progress`, when given, is called after every epoch with {"strategy", "fold", "num_folds", "epochs"} and the
-    epoch's history entry.
+    `progress`, when given, is called after every epoch's training state is written, with {"strategy", "fold",
+    "num_folds", "epochs"} and the epoch's history entry ("epoch" counts from 0). `should_stop` is asked before every
+    epoch; True raises TrainingStopped, leaving the training state for --resume.
     """
     schedule = check_args(args)
     strategy = strategy_name(args)
+    model_dir = Path(args.model_dir)
+    state_path = training_state_path(model_dir, strategy, args.arch)
+    state_config = resume_config(args)
+    folds_done: list[dict[str, Any]] = []  # {"fold", "history", "val_metrics", "holdout_metrics", ...} per fold
+    current: dict[str, Any] | None = None  # the fold in progress (fold_state)
+    if args.resume:
+        folds_done, current = load_resume_state(state_path, state_config, model_dir, strategy, args.arch)
+    elif state_path.exists():
+        log.warning("starting afresh; %s will be overwritten (use --resume to continue it)", state_path)
     device = select_device(args.cpu)
     seed_everything(args.seed)
 
@@ -432,14 +558,14 @@ def train_strategy(args: argparse.Namespace, progress: Progress | None = None) -
 
     config = classifier_config(args.arch, args.channels, args.image_size, strategy, args.weights)
     holdout_loader = evaluation_loader(holdout, classifier_transform(config, train=False), args)
-    model_dir, results_dir, figures_dir = Path(args.model_dir), Path(args.results_dir), Path(args.figures_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
 
-    fold_histories: list[dict[str, Any]] = []
-    val_per_fold: list[dict[str, Any]] = []
-    holdout_per_fold: list[dict[str, Any]] = []
-    best: dict[str, Any] = {}
+    def save_state(fold_in_progress: dict[str, Any] | None) -> None:
+        save_checkpoint(state_path, TRAINING_STATE, state_config, folds_done=folds_done, current=fold_in_progress)
+
     for fold, (train_idx, val_idx) in enumerate(folds, start=1):
+        if fold <= len(folds_done):
+            continue  # finished before the run was interrupted: its model and results are reused
         train_real, val = develop.subset(train_idx), develop.subset(val_idx)
         assert_real_only(val, f"validation fold {fold}")
 
@@ -447,19 +573,51 @@ def train_strategy(args: argparse.Namespace, progress: Progress | None = None) -
             if progress is not None:
                 progress({"strategy": strategy, "fold": fold, "num_folds": len(folds), "epochs": args.epochs, **entry})
 
-        model, history, val_metrics = train_fold(fold, train_real, val, pool, config, args, schedule, device, report)
+        hooks = FoldHooks(report, save_state, should_stop)
+        saved = current if current is not None and current["fold"] == fold else None
+        model, history, val_metrics = train_fold(
+            fold, train_real, val, pool, config, args, schedule, device, hooks, saved
+        )
         _, holdout_metrics = evaluate(model, holdout_loader, device)
-        save_classifier(model_dir / f"fold_{fold}_{strategy}_{args.arch}.pth", model, config)
-        fold_histories.append({"fold": fold, "epochs": history})
-        val_per_fold.append({"fold": fold, **val_metrics})
-        holdout_per_fold.append({"fold": fold, **holdout_metrics})
-        auroc = -1.0 if val_metrics["auroc"] is None else val_metrics["auroc"]
+        fold_path = fold_model_path(model_dir, fold, strategy, args.arch)
+        save_classifier(fold_path, model, config)
+        folds_done.append(
+            {
+                "fold": fold,
+                "history": history,
+                "val_metrics": val_metrics,
+                "holdout_metrics": holdout_metrics,
+                "n_train_real": len(train_real),
+                "model_sha256": sha256_file(fold_path),
+            }
+        )
+        save_state(None)
+    return write_strategy_results(args, strategy, schedule, folds_done, develop, holdout, pool)
+
+
+def write_strategy_results(
+    args: argparse.Namespace,
+    strategy: str,
+    schedule: Schedule | None,
+    folds_done: list[dict[str, Any]],
+    develop: LabelledImages,
+    holdout: LabelledImages,
+    pool: LabelledImages | None,
+) -> dict[str, Any]:
+    """Select the strategy's model among the fold models; write the metrics and figures; return the final metrics."""
+    model_dir, results_dir, figures_dir = Path(args.model_dir), Path(args.results_dir), Path(args.figures_dir)
+    fold_histories = [{"fold": r["fold"], "epochs": r["history"]} for r in folds_done]
+    val_per_fold = [{"fold": r["fold"], **r["val_metrics"]} for r in folds_done]
+    holdout_per_fold = [{"fold": r["fold"], **r["holdout_metrics"]} for r in folds_done]
+    best: dict[str, Any] = {}
+    for record in folds_done:
+        auroc = -1.0 if record["val_metrics"]["auroc"] is None else record["val_metrics"]["auroc"]
         if not best or auroc > best["auroc"]:
-            best = {"fold": fold, "auroc": auroc, "n_train_real": len(train_real)}
+            best = {"fold": record["fold"], "auroc": auroc, "n_train_real": record["n_train_real"]}
 
     # The strategy's model is the selected fold model itself: no retraining.
     model_path = model_dir / f"{strategy}_{args.arch}.pth"
-    atomic_write_bytes(model_path, (model_dir / f"fold_{best['fold']}_{strategy}_{args.arch}.pth").read_bytes())
+    atomic_write_bytes(model_path, fold_model_path(model_dir, best["fold"], strategy, args.arch).read_bytes())
     cv_summary = {"strategy": strategy, "folds": val_per_fold, **summarize_folds(val_per_fold)}
     final = {
         "strategy": strategy,

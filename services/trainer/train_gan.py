@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from services.trainer.hooks import Progress, StopCheck, stop_if_asked
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
 from shared.errors import CheckpointError, ConfigError, DatasetError
@@ -436,7 +437,13 @@ def resume(
     return state["history"]
 
 
-def main(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, progress: Progress | None = None, should_stop: StopCheck | None = None) -> Path:
+    """Train the GAN and write every output; return the path of generator_final.pth.
+
+    `progress`, when given, is called after every epoch's checkpoint with the epoch's history entry (1-based
+    "epoch", "loss_d", "loss_g", "d_real", "d_fake", "seconds") and "epochs" (the total). `should_stop` is asked
+    before every epoch; True raises TrainingStopped, leaving checkpoint_last.pth for --resume.
+    """
     check_arguments(args)
     config = training_config(args)
     device = select_device(args.cpu)
@@ -474,6 +481,7 @@ def main(args: argparse.Namespace) -> int:
 
     log.info("training %s GAN on %s for epochs %d..%d", config["loss"], device, start_epoch, config["epochs"])
     for epoch in range(start_epoch, config["epochs"] + 1):
+        stop_if_asked(should_stop, f"before epoch {epoch}")
         stats = train_one_epoch(generator, discriminator, opt_g, opt_d, loader, config, epoch, device)
         history.append(stats)
         loss_g = "-" if stats["loss_g"] is None else f"{stats['loss_g']:.4f}"  # None: no generator step yet
@@ -491,6 +499,8 @@ def main(args: argparse.Namespace) -> int:
             save_samples(generator, noise, noise_labels, samples_dir / f"epoch_{epoch:03d}.png", config["seed"])
         save_training_state(checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng, history)
         save_history(config, history, history_path)
+        if progress is not None:
+            progress({**stats, "epochs": config["epochs"]})
 
     final = for_inference(generator, config["seed"])  # eval-ready batch-norm statistics
     save_checkpoint(gan_dir / "generator_final.pth", "dcgan-generator", config, state_dict=final.state_dict())
@@ -500,6 +510,15 @@ def main(args: argparse.Namespace) -> int:
     save_history(config, history, history_path)
     plot_losses(history, curve_path)
     plot_real_vs_synthetic(images, config, final, args.vis_batch_size, Path(args.figures_dir) / COMPARISON_FIGURE)
-    print(f"generator: {gan_dir / 'generator_final.pth'}")
-    print(f"history: {history_path}  loss curve: {curve_path}  samples: {samples_dir}")
+    log.info("history: %s  loss curve: %s  samples: %s", history_path, curve_path, samples_dir)
+    return gan_dir / "generator_final.pth"
+
+
+def main(args: argparse.Namespace) -> int:
+    generator_path = train(args)
+    print(f"generator: {generator_path}")
+    print(
+        f"history: {Path(args.results_dir) / 'gan_training_history.json'}  loss curve: "
+        f"{Path(args.figures_dir) / 'gan_loss_curve.png'}  samples: {Path(args.output_dir) / 'gan_images'}"
+    )
     return 0

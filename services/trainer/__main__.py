@@ -1,0 +1,71 @@
+"""Run the trainer service: gRPC (TrainerService, health, reflection), one worker thread training jobs in turn.
+
+    python -m services.trainer
+
+Settings come from environment variables: services.trainer.config (listed below) and shared.storage.config (the
+object store). Logs are JSON, one object per line, on stderr. On start, jobs a previous run left queued or running
+are queued again (running ones resume from their last stored checkpoint). SIGTERM or SIGINT shuts down gracefully:
+health turns NOT_SERVING, new calls and jobs are refused, watches end, and the running job stops at its next
+checkpoint (its record stays resumable); the process exits within PNEUMONIA_TRAINER_GRACE seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from pneumonia.v1 import trainer_pb2_grpc
+
+# tqdm reads TQDM_* once, when the training code below imports it: its progress bars would break the JSON log.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from services.trainer import config as config_module  # noqa: E402
+from services.trainer.config import TrainerConfig  # noqa: E402
+from services.trainer.jobs import JobManager  # noqa: E402
+from services.trainer.service import SERVICE_NAME, TrainerServicer  # noqa: E402
+from shared.errors import PneumoniaError  # noqa: E402
+from shared.grpc_service import GrpcServer, Service, configure_json_logging, wait_for_signal  # noqa: E402
+from shared.storage import open_store  # noqa: E402
+
+log = logging.getLogger("services.trainer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.trainer",
+        description=f"{__doc__}\n{config_module.__doc__}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+
+    try:
+        config = TrainerConfig.from_env()
+        config.check_device()
+        jobs = JobManager(config, open_store())
+        servicer = Service(SERVICE_NAME, TrainerServicer(jobs), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
+        grpc_server = GrpcServer([servicer], f"{config.host}:{config.grpc_port}", max_workers=config.workers)
+        jobs.start()  # reads the stored job records: fails here when storage is down
+    except PneumoniaError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+
+    grpc_server.start()
+    log.info("trainer service ready", extra={"grpc": grpc_server.address, "work_dir": str(config.work_dir)})
+
+    wait_for_signal()
+    deadline = time.monotonic() + config.grace
+    jobs.begin_shutdown()
+    grpc_server.stop(config.grace)
+    if not jobs.wait_stopped(max(0.0, deadline - time.monotonic())):
+        log.warning("the running job did not reach a checkpoint within the grace period; it resumes from its last one")
+    log.info("trainer service stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

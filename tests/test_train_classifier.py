@@ -20,6 +20,7 @@ from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import CheckpointError
 from shared.images import save_png
+from shared.models.classifier import load_classifier
 from shared.splits import develop_and_holdout
 from shared.synthetic import ManifestRow, write_manifest
 
@@ -80,7 +81,9 @@ def test_each_strategy_writes_all_outputs(runs: Path, strategy: str) -> None:
         assert (runs / "metrics" / f"{strategy}_{name}.json").is_file()
     for fold in (1, 2):
         assert (runs / "models" / f"fold_{fold}_{strategy}_resnet18.pth").is_file()
-    figures = {"training_curves", "cv_metrics"} | ({"synthetic_ratio"} if strategy == "curriculum" else set())
+    figures = {"training_curves", "cv_metrics", "reliability"} | (
+        {"synthetic_ratio"} if strategy == "curriculum" else set()
+    )
     assert {p.name for p in (runs / "figures").glob(f"{strategy}_*.png")} == {f"{strategy}_{f}.png" for f in figures}
 
     history = json.loads((runs / "metrics" / f"{strategy}_training_history.json").read_text())
@@ -107,6 +110,19 @@ def test_each_strategy_writes_all_outputs(runs: Path, strategy: str) -> None:
         runs / "models" / f"fold_{selected}_{strategy}_resnet18.pth"
     ).read_bytes()
     assert final["n_synthetic_pool"] == (0 if strategy == "baseline" else NUM_SYNTHETIC)
+
+    # Calibration and the plausibility gate were fitted per fold and travel in the selected model's config.
+    _, config = load_classifier(runs / "models" / f"{strategy}_resnet18.pth")
+    assert config["calibration"] == final["calibration"]
+    assert config["calibration"]["temperature"] > 0 and 0 <= config["calibration"]["threshold"] <= 1
+    assert config["calibration"]["n_val"] == cv["folds"][selected - 1]["n"]  # fitted on the validation fold
+    assert config["plausibility"]["fitted_on"] > 0 and len(config["plausibility"]["feature_mean"]) == 512
+    operating = final["holdout_operating_point"]
+    assert operating["threshold"] == pytest.approx(config["calibration"]["threshold"])
+    assert operating["n"] == final["holdout"]["n"] and 0 <= operating["ece_calibrated"] <= 1
+    assert final["holdout_operating_point_summary"]["average"]["accuracy"] == pytest.approx(
+        np.mean([m["accuracy"] for m in final["holdout_operating_point_per_fold"]])
+    )
 
 
 @pytest.mark.slow

@@ -33,6 +33,15 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomS
 from tqdm import tqdm
 
 from services.trainer.hooks import Progress, StopCheck, stop_if_asked
+from shared.calibration import (
+    Calibration,
+    CalibrationError,
+    calibrated_probability,
+    expected_calibration_error,
+    fit_calibration,
+    plot_reliability,
+    pneumonia_probability,
+)
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.curriculum import Schedule, parse_schedule, ratio_at, synthetic_count
 from shared.datasets import DATASETS, LabelledImages, TorchImageDataset, load_dataset
@@ -48,6 +57,7 @@ from shared.models.classifier import (
     save_classifier,
     set_train_mode,
 )
+from shared.plausibility import fit_gate
 from shared.runtime import rng_state, seed_everything, select_device, set_rng_state
 from shared.splits import develop_and_holdout, holdout_indices, patient_kfold
 from shared.synthetic import SYNTHETIC_PREFIX, load_synthetic
@@ -110,6 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="none: Adam at --lr (the seed); onecycle: AdamW + OneCycleLR with max lr --lr",
     )
     parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=None,
+        help="choose the decision threshold on validation data as the highest reaching this sensitivity "
+        "(default: Youden's J)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --model-dir from its last epoch (same options): finished folds are not retrained",
@@ -139,6 +156,8 @@ def check_args(args: argparse.Namespace) -> Schedule | None:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images must be at least 1, got {args.max_images}")
+    if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity <= 1.0:
+        raise ConfigError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
     return parse_schedule(args.curriculum_schedule) if args.use_curriculum else None
 
 
@@ -253,17 +272,74 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, P(pneumonia), mean unweighted cross-entropy) over `loader`, in eval mode."""
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, logits N x 2, mean unweighted cross-entropy) over `loader`, in eval mode."""
     model.eval()
-    labels, probabilities, total_loss = [], [], 0.0
+    labels, all_logits, total_loss = [], [], 0.0
     for images, targets in tqdm(loader, desc="evaluate", leave=False):
         logits = model(images.to(device))  # batch x 2
         total_loss += nn.functional.cross_entropy(logits, targets.to(device), reduction="sum").item()
-        probabilities.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+        all_logits.append(logits.detach().double().cpu().numpy())
         labels.append(targets.numpy())
     y_true = np.concatenate(labels)
-    return y_true, np.concatenate(probabilities), total_loss / len(y_true)
+    return y_true, np.concatenate(all_logits), total_loss / len(y_true)
+
+
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, P(pneumonia) by plain softmax, mean unweighted cross-entropy) over `loader`, in eval mode."""
+    y_true, logits, loss = predict_logits(model, loader, device)
+    return y_true, pneumonia_probability(logits), loss
+
+
+def fit_fold_operating_point(
+    model: nn.Module,
+    train_real: LabelledImages,
+    val: LabelledImages,
+    config: dict[str, Any],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The fold model's config plus its calibration (temperature and threshold, fitted on the validation fold) and
+    plausibility gate (fitted on the real training fold, its feature threshold on the validation fold). Hold-out and
+    synthetic images are never used here."""
+    eval_transform = classifier_transform(config, train=False)
+    y_val, val_logits, _ = predict_logits(model, evaluation_loader(val, eval_transform, args), device)
+    try:
+        calibration = fit_calibration(val_logits, y_val, args.target_sensitivity)
+    except CalibrationError as exc:
+        raise DatasetError(f"cannot calibrate on this validation fold: {exc}") from exc
+    gate = fit_gate(model, eval_transform, train_real, val, device, seed=args.seed)
+    log.info(
+        "calibration: temperature %.3f, threshold %.3f (%s; validation sensitivity %.3f, specificity %.3f), "
+        "ECE %.3f -> %.3f",
+        calibration.temperature,
+        calibration.threshold,
+        calibration.method,
+        calibration.val_sensitivity,
+        calibration.val_specificity,
+        calibration.ece_before,
+        calibration.ece_after,
+    )
+    return {**config, "calibration": calibration.to_dict(), "plausibility": gate.to_dict()}
+
+
+def holdout_evaluation(
+    model: nn.Module, loader: DataLoader, device: torch.device, calibration: Calibration
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[float]]]:
+    """Hold-out metrics at 0.5 on plain softmax, at the calibrated operating point (with ECE before and after
+    calibration), and both probability lists (for the reliability diagram)."""
+    y_true, logits, _ = predict_logits(model, loader, device)
+    plain = pneumonia_probability(logits)
+    calibrated = calibrated_probability(logits, calibration)
+    at_half = binary_metrics(y_true, plain)
+    operating = binary_metrics(y_true, calibrated, calibration.threshold)
+    operating["ece_uncalibrated"] = expected_calibration_error(plain, y_true)
+    operating["ece_calibrated"] = expected_calibration_error(calibrated, y_true)
+    return (
+        at_half,
+        operating,
+        {"labels": y_true.tolist(), "uncalibrated": plain.tolist(), "calibrated": calibrated.tolist()},
+    )
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, dict[str, Any]]:
@@ -578,15 +654,21 @@ def train_strategy(
         model, history, val_metrics = train_fold(
             fold, train_real, val, pool, config, args, schedule, device, hooks, saved
         )
-        _, holdout_metrics = evaluate(model, holdout_loader, device)
+        fold_config = fit_fold_operating_point(model, train_real, val, config, args, device)
+        holdout_metrics, holdout_operating, holdout_probabilities = holdout_evaluation(
+            model, holdout_loader, device, Calibration.from_dict(fold_config["calibration"])
+        )
         fold_path = fold_model_path(model_dir, fold, strategy, args.arch)
-        save_classifier(fold_path, model, config)
+        save_classifier(fold_path, model, fold_config)
         folds_done.append(
             {
                 "fold": fold,
                 "history": history,
                 "val_metrics": val_metrics,
                 "holdout_metrics": holdout_metrics,
+                "holdout_operating_point": holdout_operating,
+                "holdout_probabilities": holdout_probabilities,
+                "calibration": fold_config["calibration"],
                 "n_train_real": len(train_real),
                 "model_sha256": sha256_file(fold_path),
             }
@@ -609,6 +691,7 @@ def write_strategy_results(
     fold_histories = [{"fold": r["fold"], "epochs": r["history"]} for r in folds_done]
     val_per_fold = [{"fold": r["fold"], **r["val_metrics"]} for r in folds_done]
     holdout_per_fold = [{"fold": r["fold"], **r["holdout_metrics"]} for r in folds_done]
+    operating_per_fold = [{"fold": r["fold"], **r["holdout_operating_point"]} for r in folds_done]
     best: dict[str, Any] = {}
     for record in folds_done:
         auroc = -1.0 if record["val_metrics"]["auroc"] is None else record["val_metrics"]["auroc"]
@@ -626,6 +709,12 @@ def write_strategy_results(
         "holdout": holdout_per_fold[best["fold"] - 1],
         "holdout_per_fold": holdout_per_fold,
         "holdout_summary": summarize_folds(holdout_per_fold),
+        # At each fold model's own calibrated threshold (fitted on its validation fold), with ECE before and after.
+        "holdout_operating_point": operating_per_fold[best["fold"] - 1],
+        "holdout_operating_point_per_fold": operating_per_fold,
+        "holdout_operating_point_summary": summarize_folds(operating_per_fold),
+        "calibration": folds_done[best["fold"] - 1]["calibration"],
+        "target_sensitivity": args.target_sensitivity,
         "class_balance": args.class_balance,
         "n_train_real": best["n_train_real"],
         "n_synthetic_pool": len(pool) if pool is not None else 0,
@@ -644,7 +733,18 @@ def write_strategy_results(
     if schedule is not None:
         plot_synthetic_ratio(strategy, fold_histories, schedule, figures_dir / f"{strategy}_synthetic_ratio.png")
     plot_cv_metrics(strategy, val_per_fold, cv_summary, figures_dir / f"{strategy}_cv_metrics.png")
+    plot_holdout_reliability(strategy, folds_done, figures_dir / f"{strategy}_reliability.png")
     return final
+
+
+def plot_holdout_reliability(strategy: str, folds_done: list[dict[str, Any]], path: Path) -> None:
+    """Reliability on the hold-out of every fold model's predictions pooled: plain softmax vs calibrated."""
+    labels = np.concatenate([r["holdout_probabilities"]["labels"] for r in folds_done])
+    curves = {
+        name: (np.concatenate([r["holdout_probabilities"][key] for r in folds_done]), labels)
+        for name, key in (("softmax", "uncalibrated"), ("temperature-scaled", "calibrated"))
+    }
+    plot_reliability(curves, path, title=f"{strategy}: hold-out reliability ({len(folds_done)} fold models)")
 
 
 def format_summary(final: dict[str, Any]) -> str:
@@ -661,6 +761,13 @@ def format_summary(final: dict[str, Any]) -> str:
     rows.append(
         f"{'selected (' + str(final['selected_fold']) + ')':<14}"
         + "".join(f"{cell(final['holdout'][n]):>13}" for n in names)
+    )
+    op = final["holdout_operating_point"]
+    rows.append(
+        f"{'selected @ op':<14}"
+        + "".join(f"{cell(op[n]):>13}" for n in names)
+        + f"   (threshold {op['threshold']:.3f}, "
+        f"ECE {op['ece_uncalibrated']:.3f} -> {op['ece_calibrated']:.3f})"
     )
     rows.append(f"model: {final['model']}")
     return "\n".join(rows)

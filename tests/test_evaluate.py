@@ -39,12 +39,20 @@ def test_holdout_matches_what_training_reported(trained: dict, capsys: pytest.Ca
     flags = ["--dataset", "phantom", "--data-dir", str(trained["data"]), "--split", "holdout", "--output", str(output)]
     assert evaluate(trained, *flags) == 0
     result = json.loads(output.read_text())
-    expected = trained["final"]["holdout"]
-    assert result["split"] == "holdout" and result["config"]["arch"] == "resnet18"
+    # By default: the model's calibrated operating point, as training reported it on the hold-out.
+    expected = trained["final"]["holdout_operating_point"]
+    assert result["split"] == "holdout" and result["config"]["arch"] == "resnet18" and result["calibrated"]
+    assert result["metrics"]["threshold"] == pytest.approx(trained["final"]["calibration"]["threshold"])
     assert result["metrics"]["confusion_matrix"] == expected["confusion_matrix"]
     assert result["metrics"]["n"] == trained["final"]["n_holdout"]
     assert result["metrics"]["auroc"] == pytest.approx(expected["auroc"], abs=1e-6)
+    assert result["ece"] == pytest.approx(expected["ece_calibrated"], abs=1e-9)
     assert f"{expected['accuracy']:.4f}" in capsys.readouterr().out
+    # --uncalibrated: plain softmax at 0.5, the training's plain hold-out metrics.
+    assert evaluate(trained, *flags, "--uncalibrated") == 0
+    plain = json.loads(output.read_text())
+    assert not plain["calibrated"] and plain["metrics"]["threshold"] == 0.5
+    assert plain["metrics"]["confusion_matrix"] == trained["final"]["holdout"]["confusion_matrix"]
 
 
 def test_all_scores_every_labelled_image(trained: dict) -> None:

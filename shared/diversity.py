@@ -126,6 +126,13 @@ def mean_pairwise_ms_ssim(images: np.ndarray, num_pairs: int = 200, seed: int = 
     return PairwiseMsSsim(float(values.mean()), std_error, len(values))
 
 
+def collapse_suspected(real: PairwiseMsSsim, synthetic: PairwiseMsSsim) -> bool:
+    """Synthetic images clearly more alike than real ones: the mean pairwise MS-SSIM exceeds real's by more than
+    COLLAPSE_MARGIN and by more than three standard errors of the difference."""
+    noise = 3 * float(np.hypot(real.std_error, synthetic.std_error))
+    return bool(synthetic.mean - real.mean > max(COLLAPSE_MARGIN, noise))
+
+
 @dataclass(frozen=True)
 class DiversityComparison:
     """Synthetic vs real mean pairwise MS-SSIM, the difference, and whether it signals mode collapse."""
@@ -144,23 +151,18 @@ class DiversityComparison:
 def compare_diversity(
     real: np.ndarray, synthetic: np.ndarray, num_pairs: int = 200, seed: int = 0
 ) -> DiversityComparison:
-    """Compare diversity at one image size; flags mode collapse when synthetic images are clearly more alike.
-
-    "Clearly": the synthetic mean exceeds the real one by more than COLLAPSE_MARGIN and by more than three
-    standard errors of the difference.
-    """
+    """Compare diversity at one image size; flags mode collapse when synthetic images are clearly more alike
+    (`collapse_suspected`)."""
     if np.shape(real)[-2:] != np.shape(synthetic)[-2:]:
         raise ValueError(f"real and synthetic images differ in size: {np.shape(real)} vs {np.shape(synthetic)}")
     window, weights = scales_for(min(np.shape(real)[-2:]))
     real_stats = mean_pairwise_ms_ssim(real, num_pairs, seed)
     synthetic_stats = mean_pairwise_ms_ssim(synthetic, num_pairs, seed)
-    difference = synthetic_stats.mean - real_stats.mean
-    noise = 3 * float(np.hypot(real_stats.std_error, synthetic_stats.std_error))
     return DiversityComparison(
         real=real_stats,
         synthetic=synthetic_stats,
-        difference=difference,
-        mode_collapse=bool(difference > max(COLLAPSE_MARGIN, noise)),
+        difference=synthetic_stats.mean - real_stats.mean,
+        mode_collapse=collapse_suspected(real_stats, synthetic_stats),
         window_size=window,
         scales=len(weights),
     )

@@ -16,6 +16,7 @@ from services.generator.generate_synthetic import generate_images
 from services.trainer import train_gan
 from services.trainer.hooks import TrainingStopped
 from shared.checkpoints import load_checkpoint, save_checkpoint
+from shared.diversity import collapse_suspected, mean_pairwise_ms_ssim
 from shared.errors import CheckpointError, ConfigError
 from shared.models.dcgan import Generator
 from shared.quality import pixel_frechet_distance
@@ -71,6 +72,9 @@ def train(npz: Path, work: Path, *extra: str) -> int:
     return train_gan.main(parse(gan_argv(npz, work, *extra)))
 
 
+DIVERSITY_KEYS = {"ms_ssim_synthetic", "ms_ssim_synthetic_se", "ms_ssim_real"}
+
+
 def test_train_gan_writes_every_output(blob_npz: Path, tmp_path: Path) -> None:
     assert cli.main(["train-gan", *gan_argv(blob_npz, tmp_path, "--epochs", "2")]) == 0
 
@@ -97,7 +101,8 @@ def test_train_gan_writes_every_output(blob_npz: Path, tmp_path: Path) -> None:
     assert history["config"] == config
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     for row in history["epochs"]:
-        assert set(row) == {"epoch", "loss_d", "loss_g", "d_real", "d_fake", "seconds"}
+        assert set(row) == {"epoch", "loss_d", "loss_g", "d_real", "d_fake", "seconds"} | DIVERSITY_KEYS
+        assert 0 < row["ms_ssim_synthetic"] <= 1 and 0 < row["ms_ssim_real"] <= 1
         assert np.isfinite([row["loss_d"], row["loss_g"]]).all() and row["seconds"] > 0
         assert 0 < row["d_real"] < 1 and 0 < row["d_fake"] < 1  # mean discriminator probabilities
 
@@ -107,6 +112,22 @@ def test_train_gan_writes_every_output(blob_npz: Path, tmp_path: Path) -> None:
     with Image.open(tmp_path / "results/figures/gan_real_vs_synthetic.png") as comparison:
         comparison.load()
         assert comparison.width > comparison.height  # two panels side by side
+    with Image.open(tmp_path / "results/figures/gan_diversity.png") as diversity:
+        diversity.load()
+        assert diversity.width > 100
+
+
+def test_a_collapsed_generator_is_flagged_against_the_real_sample(blob_npz: Path, tmp_path: Path) -> None:
+    args = cli.build_parser().parse_args(["train-gan", *gan_argv(blob_npz, tmp_path, "--epochs", "1")])
+    config = train_gan.training_config(args)
+    real = mean_pairwise_ms_ssim(train_gan.diversity_sample(train_gan.training_images(config), config, 8), 28)
+    generator = Generator(16, 8, 1, SIZE)
+    for parameter in generator.parameters():  # every latent gives the same (constant) image
+        torch.nn.init.zeros_(parameter)
+    noise, labels = train_gan.fixed_latents(config, 8, torch.device("cpu"))
+    collapsed = train_gan.synthetic_diversity(generator, noise, labels, seed=0)
+    assert collapsed.mean == pytest.approx(1.0) and real.mean < 0.9
+    assert collapse_suspected(real, collapsed) and not collapse_suspected(real, real)
 
 
 def test_gan_learns_from_development_images_only(blob_npz: Path) -> None:

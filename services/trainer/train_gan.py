@@ -28,6 +28,7 @@ from tqdm import tqdm
 from services.trainer.hooks import Progress, StopCheck, stop_if_asked
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
+from shared.diversity import PairwiseMsSsim, collapse_suspected, mean_pairwise_ms_ssim
 from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.figures import save_figure
 from shared.images import atomic_write_json, save_png
@@ -42,6 +43,8 @@ REAL_TARGET = 0.9  # one-sided label smoothing for the BCE discriminator
 TRAINING_STATE = "gan-training-state"
 RESUME_MAY_CHANGE = {"epochs"}  # config keys a resumed run may change
 COMPARISON_FIGURE = "gan_real_vs_synthetic.png"
+DIVERSITY_FIGURE = "gan_diversity.png"
+DIVERSITY_PAIRS = 200  # random distinct pairs of the fixed-latent samples per epoch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -357,6 +360,42 @@ def plot_real_vs_synthetic(
     save_figure(fig, path)
 
 
+def diversity_sample(images: LabelledImages, config: dict[str, Any], count: int) -> np.ndarray:
+    """The seeded real training images plot_real_vs_synthetic shows, as N x H x W grey values in [0, 1]."""
+    transform = gan_transform(config["image_size"], config["num_channels"])
+    pick = np.random.default_rng(config["seed"]).choice(len(images), min(count, len(images)), replace=False)
+    real = torch.stack([transform(images.load(int(i))) for i in pick])  # N x C x H x W in [-1, 1]
+    return ((real.mean(dim=1) + 1) / 2).double().numpy()
+
+
+@torch.no_grad()
+def synthetic_diversity(
+    generator: Generator, noise: torch.Tensor, labels: torch.Tensor | None, seed: int
+) -> PairwiseMsSsim:
+    """Mean pairwise MS-SSIM of G(fixed latents), drawn as generate-synthetic draws."""
+    images = for_inference(generator, seed)(noise, labels)  # N x C x H x W in [-1, 1]
+    return mean_pairwise_ms_ssim(((images.mean(dim=1) + 1) / 2).double().cpu().numpy(), DIVERSITY_PAIRS, seed)
+
+
+def plot_diversity(history: list[dict[str, Any]], path: Path) -> None:
+    """Mean pairwise MS-SSIM of the fixed-latent samples per epoch (± one standard error) beside the real sample's."""
+    rows = [row for row in history if row.get("ms_ssim_synthetic") is not None]
+    if not rows:
+        return
+    epochs = [row["epoch"] for row in rows]
+    mean = np.array([row["ms_ssim_synthetic"] for row in rows])
+    error = np.array([row["ms_ssim_synthetic_se"] for row in rows])
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot(epochs, mean, marker="o", label="synthetic (fixed latents)")
+    ax.fill_between(epochs, mean - error, mean + error, alpha=0.3)
+    ax.axhline(rows[-1]["ms_ssim_real"], color="black", linestyle="--", label="real (training sample)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="mean pairwise MS-SSIM", title="GAN diversity (lower = more diverse)")
+    ax.legend()
+    save_figure(fig, path)
+
+
 def save_history(config: dict[str, Any], history: list[dict[str, Any]], path: Path) -> None:
     atomic_write_json(path, {"config": config, "epochs": history})
 
@@ -470,6 +509,11 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
         pin_memory=device.type == "cuda",
     )
     noise, noise_labels = fixed_latents(config, args.vis_batch_size, device)
+    real_diversity = None
+    if args.vis_batch_size >= 2:  # the yardstick for the per-epoch diversity of the fixed-latent samples
+        real_diversity = mean_pairwise_ms_ssim(
+            diversity_sample(images, config, args.vis_batch_size), DIVERSITY_PAIRS, config["seed"]
+        )
 
     history: list[dict[str, Any]] = []
     start_epoch = 1
@@ -483,6 +527,18 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
     for epoch in range(start_epoch, config["epochs"] + 1):
         stop_if_asked(should_stop, f"before epoch {epoch}")
         stats = train_one_epoch(generator, discriminator, opt_g, opt_d, loader, config, epoch, device)
+        if real_diversity is not None:
+            diversity = synthetic_diversity(generator, noise, noise_labels, config["seed"])
+            stats["ms_ssim_synthetic"], stats["ms_ssim_synthetic_se"] = diversity.mean, diversity.std_error
+            stats["ms_ssim_real"] = real_diversity.mean
+            if collapse_suspected(real_diversity, diversity):
+                log.warning(
+                    "epoch %d: possible mode collapse: the samples' mean pairwise MS-SSIM %.3f is well above the "
+                    "real images' %.3f",
+                    epoch,
+                    diversity.mean,
+                    real_diversity.mean,
+                )
         history.append(stats)
         loss_g = "-" if stats["loss_g"] is None else f"{stats['loss_g']:.4f}"  # None: no generator step yet
         log.info(
@@ -509,6 +565,7 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
     )
     save_history(config, history, history_path)
     plot_losses(history, curve_path)
+    plot_diversity(history, Path(args.figures_dir) / DIVERSITY_FIGURE)
     plot_real_vs_synthetic(images, config, final, args.vis_batch_size, Path(args.figures_dir) / COMPARISON_FIGURE)
     log.info("history: %s  loss curve: %s  samples: %s", history_path, curve_path, samples_dir)
     return gan_dir / "generator_final.pth"

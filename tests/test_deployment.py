@@ -58,7 +58,7 @@ COMPOSE_SERVICES = {
 }
 VARIANTS = {"gpu": "cuda", "cpu": "cpu"}  # device profile / overlay -> image variant
 OVERLAY_PROFILES = {"cpu": "quick", "gpu": "full"}  # overlay -> experiment profile its Jobs run
-FOLD_FLAG = ["--fold", "$(JOB_COMPLETION_INDEX)"]  # not in the CLI yet: docs/deployment.md
+FOLD_FLAG = ["--fold-index", "$(JOB_COMPLETION_INDEX)"]  # one pod per fold (docs/deployment.md)
 VARIABLE = re.compile(r"PNEUMONIA_[A-Z0-9_]+")
 
 
@@ -526,17 +526,15 @@ def test_k8s_jobs_run_the_experiment_plan(overlay: str, rendered: dict[str, list
         container = job["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["pneumonia"] and job["spec"]["suspend"] is True
         assert container["image"] == f"pneumonia/trainer:{project_version()}-{VARIANTS[overlay]}"
-        options, unknown = parsed_step(container["args"])
+        # Kubernetes substitutes each pod's completion index; parse as pod 0 would.
+        options, unknown = parsed_step([arg.replace("$(JOB_COMPLETION_INDEX)", "0") for arg in container["args"]])
         expected, _ = parsed_step(argv)
         if step.startswith("train-classifier"):
             assert job["spec"]["completionMode"] == "Indexed"
             assert job["spec"]["completions"] == job["spec"]["parallelism"] == expected["k_folds"]
             assert container["args"][-2:] == FOLD_FLAG
-            if unknown:  # until train-classifier has --fold (docs/deployment.md)
-                assert unknown == FOLD_FLAG
-            else:
-                options.pop("fold")
-        assert not unknown or step.startswith("train-classifier")
+            assert options.pop("fold_index") == 0 and expected.pop("fold_index") is None
+        assert not unknown
         assert options == expected, step
 
 

@@ -18,7 +18,7 @@ from services.trainer.hooks import TrainingStopped
 from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
 from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
-from shared.errors import CheckpointError
+from shared.errors import CheckpointError, ConfigError
 from shared.images import save_png
 from shared.models.classifier import load_classifier
 from shared.splits import develop_and_holdout
@@ -285,6 +285,25 @@ def test_resumed_run_ends_as_an_uninterrupted_run(
         weights_a = torch.load(straight_root / "models" / name, weights_only=False)["state_dict"]
         weights_b = torch.load(tmp_path / "models" / name, weights_only=False)["state_dict"]
         assert all(torch.equal(t, weights_b[k]) for k, t in weights_a.items()), name
+
+
+@pytest.mark.slow
+def test_folds_trained_in_separate_runs_add_up_to_the_whole_cross_validation(
+    phantom_dir: Path, tmp_path: Path, uninterrupted: tuple[Path, dict]
+) -> None:
+    """Kubernetes' Indexed Job: one run per --fold-index, in any order; the last one writes the strategy's results."""
+    straight_root, straight = uninterrupted
+    write_synthetic_folder(tmp_path / "synthetic", NUM_SYNTHETIC)
+    events: list[dict] = []
+    assert train_strategy(parse_classifier_args(phantom_dir, tmp_path, "--fold-index", "1"), events.append) is None
+    assert {e["fold"] for e in events} == {2}
+    assert not (tmp_path / "metrics" / "curriculum_final_metrics.json").exists()
+    final = train_strategy(parse_classifier_args(phantom_dir, tmp_path, "--fold-index", "0"), events.append)
+    assert {e["fold"] for e in events} == {1, 2}
+    for key in ("holdout_per_fold", "selected_fold", "holdout", "holdout_operating_point_per_fold", "calibration"):
+        assert final[key] == straight[key], key
+    with pytest.raises(ConfigError, match="--fold-index must be in 0..1"):
+        train_strategy(parse_classifier_args(phantom_dir, tmp_path, "--fold-index", "2"))
 
 
 def test_should_stop_stops_at_an_epoch_boundary_and_the_run_resumes(phantom_dir: Path, tmp_path: Path) -> None:

@@ -66,7 +66,10 @@ log = logging.getLogger(__name__)
 
 TRAINING_STATE = "classifier-training-state"
 # Options that do not change what is trained: a resumed run may give other values.
-RESUME_MAY_CHANGE = frozenset({"resume", "workers", "cpu", "model_dir", "results_dir", "figures_dir", "verbose"})
+# fold_index differs between the pods of one cross-validation, so it is not part of what a run trains either.
+RESUME_MAY_CHANGE = frozenset(
+    {"resume", "workers", "cpu", "model_dir", "results_dir", "figures_dir", "verbose", "fold_index"}
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="none: Adam at --lr (the seed); onecycle: AdamW + OneCycleLR with max lr --lr",
     )
     parser.add_argument(
+        "--fold-index",
+        type=int,
+        default=None,
+        help="train only fold FOLD_INDEX + 1 (0-based, e.g. a Kubernetes Indexed Job's completion index); the "
+        "strategy's results are written by whichever fold finishes last",
+    )
+    parser.add_argument(
         "--target-sensitivity",
         type=float,
         default=None,
@@ -156,6 +166,10 @@ def check_args(args: argparse.Namespace) -> Schedule | None:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images must be at least 1, got {args.max_images}")
+    if args.fold_index is not None and not 0 <= args.fold_index < args.k_folds:
+        raise ConfigError(
+            f"--fold-index must be in 0..{args.k_folds - 1} (--k-folds {args.k_folds}), got {args.fold_index}"
+        )
     if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity <= 1.0:
         raise ConfigError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
     return parse_schedule(args.curriculum_schedule) if args.use_curriculum else None
@@ -558,8 +572,27 @@ def resume_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def training_state_path(model_dir: Path, strategy: str, arch: str) -> Path:
+def training_state_path(model_dir: Path, strategy: str, arch: str, fold: int | None = None) -> Path:
+    """The run's resumable state; a single-fold run (--fold-index) has its own per fold."""
+    if fold is not None:
+        return model_dir / f"fold_{fold}_{strategy}_{arch}_training_state.pth"
     return model_dir / f"{strategy}_{arch}_training_state.pth"
+
+
+def finished_fold_records(
+    model_dir: Path, num_folds: int, config: dict[str, Any], strategy: str, arch: str
+) -> list[dict[str, Any]] | None:
+    """Every fold's record from the single-fold runs' states, once all folds are finished (else None)."""
+    records = []
+    for fold in range(1, num_folds + 1):
+        path = training_state_path(model_dir, strategy, arch, fold)
+        if not path.is_file():
+            return None
+        done, _ = load_resume_state(path, config, model_dir, strategy, arch)
+        if not done:
+            return None
+        records.extend(done)
+    return sorted(records, key=lambda record: record["fold"])
 
 
 def fold_model_path(model_dir: Path, fold: int, strategy: str, arch: str) -> Path:
@@ -592,8 +625,11 @@ def load_resume_state(
 
 def train_strategy(
     args: argparse.Namespace, progress: Progress | None = None, should_stop: StopCheck | None = None
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train and evaluate one strategy end to end; write checkpoints, metrics and figures; return the final metrics.
+
+    With --fold-index only that fold is trained; the results are written (and returned) only by the run that finds
+    every fold finished, else None.
 
     `progress`, when given, is called after every epoch's training state is written, with {"strategy", "fold",
     "num_folds", "epochs"} and the epoch's history entry ("epoch" counts from 0). `should_stop` is asked before every
@@ -602,7 +638,8 @@ def train_strategy(
     schedule = check_args(args)
     strategy = strategy_name(args)
     model_dir = Path(args.model_dir)
-    state_path = training_state_path(model_dir, strategy, args.arch)
+    only_fold = None if args.fold_index is None else args.fold_index + 1
+    state_path = training_state_path(model_dir, strategy, args.arch, only_fold)
     state_config = resume_config(args)
     folds_done: list[dict[str, Any]] = []  # {"fold", "history", "val_metrics", "holdout_metrics", ...} per fold
     current: dict[str, Any] | None = None  # the fold in progress (fold_state)
@@ -640,7 +677,9 @@ def train_strategy(
         save_checkpoint(state_path, TRAINING_STATE, state_config, folds_done=folds_done, current=fold_in_progress)
 
     for fold, (train_idx, val_idx) in enumerate(folds, start=1):
-        if fold <= len(folds_done):
+        if only_fold is not None and fold != only_fold:
+            continue  # another pod's fold
+        if any(record["fold"] == fold for record in folds_done):
             continue  # finished before the run was interrupted: its model and results are reused
         train_real, val = develop.subset(train_idx), develop.subset(val_idx)
         assert_real_only(val, f"validation fold {fold}")
@@ -674,6 +713,13 @@ def train_strategy(
             }
         )
         save_state(None)
+    if only_fold is not None:
+        folds_done = finished_fold_records(model_dir, len(folds), state_config, strategy, args.arch) or []
+        if not folds_done:
+            log.info(
+                "%s fold %d of %d finished; the last fold to finish writes the results", strategy, only_fold, len(folds)
+            )
+            return None
     return write_strategy_results(args, strategy, schedule, folds_done, develop, holdout, pool)
 
 
@@ -775,5 +821,8 @@ def format_summary(final: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     final = train_strategy(args)
+    if final is None:
+        print(f"fold {args.fold_index + 1} of {args.k_folds} done; the results follow when every fold has finished")
+        return 0
     print(format_summary(final))
     return 0

@@ -1,4 +1,4 @@
-"""The TorchServe handler, stage by stage, without a TorchServe server."""
+"""The TorchServe handler, stage by stage and batch by batch, without a TorchServe server."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
 from services.classifier.handler import PneumoniaHandler
+from shared.gradcam import heatmap_overlay
 from shared.images import MAX_IMAGE_PIXELS
 from shared.models.classifier import build_classifier, classifier_config, save_classifier
 
@@ -176,3 +178,55 @@ def test_one_bad_row_fails_the_batch(handler: PneumoniaHandler, pixels: np.ndarr
     with pytest.raises(PredictionException) as info:
         handler.preprocess([{"data": encode(pixels, "PNG")}, {"data": b"garbage"}])
     assert info.value.error_code == 400
+
+
+def batch_context(headers: list[dict[str, str]]) -> Context:
+    """TorchServe's own per-batch Context, as its worker builds it: one RequestProcessor per row."""
+    context = Context("pneumonia", "/unused", {"model": {}}, len(headers), None, "0.12.0")
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    return context
+
+
+def test_handle_answers_each_row_of_a_mixed_batch_on_its_own(handler: PneumoniaHandler, pixels: np.ndarray) -> None:
+    rows = [{"body": encode(pixels, "PNG")}, {"body": b"garbage"}, {"body": encode(pixels, "JPEG")}]
+    context = batch_context([{}, {}, {"explain": "True"}])
+    prediction, error, explanation = handler.handle(rows, context)
+
+    (alone,) = predict(handler, [{"data": encode(pixels, "PNG")}])
+    assert prediction == alone
+    assert error == {"code": 400, "type": "PredictionException", "message": error["message"]}
+    assert "not an image" in error["message"]
+    assert context.get_response_status(1) == (400, "Bad Request")
+    assert context.get_response_status(0)[0] == context.get_response_status(2)[0] == 200
+    assert Image.open(io.BytesIO(explanation)).format == "PNG"
+    assert context.get_response_content_type(2) == "image/png"
+    assert context.get_response_content_type(0) is None
+    assert all(context.get_response_headers(i)["X-Batch-Size"] == "3" for i in range(3))
+
+
+def test_handle_of_one_bad_row_raises_400(handler: PneumoniaHandler) -> None:
+    with pytest.raises(PredictionException, match="empty request body") as info:
+        handler.handle([{"body": b""}], batch_context([{}]))
+    assert info.value.error_code == 400
+
+
+def test_explanation_overlays_grad_cam_on_the_image(handler: PneumoniaHandler, pixels: np.ndarray) -> None:
+    """A small input is shown at 224 px; the probability header agrees with the prediction."""
+    context = batch_context([{"explain": "True"}])
+    (png,) = handler.handle([{"data": encode(pixels, "PNG")}], context)
+    picture = Image.open(io.BytesIO(png))
+    assert picture.mode == "RGB" and picture.size == (224, 224)
+    rgb = np.asarray(picture, dtype=np.int16)
+    assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 20  # coloured by the heat map, not a grey copy
+    (answer,) = predict(handler, [{"data": encode(pixels, "PNG")}])
+    p = float(context.get_response_headers(0)["X-Pneumonia-Probability"])
+    assert p == pytest.approx(answer["pneumonia_probability"], abs=1e-5)
+
+
+def test_heatmap_overlay_keeps_aspect_and_caps_size() -> None:
+    heat = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    assert heatmap_overlay(Image.new("L", (2000, 1000)), heat).size == (1024, 512)
+    assert heatmap_overlay(Image.new("L", (300, 600)), heat).size == (300, 600)
+    hot = np.asarray(heatmap_overlay(Image.new("L", (300, 300)), np.ones((4, 4), dtype=np.float32)))
+    cold = np.asarray(heatmap_overlay(Image.new("L", (300, 300)), np.zeros((4, 4), dtype=np.float32)))
+    assert hot[..., 0].mean() > hot[..., 2].mean() and cold[..., 2].mean() > cold[..., 0].mean()  # jet: red hot

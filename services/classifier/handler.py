@@ -3,6 +3,17 @@
 The .mar's serialized file is one of our classifier checkpoints (`save_classifier`); its saved config gives the
 preprocessing, so the served model sees exactly what it saw in evaluation. Each answer is
 {"label": "pneumonia" | "normal", "pneumonia_probability": float, "model_version": str}.
+
+/explanations/{model} answers a PNG (Content-Type image/png): the input with the Grad-CAM map of the pneumonia output
+over it (shared.gradcam), and the header X-Pneumonia-Probability.
+
+Server-side batching: TorchServe hands `handle` up to batch_size requests at once, possibly from different clients
+and of both kinds (predictions and explanations); each row is answered on its own. A bad row (not an image,
+truncated, empty, too large, DICOM without pixels) gets HTTP 400 with {"code", "type", "message"} while the other
+rows of its batch are answered normally; a batch of one bad row raises PredictionException, which TorchServe turns
+into HTTP 400 or gRPC INVALID_ARGUMENT with the message. (TorchServe's gRPC API ignores per-row statuses: a bad row
+of a larger batch reaches a gRPC client as status OK with the error JSON as its prediction -- our client raises on
+it.) Every answer carries the header X-Batch-Size: the number of rows the model saw in that batch.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 import warnings
 from typing import Any
 
@@ -30,6 +42,9 @@ logger = logging.getLogger(__name__)
 BAD_REQUEST = 400
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 THRESHOLD = 0.5
+PNG_CONTENT_TYPE = "image/png"
+BATCH_SIZE_HEADER = "X-Batch-Size"
+PROBABILITY_HEADER = "X-Pneumonia-Probability"
 
 
 def bad_request(message: str) -> PredictionException:
@@ -144,3 +159,70 @@ class PneumoniaHandler(BaseHandler):
             }
             for p in data.cpu().tolist()
         ]
+
+    def explain_images(self, images: list[Image.Image]) -> list[tuple[bytes, float]]:
+        """Grad-CAM of the pneumonia output for each image -> (heat map over the image as PNG bytes, P(pneumonia))."""
+        from shared.gradcam import gradcam_samples, heatmap_overlay  # pytorch-grad-cam is slow to import
+
+        results = []
+        for image, (_, heat, p) in zip(
+            images, gradcam_samples(self.model, self.config, images, self.device), strict=True
+        ):
+            buffer = io.BytesIO()
+            heatmap_overlay(image, heat).save(buffer, format="PNG")
+            results.append((buffer.getvalue(), p))
+        return results
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """Answer every row of a batch on its own: a prediction (JSON), an explanation (PNG) or a 400 error."""
+        start = time.perf_counter()
+        self.context = context
+        rows = len(data)
+        images: dict[int, Image.Image] = {}
+        errors: dict[int, PredictionException] = {}
+        for i, row in enumerate(data):
+            try:
+                images[i] = decode_image(row.get("data") or row.get("body"))
+            except PredictionException as exc:
+                errors[i] = exc
+        if rows == 1 and errors:  # a proper status for REST and gRPC alike
+            raise errors[0]
+        answers: list[Any] = [None] * rows
+        explain = [i for i in images if _wants_explanation(context, i)]
+        predict = [i for i in images if i not in explain]
+        if predict:
+            batch = torch.stack([self.transform(images[i]) for i in predict]).to(self.device)
+            for i, answer in zip(predict, self.postprocess(self.inference(batch)), strict=True):
+                answers[i] = answer
+        if explain:
+            for i, (png, p) in zip(explain, self.explain_images([images[i] for i in explain]), strict=True):
+                answers[i] = png
+                _set_header(context, i, "content-type", PNG_CONTENT_TYPE)
+                _set_header(context, i, PROBABILITY_HEADER, f"{p:.6f}")
+        for i, exc in errors.items():
+            answers[i] = {"code": exc.error_code, "type": type(exc).__name__, "message": exc.message}
+            if context is not None:
+                context.set_response_status(code=exc.error_code, phrase="Bad Request", idx=i)
+        for i in range(rows):
+            _set_header(context, i, BATCH_SIZE_HEADER, str(rows))
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time("HandlerTime", round((time.perf_counter() - start) * 1000, 2), None, "ms")
+        logger.debug(
+            "batch of %d rows: %d predictions, %d explanations, %d errors",
+            rows,
+            len(predict),
+            len(explain),
+            len(errors),
+        )
+        return answers
+
+
+def _wants_explanation(context: Any, idx: int) -> bool:
+    """Whether request `idx` came to /explanations (TorchServe marks it with the request header explain=True)."""
+    return context is not None and context.get_request_header(idx, "explain") == "True"
+
+
+def _set_header(context: Any, idx: int, name: str, value: str) -> None:
+    if context is not None:
+        context.set_response_header(idx, name, value)

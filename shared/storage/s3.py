@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -221,6 +222,12 @@ class S3Store(ObjectStore):
             ),
         )
         return iter([self.stat(bucket, key) for key in keys])
+
+    def presigned_get_url(self, bucket: str, key: str, expires: timedelta = timedelta(minutes=15)) -> str:
+        """A URL that lets whoever holds it GET the object for `expires` (it names the access key, never the secret)."""
+        validate_bucket(bucket)
+        validate_key(key)
+        return self._call("presign", bucket, key, lambda: self._client.presigned_get_object(bucket, key, expires))
 
     def delete(self, bucket: str, key: str) -> None:
         validate_bucket(bucket)

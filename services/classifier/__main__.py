@@ -1,0 +1,109 @@
+"""Run the classifier service: TorchServe in the foreground with our configuration and handler.
+
+    python -m services.classifier
+
+Settings come from environment variables (services.classifier.config, listed below). Logs are JSON, one object per
+line, on stderr; TorchServe's own console lines come through as records of the logger 'torchserve'. Token
+authorization stays on: clients read the keys from <PNEUMONIA_CLASSIFIER_WORKDIR>/key_file.json, which this process
+renews (through TorchServe's /token API) at half the keys' lifetime. SIGTERM or SIGINT stops TorchServe gracefully
+(requests in flight finish; PNEUMONIA_CLASSIFIER_GRACE seconds at most). Exits 0 after a signal, 1 when TorchServe
+dies on its own, 2 when it cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from services.classifier import config as config_module
+from services.classifier.config import ClassifierConfig
+from services.classifier.torchserve import TorchServe
+from shared.errors import PneumoniaError
+from shared.grpc_service import SHUTDOWN_SIGNALS, configure_json_logging
+
+log = logging.getLogger("services.classifier")
+
+
+def renew_keys_until(server: TorchServe, stop: threading.Event, interval_s: float) -> None:
+    """Renew TorchServe's keys every `interval_s` seconds until `stop` is set (failures are logged, then retried)."""
+    while not stop.wait(interval_s):
+        try:
+            server.renew_keys()
+        except (PneumoniaError, OSError) as exc:
+            log.error("cannot renew the TorchServe keys: %s", exc)
+
+
+def wait_for_signal_or_exit(server: TorchServe) -> signal.Signals | None:
+    """Block until SIGTERM/SIGINT (returned) or until TorchServe exits on its own (None)."""
+    received: list[signal.Signals] = []
+    event = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum))
+        event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in SHUTDOWN_SIGNALS}
+    try:
+        while not event.wait(0.5):
+            if not server.running():
+                return None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    log.info("received %s: shutting down", received[0].name, extra={"signal": received[0].name})
+    return received[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.classifier",
+        description=f"{__doc__}\n{config_module.__doc__}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+
+    try:
+        config = ClassifierConfig.from_env()
+    except PneumoniaError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    server = TorchServe(config, relay_output=True)
+    start = time.monotonic()
+    try:
+        server.start()
+        server.wait_ready()
+    except (PneumoniaError, OSError) as exc:
+        log.error("cannot start TorchServe: %s", exc)
+        server.stop()
+        return 2
+    log.info(
+        "classifier service ready",
+        extra={**server.environment(), "startup_s": round(time.monotonic() - start, 1), "models": list(config.models)},
+    )
+
+    stop = threading.Event()
+    renewer = threading.Thread(
+        target=renew_keys_until,
+        args=(server, stop, config.token_expiration_min * 60 / 2),
+        name="key-renewal",
+        daemon=True,
+    )
+    renewer.start()
+    received = wait_for_signal_or_exit(server)
+    stop.set()
+    if received is None:
+        log.error("TorchServe exited on its own: %s", server.output_tail(5))
+    server.stop()
+    log.info("classifier service stopped")
+    return 0 if received is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

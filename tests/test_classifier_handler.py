@@ -17,9 +17,17 @@ from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
 from services.classifier.handler import PneumoniaHandler
+from shared.calibration import Calibration
 from shared.gradcam import heatmap_overlay
 from shared.images import MAX_IMAGE_PIXELS
-from shared.models.classifier import build_classifier, classifier_config, save_classifier
+from shared.models.classifier import (
+    build_classifier,
+    classifier_config,
+    classifier_transform,
+    penultimate_features,
+    save_classifier,
+)
+from shared.plausibility import PlausibilityGate
 
 SIZE = 16
 
@@ -230,3 +238,73 @@ def test_heatmap_overlay_keeps_aspect_and_caps_size() -> None:
     hot = np.asarray(heatmap_overlay(Image.new("L", (300, 300)), np.ones((4, 4), dtype=np.float32)))
     cold = np.asarray(heatmap_overlay(Image.new("L", (300, 300)), np.zeros((4, 4), dtype=np.float32)))
     assert hot[..., 0].mean() > hot[..., 2].mean() and cold[..., 2].mean() > cold[..., 0].mean()  # jet: red hot
+
+
+# --- a calibrated model with a plausibility gate (what train-classifier saves) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory: pytest.TempPathFactory, pixels: np.ndarray) -> PneumoniaHandler:
+    """The handler fixture's network, saved with a calibration (T = 2, threshold 0.3) and a gate whose feature
+    statistics are those of `pixels` alone (so `pixels` is in distribution and other images are far out of it)."""
+    model_dir = tmp_path_factory.mktemp("gated")
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", in_channels=1, image_size=SIZE, weights="none").eval()
+    config = classifier_config("resnet18", 1, SIZE, "baseline", "none")
+    with torch.no_grad():
+        image = Image.fromarray(pixels)
+        _, features = penultimate_features(model, classifier_transform(config, train=False)(image)[None])
+    config["calibration"] = Calibration(2.0, 0.3, "youden", None, 0.9, 0.8, 0.1, 0.05, 50).to_dict()
+    config["plausibility"] = PlausibilityGate(
+        min_side=12, min_aspect=0.7, max_aspect=1.4, min_std=2.0,
+        feature_mean=features[0].double().tolist(), feature_std=[1e-3] * features.shape[1],
+        max_feature_distance=1.0, fitted_on=1,
+    ).to_dict()  # fmt: skip
+    save_classifier(model_dir / "model.pth", model, config)
+    context = SimpleNamespace(
+        system_properties={"model_dir": str(model_dir), "gpu_id": None},
+        manifest={"model": {"serializedFile": "model.pth", "modelVersion": "2.0"}},
+    )
+    h = PneumoniaHandler()
+    h.initialize(context)
+    return h
+
+
+def test_answers_use_the_saved_temperature_and_threshold(gated: PneumoniaHandler, pixels: np.ndarray) -> None:
+    batch = gated.preprocess([{"data": encode(pixels, "PNG")}])
+    logits, _ = gated.inference(batch)
+    (answer,) = gated.postprocess((logits, None))
+    expected = torch.softmax(logits.double() / 2.0, dim=1)[0, 1].item()
+    assert answer["pneumonia_probability"] == pytest.approx(expected, abs=1e-9)
+    assert answer["label"] == ("pneumonia" if expected >= 0.3 else "normal")
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda px: np.stack([px, px // 2, 255 - px], axis=2), "not_grayscale"),
+        (lambda px: np.full((24, 24), 77, dtype=np.uint8), "constant"),
+        (lambda px: px[:8, :8], "too_small"),
+        (lambda px: np.tile(px, (1, 3)), "aspect_ratio"),
+        (lambda px: 255 - px, "out_of_distribution"),
+    ],
+)
+def test_the_gate_refuses_implausible_inputs_with_a_reason(gated: PneumoniaHandler, pixels: np.ndarray, make, reason):
+    body = encode(make(pixels), "PNG")
+    with pytest.raises(PredictionException, match=rf"implausible input \[{reason}\]") as refused:
+        gated.handle([{"data": body}], batch_context([{}]))
+    assert refused.value.error_code == 400
+    (answer,) = gated.handle([{"data": encode(pixels, "PNG")}], batch_context([{}]))  # and it keeps serving
+    assert answer["model_version"] == "2.0"
+
+
+def test_a_refused_row_does_not_fail_its_batch(gated: PneumoniaHandler, pixels: np.ndarray) -> None:
+    colour = encode(np.stack([pixels, pixels // 2, 255 - pixels], axis=2), "PNG")
+    context = batch_context([{}, {}, {}])
+    good, bad, far = gated.handle(
+        [{"data": encode(pixels, "PNG")}, {"data": colour}, {"data": encode(255 - pixels, "PNG")}], context
+    )
+    assert good["model_version"] == "2.0"
+    assert bad["code"] == 400 and "[not_grayscale]" in bad["message"]
+    assert far["code"] == 400 and "[out_of_distribution]" in far["message"]
+    assert [context.get_response_status(i)[0] for i in range(3)] == [200, 400, 400]

@@ -33,15 +33,16 @@ from pydicom.errors import InvalidDicomError
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
+from shared.calibration import Calibration, calibrated_probability, decision_threshold
 from shared.datasets.base import CLASS_NAMES, NORMAL, PNEUMONIA
 from shared.images import MAX_IMAGE_PIXELS
-from shared.models.classifier import classifier_transform, load_classifier
+from shared.models.classifier import classifier_transform, load_classifier, penultimate_features
+from shared.plausibility import GRAY_MODES, ImplausibleImageError, PlausibilityGate, check_features, check_image
 
 logger = logging.getLogger(__name__)
 
 BAD_REQUEST = 400
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
-THRESHOLD = 0.5
 PNG_CONTENT_TYPE = "image/png"
 BATCH_SIZE_HEADER = "X-Batch-Size"
 PROBABILITY_HEADER = "X-Pneumonia-Probability"
@@ -50,6 +51,12 @@ PROBABILITY_HEADER = "X-Pneumonia-Probability"
 def bad_request(message: str) -> PredictionException:
     """An error TorchServe returns to the client as HTTP 400 with `message`."""
     return PredictionException(message, BAD_REQUEST)
+
+
+def implausible(exc: ImplausibleImageError) -> PredictionException:
+    """HTTP 400 / gRPC INVALID_ARGUMENT for an input the plausibility gate refused; its reason code leads the
+    message."""
+    return PredictionException(f"implausible input [{exc.reason}]: {exc}", BAD_REQUEST)
 
 
 def check_pixel_count(width: int, height: int, frames: int = 1) -> None:
@@ -62,7 +69,7 @@ def check_pixel_count(width: int, height: int, frames: int = 1) -> None:
 
 
 def decode_picture(body: bytes) -> Image.Image:
-    """PNG / JPEG / any PIL format -> fully decoded grayscale image."""
+    """PNG / JPEG / any PIL format -> fully decoded image, grey ('L') or, if it has colour, 'RGB'."""
     try:
         with warnings.catch_warnings():  # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse those too
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -77,7 +84,7 @@ def decode_picture(body: bytes) -> Image.Image:
             img.load()  # full decode, so a truncated file fails here
         except (OSError, SyntaxError, ValueError) as exc:
             raise bad_request(f"truncated or corrupt {img.format} image: {exc}") from exc
-        return img.convert("L")
+        return img.convert("L" if img.mode in GRAY_MODES else "RGB")  # colour stays visible to the gate
 
 
 def decode_dicom(body: bytes) -> Image.Image:
@@ -107,7 +114,8 @@ def decode_dicom(body: bytes) -> Image.Image:
 
 
 def decode_image(body: Any) -> Image.Image:
-    """A request body (bytes) -> grayscale PIL image; PredictionException(400) naming the problem otherwise."""
+    """A request body (bytes) -> PIL image ('L', or 'RGB' when in colour); PredictionException(400) naming the
+    problem otherwise."""
     if not body:
         raise bad_request("empty request body: send the image bytes (PNG, JPEG or DICOM)")
     if not isinstance(body, (bytes, bytearray)):
@@ -134,30 +142,58 @@ class PneumoniaHandler(BaseHandler):
         self.model_pt_path = os.path.join(properties["model_dir"], model_info["serializedFile"])
         self.model, self.config = load_classifier(self.model_pt_path, self.device)
         self.transform = classifier_transform(self.config, train=False)
+        calibration, gate = self.config.get("calibration"), self.config.get("plausibility")
+        self.calibration = Calibration.from_dict(calibration) if calibration else None
+        self.gate = PlausibilityGate.from_dict(gate) if gate else None
         self.model_version = str(model_info.get("modelVersion", "unknown"))
         self.manifest = context.manifest
         self.initialized = True
         logger.info("loaded %s (version %s) on %s", self.model_pt_path, self.model_version, self.device)
 
+    def check_plausible(self, image: Image.Image) -> None:
+        """The model-free gate checks (size, aspect, grey, constant); PredictionException(400) on refusal."""
+        if self.gate is not None:
+            try:
+                check_image(image, self.gate)
+            except ImplausibleImageError as exc:
+                raise implausible(exc) from exc
+
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
-        """Request rows -> batch, rows x in_channels x image_size x image_size."""
+        """Request rows -> batch, rows x in_channels x image_size x image_size (gate-checked images only)."""
         images = [decode_image(row.get("data") or row.get("body")) for row in data]
-        return torch.stack([self.transform(img) for img in images]).to(self.device)
+        for image in images:
+            self.check_plausible(image)
+        return torch.stack([self.transform(img.convert("L")) for img in images]).to(self.device)
 
-    def inference(self, data: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """Batch -> P(pneumonia) per row."""
+    def inference(self, data: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch -> (logits rows x 2, penultimate features rows x D)."""
         with torch.no_grad():
-            return torch.softmax(self.model(data), dim=1)[:, PNEUMONIA]
+            return penultimate_features(self.model, data)
 
-    def postprocess(self, data: torch.Tensor) -> list[dict[str, Any]]:
-        """P(pneumonia) per row -> one JSON-able answer per row."""
+    def feature_refusals(self, features: torch.Tensor) -> dict[int, PredictionException]:
+        """Rows whose features lie outside the training distribution (the gate's last check), by row index."""
+        refusals: dict[int, PredictionException] = {}
+        if self.gate is None:
+            return refusals
+        for i, row in enumerate(features.cpu().numpy()):
+            try:
+                check_features(row[None], self.gate)
+            except ImplausibleImageError as exc:
+                refusals[i] = implausible(exc)
+        return refusals
+
+    def postprocess(self, data: tuple[torch.Tensor, torch.Tensor]) -> list[dict[str, Any]]:
+        """(logits, features) -> one JSON-able answer per row: calibrated P(pneumonia), label at the model's
+        operating point (plain softmax and 0.5 for a model saved without calibration)."""
+        logits = data[0].detach().double().cpu().numpy()
+        threshold = decision_threshold(self.calibration)
         return [
             {
-                "label": CLASS_NAMES[PNEUMONIA if p >= THRESHOLD else NORMAL],
-                "pneumonia_probability": p,
+                "label": CLASS_NAMES[PNEUMONIA if p >= threshold else NORMAL],
+                "pneumonia_probability": float(p),
                 "model_version": self.model_version,
             }
-            for p in data.cpu().tolist()
+            for p in calibrated_probability(logits, self.calibration)
         ]
 
     def explain_images(self, images: list[Image.Image]) -> list[tuple[bytes, float]]:
@@ -183,19 +219,28 @@ class PneumoniaHandler(BaseHandler):
         for i, row in enumerate(data):
             try:
                 images[i] = decode_image(row.get("data") or row.get("body"))
+                self.check_plausible(images[i])
             except PredictionException as exc:
                 errors[i] = exc
-        if rows == 1 and errors:  # a proper status for REST and gRPC alike
-            raise errors[0]
+                images.pop(i, None)
         answers: list[Any] = [None] * rows
         explain = [i for i in images if _wants_explanation(context, i)]
         predict = [i for i in images if i not in explain]
         if predict:
-            batch = torch.stack([self.transform(images[i]) for i in predict]).to(self.device)
-            for i, answer in zip(predict, self.postprocess(self.inference(batch)), strict=True):
-                answers[i] = answer
+            batch = torch.stack([self.transform(images[i].convert("L")) for i in predict]).to(self.device)
+            logits, features = self.inference(batch)
+            refused = {predict[j]: exc for j, exc in self.feature_refusals(features).items()}
+            errors.update(refused)
+            kept = [j for j, i in enumerate(predict) if i not in refused]
+            if kept:
+                for j, answer in zip(kept, self.postprocess((logits[kept], features[kept])), strict=True):
+                    answers[predict[j]] = answer
+        if rows == 1 and errors:  # a proper status for REST and gRPC alike
+            raise errors[0]
         if explain:
-            for i, (png, p) in zip(explain, self.explain_images([images[i] for i in explain]), strict=True):
+            for i, (png, p) in zip(
+                explain, self.explain_images([images[i].convert("L") for i in explain]), strict=True
+            ):
                 answers[i] = png
                 _set_header(context, i, "content-type", PNG_CONTENT_TYPE)
                 _set_header(context, i, PROBABILITY_HEADER, f"{p:.6f}")

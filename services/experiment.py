@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.datasets import DATASETS
-from shared.errors import PneumoniaError
+from shared.errors import ConfigError, PneumoniaError
 from shared.images import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for every step")
     parser.add_argument("--cpu", action="store_true", help="force CPU even where CUDA is available")
+    parser.add_argument(
+        "--via-services",
+        action="store_true",
+        help="drive the experiment through the running services (addresses from PNEUMONIA_*_ADDRESS / _URL)",
+    )
+    parser.add_argument(
+        "--local-services",
+        action="store_true",
+        help="with --via-services: first start every service as a local process on 127.0.0.1 (storage and logs "
+        "under --work-dir), stop them at the end",
+    )
+    parser.add_argument("--run-id", default=None, help="with --via-services: run name in storage (default: time)")
     for step in STEP_OVERRIDES:
         parser.add_argument(
             f"--{step}-args",
@@ -146,6 +158,28 @@ def summary_table(metrics_dir: Path) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.local_services and not args.via_services:
+        raise ConfigError("--local-services needs --via-services")
+    if args.via_services:
+        return main_via_services(args)
+    return main_in_process(args)
+
+
+def main_via_services(args: argparse.Namespace) -> int:
+    """The experiment as calls to the services (services.orchestrator), optionally started here first."""
+    from services.local_stack import LocalStack
+    from services.orchestrator import ServiceEndpoints, run_experiment
+
+    if not args.local_services:
+        return run_experiment(args, ServiceEndpoints.from_env())
+    stack = LocalStack(Path(args.work_dir))
+    os.environ.update(stack.storage_env())  # the orchestrator uses the same LocalStore as the services
+    with stack as endpoints:
+        return run_experiment(args, endpoints)
+
+
+def main_in_process(args: argparse.Namespace) -> int:
+    """Each step as the `pneumonia` subcommand, called in this process."""
     from services.cli import main as pneumonia
 
     timings: dict[str, float] = {}

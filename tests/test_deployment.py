@@ -319,7 +319,7 @@ def test_dockerfile_env_ports_and_healthcheck_match_the_config(service: str) -> 
     port = int(re.search(r":(\d+)", target).group(1))
     assert port in config_ports(config)
     if service == "classifier":
-        assert target == f"http://127.0.0.1:{config.inference_port}/ping"  # TorchServe's own health endpoint
+        assert target == f"http://127.0.0.1:{config.metrics_port}/metrics"  # TorchServe's, needs no token
     elif service == "generator":
         assert target == f"http://127.0.0.1:{config.http_port}/healthz"
     else:

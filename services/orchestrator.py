@@ -1,0 +1,433 @@
+"""`pneumonia experiment --via-services`: the whole experiment driven through the services' APIs.
+
+The same steps as the in-process experiment (services.experiment), each one a call to a service:
+
+    dataset      -> object storage (datasets bucket, <dataset>/)
+    TrainerService.StartGanJob            runs/<run>/gan            WatchJob until it ends
+    GeneratorService.GenerateStream       synthetic pneumonia images of that generator
+    TrainerService.StartClassifierJob x3  runs/<run>/classifiers    baseline, augmented, curriculum (+ .mar each)
+    AnalyzerService.Analyze               runs/<run>/analysis       the report
+    TorchServe                            register the best strategy's .mar, classify a few hold-out images
+                                          over REST and gRPC
+
+The profile's flags (services.experiment.PROFILES) are parsed by each step's own CLI parser and copied into the
+request field of the same name, so a profile means the same thing in-process and through the services. A flag a
+request cannot carry is refused, except the data-loader worker count, which each service sets for itself.
+Services are found through environment variables (ServiceEndpoints); `--local-services` starts them all first as
+local processes (services.local_stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+from pneumonia.v1 import (
+    analyzer_pb2,
+    analyzer_pb2_grpc,
+    common_pb2,
+    generator_pb2,
+    generator_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from tqdm import tqdm
+
+from services.classifier.client import ClassifierClient, register_from_store
+from services.experiment import PROFILES, STRATEGY_FLAGS, summary_table
+from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, load_dataset
+from shared.errors import ConfigError, PneumoniaError
+from shared.splits import develop_and_holdout
+from shared.storage import ObjectRef, ObjectStore, open_store
+from shared.storage.sync import download_prefix, upload_dir
+
+log = logging.getLogger(__name__)
+
+# Flags a service decides for itself: accepted in a profile, not sent.
+SERVICE_SIDE_FLAGS = frozenset({"workers"})
+# Flags the orchestrator fills in from its own layout (paths in storage, dataset, seed, device).
+LAYOUT_FLAGS = frozenset(
+    {"dataset", "data_dir", "model_dir", "results_dir", "figures_dir", "output_dir", "synthetic_dir", "model_path"}
+)
+ENUM_FIELDS: dict[str, dict[str, int]] = {
+    "loss": {"bce": trainer_pb2.GAN_LOSS_BCE, "wgan-gp": trainer_pb2.GAN_LOSS_WGAN_GP},
+    "train_on": {"positive": trainer_pb2.GAN_TRAIN_ON_POSITIVE, "all": trainer_pb2.GAN_TRAIN_ON_ALL},
+    "class_balance": {
+        "weighted-loss": trainer_pb2.CLASS_BALANCE_WEIGHTED_LOSS,
+        "sampler": trainer_pb2.CLASS_BALANCE_SAMPLER,
+        "none": trainer_pb2.CLASS_BALANCE_NONE,
+    },
+    "scheduler": {"none": trainer_pb2.LR_SCHEDULER_NONE, "onecycle": trainer_pb2.LR_SCHEDULER_ONECYCLE},
+}
+GENERATOR_CHECKPOINT = "gan/generator_final.pth"
+MODEL_NAME = "pneumonia"
+NUM_SAMPLE_PREDICTIONS = 4
+
+
+@dataclass(frozen=True)
+class ServiceEndpoints:
+    """Where the services listen; from PNEUMONIA_*_ADDRESS / _URL variables (defaults: the local ports)."""
+
+    trainer: str = "127.0.0.1:50051"
+    generator: str = "127.0.0.1:50052"
+    analyzer: str = "127.0.0.1:50053"
+    classifier_inference_url: str = "http://127.0.0.1:8080"
+    classifier_management_url: str = "http://127.0.0.1:8081"
+    classifier_grpc: str = "127.0.0.1:7070"
+    classifier_key_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServiceEndpoints:
+        env = {k: v for k, v in (os.environ if environ is None else environ).items() if v}
+        d = cls()
+        key_file = env.get("PNEUMONIA_CLASSIFIER_KEY_FILE")
+        return cls(
+            trainer=env.get("PNEUMONIA_TRAINER_ADDRESS", d.trainer),
+            generator=env.get("PNEUMONIA_GENERATOR_ADDRESS", d.generator),
+            analyzer=env.get("PNEUMONIA_ANALYZER_ADDRESS", d.analyzer),
+            classifier_inference_url=env.get("PNEUMONIA_CLASSIFIER_INFERENCE_URL", d.classifier_inference_url),
+            classifier_management_url=env.get("PNEUMONIA_CLASSIFIER_MANAGEMENT_URL", d.classifier_management_url),
+            classifier_grpc=env.get("PNEUMONIA_CLASSIFIER_GRPC_ADDRESS", d.classifier_grpc),
+            classifier_key_file=Path(key_file) if key_file else None,
+        )
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """The bucket names every service uses (PNEUMONIA_*_BUCKET)."""
+
+    datasets: str = "datasets"
+    synthetic: str = "synthetic"
+    models: str = "models"
+    results: str = "results"
+
+    @classmethod
+    def from_env(cls) -> Buckets:
+        d = cls()
+        env = {k: v for k, v in os.environ.items() if v}
+        return cls(
+            datasets=env.get("PNEUMONIA_DATASETS_BUCKET", d.datasets),
+            synthetic=env.get("PNEUMONIA_SYNTHETIC_BUCKET", d.synthetic),
+            models=env.get("PNEUMONIA_MODELS_BUCKET", d.models),
+            results=env.get("PNEUMONIA_RESULTS_BUCKET", d.results),
+        )
+
+
+def step_namespace(command: str, argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
+    """Parse a step's flags with its own CLI parser; return the namespace and the names of flags set in `argv`."""
+    from services.cli import build_parser
+
+    parser = build_parser()
+    base = vars(parser.parse_args([command, *required_placeholders(command)]))
+    parsed = parser.parse_args([command, *required_placeholders(command), *argv])
+    given = {name for name, value in vars(parsed).items() if base.get(name) != value}
+    return parsed, given
+
+
+def required_placeholders(command: str) -> list[str]:
+    """Values for a step's required flags that the orchestrator replaces (generate-synthetic's --model-path)."""
+    return ["--model-path", "-"] if command == "generate-synthetic" else []
+
+
+def request_from_flags(message: Message, command: str, argv: list[str]) -> Message:
+    """Fill `message`'s scalar and enum fields from `pneumonia <command> <argv>`; ConfigError for a flag it lacks."""
+    args, given = step_namespace(command, argv)
+    fields = message.DESCRIPTOR.fields_by_name
+    unsupported = sorted(given - set(fields) - SERVICE_SIDE_FLAGS - LAYOUT_FLAGS - {"explicit", "weights"})
+    if unsupported:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unsupported)
+        raise ConfigError(f"{command}: {flags} cannot be sent to the service ({message.DESCRIPTOR.full_name})")
+    for name, field in fields.items():
+        value = getattr(args, name, None)
+        if value is None or field.message_type is not None:
+            continue
+        if name in ENUM_FIELDS:
+            value = ENUM_FIELDS[name][value]
+        setattr(message, name, value)
+    if "weights" in fields and "weights" in vars(args):
+        if args.weights not in ("imagenet", "none"):
+            raise ConfigError("--weights PATH is not supported through the services; use imagenet or none")
+        message.weights = args.weights
+    return message
+
+
+def profile_flags(args: argparse.Namespace, step: str) -> list[str]:
+    """The profile's flags for `step`, then the user's --<step>-args, then seed and device."""
+    profile = PROFILES[args.profile]
+    return [
+        *shlex.split(getattr(profile, step)),
+        *shlex.split(getattr(args, f"{step}_args")),
+        "--seed",
+        str(args.seed),
+        *(["--cpu"] if args.cpu else []),
+    ]
+
+
+class JobFailedError(PneumoniaError):
+    """A trainer job ended in FAILED or CANCELLED."""
+
+
+def watch_job(stub: trainer_pb2_grpc.TrainerServiceStub, started: trainer_pb2.Job, title: str) -> trainer_pb2.Job:
+    """Follow a job's WatchJob stream with a progress bar (epochs over all folds) until it ends; return it."""
+    job = started
+    total = max(job.total_epochs, 1) * max(job.total_folds, 1)
+    with tqdm(total=total, desc=title, unit="epoch", leave=True) as bar:
+        for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=started.job_id)):
+            job = update
+            total = max(job.total_epochs, 1) * max(job.total_folds, 1)
+            done = max(job.fold - 1, 0) * job.total_epochs + job.epoch
+            bar.total = total
+            bar.n = min(done, total)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in sorted(job.metrics.items())[:3]}, refresh=False)
+            bar.refresh()
+    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+        state = common_pb2.JobState.Name(job.state)
+        raise JobFailedError(f"{title}: trainer job {job.job_id} ended {state}: {job.message}")
+    return job
+
+
+def output_ending(job: trainer_pb2.Job, suffix: str) -> common_pb2.ObjectRef:
+    """The job output whose key ends with `suffix`."""
+    for ref in job.outputs:
+        if ref.key.endswith(suffix):
+            return ref
+    raise JobFailedError(f"trainer job {job.job_id} stored no output ending in {suffix!r}")
+
+
+def generate(
+    stub: generator_pb2_grpc.GeneratorServiceStub, request: generator_pb2.GenerateRequest
+) -> generator_pb2.GenerateResponse:
+    """GenerateStream with a progress bar; the last message's result."""
+    with tqdm(total=request.count, desc="generate-synthetic", unit="img") as bar:
+        for progress in stub.GenerateStream(request):
+            if progress.phase == generator_pb2.GENERATE_PHASE_DONE:
+                return progress.result
+            bar.set_description(
+                f"generate-synthetic ({generator_pb2.GeneratePhase.Name(progress.phase).removeprefix('GENERATE_PHASE_').lower()})"
+            )
+            bar.n = progress.images_done
+            bar.refresh()
+    raise PneumoniaError("the generator's stream ended without a result")
+
+
+@dataclass
+class Run:
+    """One experiment through the services: its id, storage layout and clients."""
+
+    args: argparse.Namespace
+    store: ObjectStore
+    buckets: Buckets
+    endpoints: ServiceEndpoints
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.run_id}"
+
+    def channel(self, address: str) -> grpc.Channel:
+        return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+
+
+def upload_dataset(run: Run) -> common_pb2.DatasetSource:
+    """Put the local dataset into the datasets bucket under <dataset>/ (unchanged files are re-sent; S3 dedups)."""
+    data_dir = Path(run.args.data_dir)
+    if not data_dir.is_dir():
+        raise ConfigError(f"--data-dir {data_dir} is not a directory")
+    prefix = f"{run.args.dataset}/"
+    refs = upload_dir(run.store, data_dir, run.buckets.datasets, prefix)
+    log.info("dataset %s: %d files in s3://%s/%s", run.args.dataset, len(refs), run.buckets.datasets, prefix)
+    return common_pb2.DatasetSource(
+        name=run.args.dataset, data=common_pb2.ObjectPrefix(bucket=run.buckets.datasets, prefix=prefix)
+    )
+
+
+def train_gan(run: Run, trainer: trainer_pb2_grpc.TrainerServiceStub, dataset: common_pb2.DatasetSource) -> Any:
+    request = request_from_flags(trainer_pb2.StartGanJobRequest(), "train-gan", profile_flags(run.args, "gan"))
+    request.dataset.CopyFrom(dataset)
+    request.output_prefix = f"{run.prefix}/gan"
+    job = watch_job(trainer, trainer.StartGanJob(request), "train-gan")
+    return output_ending(job, GENERATOR_CHECKPOINT)
+
+
+def generate_synthetic(
+    run: Run, generator: generator_pb2_grpc.GeneratorServiceStub, checkpoint: common_pb2.ObjectRef
+) -> generator_pb2.GenerateResponse:
+    args, _ = step_namespace("generate-synthetic", profile_flags(run.args, "generate"))
+    request = generator_pb2.GenerateRequest(
+        checkpoint=checkpoint,
+        label=common_pb2.LABEL_NORMAL if args.label == "normal" else common_pb2.LABEL_PNEUMONIA,
+        count=args.num_images,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        output_prefix=run.prefix,
+    )
+    result = generate(generator, request)
+    log.info("%d synthetic images in s3://%s/%s", len(result.images), result.manifest.bucket, result.prefix)
+    return result
+
+
+def train_classifiers(
+    run: Run,
+    trainer: trainer_pb2_grpc.TrainerServiceStub,
+    dataset: common_pb2.DatasetSource,
+    synthetic: generator_pb2.GenerateResponse,
+) -> dict[str, trainer_pb2.Job]:
+    """Queue the three strategies (the trainer runs them one after the other) and follow each to its end."""
+    started = {}
+    for strategy, flags in STRATEGY_FLAGS.items():
+        argv = [*profile_flags(run.args, "classifier"), *shlex.split(flags)]
+        request = request_from_flags(trainer_pb2.StartClassifierJobRequest(), "train-classifier", argv)
+        request.dataset.CopyFrom(dataset)
+        request.synthetic.CopyFrom(common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix))
+        request.output_prefix = f"{run.prefix}/classifiers"
+        request.model_archive_name = f"{MODEL_NAME}-{strategy}"
+        started[strategy] = trainer.StartClassifierJob(request)
+    return {strategy: watch_job(trainer, job, f"train-classifier ({strategy})") for strategy, job in started.items()}
+
+
+def analyze(
+    run: Run,
+    analyzer: analyzer_pb2_grpc.AnalyzerServiceStub,
+    dataset: common_pb2.DatasetSource,
+    synthetic: generator_pb2.GenerateResponse,
+    generator_checkpoint: common_pb2.ObjectRef,
+) -> analyzer_pb2.AnalyzeResponse:
+    request = request_from_flags(analyzer_pb2.AnalyzeRequest(), "analyze-results", profile_flags(run.args, "analyze"))
+    metrics_prefix = f"{run.prefix}/classifiers/metrics/"
+    request.metrics.CopyFrom(common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=metrics_prefix))
+    request.models.CopyFrom(common_pb2.ObjectPrefix(bucket=run.buckets.models, prefix=f"{run.prefix}/classifiers/"))
+    request.synthetic.CopyFrom(common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix))
+    request.output.CopyFrom(common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{run.prefix}/analysis/"))
+    request.dataset.CopyFrom(dataset)
+    request.generator.CopyFrom(generator_checkpoint)
+    log.info("analyzing (one call; the analyzer logs its phases)")
+    return analyzer.Analyze(request)
+
+
+def holdout_samples(
+    args: argparse.Namespace, per_class: int = NUM_SAMPLE_PREDICTIONS // 2
+) -> list[tuple[str, str, bytes]]:
+    """(patient id, true class, PNG bytes) of a seeded few hold-out images of each class: images no model has seen."""
+    _, holdout = develop_and_holdout(load_dataset(args.dataset, args.data_dir))
+    rng = np.random.default_rng(args.seed)
+    samples = []
+    for label in (NORMAL, PNEUMONIA):
+        for index in rng.permutation(np.flatnonzero(holdout.labels == label))[:per_class]:
+            buffer = io.BytesIO()
+            holdout.load(int(index)).save(buffer, format="PNG")
+            samples.append((str(holdout.patient_ids[index]), CLASS_NAMES[label], buffer.getvalue()))
+    return samples
+
+
+def serve_and_ask(run: Run, archive: common_pb2.ObjectRef) -> str:
+    """Register the archive in TorchServe as MODEL_NAME and classify a few hold-out images over REST and gRPC."""
+    endpoints = run.endpoints
+    if endpoints.classifier_key_file is None:
+        raise ConfigError("PNEUMONIA_CLASSIFIER_KEY_FILE is not set: the orchestrator needs TorchServe's key_file.json")
+    client = ClassifierClient(
+        endpoints.classifier_inference_url,
+        endpoints.classifier_management_url,
+        endpoints.classifier_grpc,
+        key_file=endpoints.classifier_key_file,
+    )
+    ref = ObjectRef(archive.bucket, archive.key, archive.sha256, archive.size)
+    log.info("registering %s as %r: %s", ref.uri, MODEL_NAME, register_from_store(client, run.store, ref, MODEL_NAME))
+    rows = [f"{'hold-out image':<16} {'truth':<10} {'REST answer':<32} gRPC answer"]
+    for patient, truth, png in holdout_samples(run.args):
+        answers = [client.predict(MODEL_NAME, png), client.predict_grpc(MODEL_NAME, png)]
+        cells = [f"{a['label']} (p={a['pneumonia_probability']:.3f})" for a in answers]
+        rows.append(f"{patient:<16} {truth:<10} {cells[0]:<32} {cells[1]}")
+    rows.append(f"model_version {answers[0]['model_version']}")
+    return "\n".join(rows)
+
+
+def best_strategy(run: Run, metrics_dir: Path) -> str:
+    """The strategy with the highest mean cross-validation AUROC (validation folds only: the hold-out is never
+    used to choose)."""
+    scores = {}
+    for strategy in STRATEGY_FLAGS:
+        summary = json.loads((metrics_dir / f"{strategy}_cv_summary.json").read_text())
+        scores[strategy] = summary["average"].get("auroc") or 0.0
+    best = max(scores, key=lambda s: scores[s])
+    log.info("cross-validation AUROC %s: serving %s", {s: round(v, 4) for s, v in scores.items()}, best)
+    return best
+
+
+def report_location(run: Run, response: analyzer_pb2.AnalyzeResponse) -> str:
+    """Where the text report is: a local path for the LocalStore, else its s3:// URI."""
+    report = next((ref for ref in response.reports if ref.key.endswith("comparison_report.txt")), response.summary)
+    root = getattr(run.store, "root", None)
+    return str(Path(root) / report.bucket / report.key) if root is not None else f"s3://{report.bucket}/{report.key}"
+
+
+def run_experiment(args: argparse.Namespace, endpoints: ServiceEndpoints) -> int:
+    """The whole experiment through the services; prints the hold-out table, served answers and the report."""
+    run = Run(
+        args=args,
+        store=open_store(),
+        buckets=Buckets.from_env(),
+        endpoints=endpoints,
+        run_id=args.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{args.profile}",
+    )
+    for bucket in (run.buckets.datasets, run.buckets.synthetic, run.buckets.models, run.buckets.results):
+        run.store.ensure_bucket(bucket)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, step: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = step()
+        timings[name] = round(time.perf_counter() - start, 1)
+        log.info("step %s finished in %.1f s", name, timings[name])
+        return result
+
+    started = time.perf_counter()
+    with (
+        run.channel(endpoints.trainer) as trainer_channel,
+        run.channel(endpoints.generator) as generator_channel,
+        run.channel(endpoints.analyzer) as analyzer_channel,
+    ):
+        trainer = trainer_pb2_grpc.TrainerServiceStub(trainer_channel)
+        dataset = timed("upload-dataset", lambda: upload_dataset(run))
+        checkpoint = timed("train-gan", lambda: train_gan(run, trainer, dataset))
+        synthetic = timed(
+            "generate-synthetic",
+            lambda: generate_synthetic(run, generator_pb2_grpc.GeneratorServiceStub(generator_channel), checkpoint),
+        )
+        jobs = timed("train-classifiers", lambda: train_classifiers(run, trainer, dataset, synthetic))
+        analysis = timed(
+            "analyze-results",
+            lambda: analyze(
+                run, analyzer_pb2_grpc.AnalyzerServiceStub(analyzer_channel), dataset, synthetic, checkpoint
+            ),
+        )
+
+    metrics_dir = Path(args.work_dir) / "results" / run.run_id / "metrics"
+    download_prefix(run.store, run.buckets.results, f"{run.prefix}/classifiers/metrics/", metrics_dir)
+    best = best_strategy(run, metrics_dir)
+    answers = timed("serve", lambda: serve_and_ask(run, jobs[best].model_archive))
+    timings["total"] = round(time.perf_counter() - started, 1)
+    run.store.put_bytes(
+        run.buckets.results, f"{run.prefix}/experiment_timings.json", json.dumps(timings, indent=2).encode()
+    )
+
+    print("\nHold-out test metrics (mean over fold models, 95% CI):")
+    print(summary_table(metrics_dir))
+    print(f"\nServed by TorchServe as {MODEL_NAME!r}: the {best} model (best cross-validation AUROC).")
+    print(answers)
+    if analysis.skipped:
+        print("Skipped in the analysis: " + "; ".join(analysis.skipped))
+    print(f"\nReport: {report_location(run, analysis)}  (run {run.run_id}, total {timings['total']:.0f} s)")
+    return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from services.generator.config import _float, _int
+from shared.env import env_float, env_int
 from shared.errors import ConfigError
 from shared.storage import InvalidKeyError
 from shared.storage.base import validate_bucket
@@ -75,9 +75,9 @@ class AnalyzerConfig:
         work_dir = env.get("PNEUMONIA_ANALYZER_WORK_DIR")
         return cls(
             host=env.get("PNEUMONIA_ANALYZER_HOST", defaults.host),
-            grpc_port=_int(env, "PNEUMONIA_ANALYZER_GRPC_PORT", defaults.grpc_port, 0, 65535),
-            workers=_int(env, "PNEUMONIA_ANALYZER_WORKERS", defaults.workers, 1),
-            grace=_float(env, "PNEUMONIA_ANALYZER_GRACE", defaults.grace),
+            grpc_port=env_int(env, "PNEUMONIA_ANALYZER_GRPC_PORT", defaults.grpc_port, 0, 65535),
+            workers=env_int(env, "PNEUMONIA_ANALYZER_WORKERS", defaults.workers, 1),
+            grace=env_float(env, "PNEUMONIA_ANALYZER_GRACE", defaults.grace),
             work_dir=Path(work_dir) if work_dir else None,
             device=env.get("PNEUMONIA_ANALYZER_DEVICE", defaults.device),
             results_bucket=env.get("PNEUMONIA_RESULTS_BUCKET", defaults.results_bucket),

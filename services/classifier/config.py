@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.env import env_float, env_int
 from shared.errors import ConfigError
 from shared.storage.config import StorageConfig
 
@@ -98,26 +99,26 @@ class ClassifierConfig:
         return cls(
             host=env.get("PNEUMONIA_CLASSIFIER_HOST", defaults.host),
             management_host=env.get("PNEUMONIA_CLASSIFIER_MANAGEMENT_HOST", defaults.management_host),
-            inference_port=_int(env, "PNEUMONIA_CLASSIFIER_INFERENCE_PORT", defaults.inference_port, 0, 65535),
-            management_port=_int(env, "PNEUMONIA_CLASSIFIER_MANAGEMENT_PORT", defaults.management_port, 0, 65535),
-            metrics_port=_int(env, "PNEUMONIA_CLASSIFIER_METRICS_PORT", defaults.metrics_port, 0, 65535),
-            grpc_port=_int(env, "PNEUMONIA_CLASSIFIER_GRPC_PORT", defaults.grpc_port, 0, 65535),
-            grpc_management_port=_int(
+            inference_port=env_int(env, "PNEUMONIA_CLASSIFIER_INFERENCE_PORT", defaults.inference_port, 0, 65535),
+            management_port=env_int(env, "PNEUMONIA_CLASSIFIER_MANAGEMENT_PORT", defaults.management_port, 0, 65535),
+            metrics_port=env_int(env, "PNEUMONIA_CLASSIFIER_METRICS_PORT", defaults.metrics_port, 0, 65535),
+            grpc_port=env_int(env, "PNEUMONIA_CLASSIFIER_GRPC_PORT", defaults.grpc_port, 0, 65535),
+            grpc_management_port=env_int(
                 env, "PNEUMONIA_CLASSIFIER_GRPC_MANAGEMENT_PORT", defaults.grpc_management_port, 0, 65535
             ),
             model_store=Path(env.get("PNEUMONIA_CLASSIFIER_MODEL_STORE") or default_model_store(env)),
             workdir=Path(env.get("PNEUMONIA_CLASSIFIER_WORKDIR", defaults.workdir)),
             batch_size=batching_from_env(env)[0],
             max_batch_delay_ms=batching_from_env(env)[1],
-            max_request_size=_int(env, "PNEUMONIA_CLASSIFIER_MAX_REQUEST_SIZE", defaults.max_request_size, 1024),
-            workers=_int(env, "PNEUMONIA_CLASSIFIER_WORKERS", defaults.workers, 1),
+            max_request_size=env_int(env, "PNEUMONIA_CLASSIFIER_MAX_REQUEST_SIZE", defaults.max_request_size, 1024),
+            workers=env_int(env, "PNEUMONIA_CLASSIFIER_WORKERS", defaults.workers, 1),
             models=tuple(m.strip() for m in env.get("PNEUMONIA_CLASSIFIER_MODELS", "").split(",") if m.strip()),
-            token_expiration_min=_float(
+            token_expiration_min=env_float(
                 env, "PNEUMONIA_CLASSIFIER_TOKEN_EXPIRATION_MIN", defaults.token_expiration_min, 0.1
             ),
             allowed_urls=env.get("PNEUMONIA_CLASSIFIER_ALLOWED_URLS") or default_allowed_urls(env),
-            startup_timeout=_float(env, "PNEUMONIA_CLASSIFIER_STARTUP_TIMEOUT", defaults.startup_timeout, 1),
-            grace=_float(env, "PNEUMONIA_CLASSIFIER_GRACE", defaults.grace, 0),
+            startup_timeout=env_float(env, "PNEUMONIA_CLASSIFIER_STARTUP_TIMEOUT", defaults.startup_timeout, 1),
+            grace=env_float(env, "PNEUMONIA_CLASSIFIER_GRACE", defaults.grace, 0),
         )
 
 
@@ -126,8 +127,8 @@ def batching_from_env(environ: Mapping[str, str]) -> tuple[int, int]:
     env = {name: value for name, value in environ.items() if value}
     defaults = ClassifierConfig()
     return (
-        _int(env, "PNEUMONIA_CLASSIFIER_BATCH_SIZE", defaults.batch_size, 1),
-        _int(env, "PNEUMONIA_CLASSIFIER_MAX_BATCH_DELAY_MS", defaults.max_batch_delay_ms, 0),
+        env_int(env, "PNEUMONIA_CLASSIFIER_BATCH_SIZE", defaults.batch_size, 1),
+        env_int(env, "PNEUMONIA_CLASSIFIER_MAX_BATCH_DELAY_MS", defaults.max_batch_delay_ms, 0),
     )
 
 
@@ -144,30 +145,3 @@ def default_allowed_urls(env: Mapping[str, str]) -> str:
     """Only the configured S3 endpoint when there is one (presigned URLs), else any http(s) URL."""
     endpoint = env.get("PNEUMONIA_S3_ENDPOINT")
     return rf"https?://{re.escape(endpoint)}/.*" if endpoint else r"https?://.*"
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    value = env.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or number < minimum or (maximum is not None and number > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
-    return number
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    value = env.get(name)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
-    if number is None or not number >= minimum:  # `not >=` also rejects nan
-        raise ConfigError(f"{name} must be a number >= {minimum}, got {value!r}")
-    return number

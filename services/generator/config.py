@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.env import env_float, env_int
 from shared.errors import ConfigError
 from shared.runtime import select_device
 from shared.storage import InvalidKeyError
@@ -67,13 +68,13 @@ class GeneratorConfig:
         defaults = cls()
         return cls(
             host=env.get("PNEUMONIA_GENERATOR_HOST", defaults.host),
-            grpc_port=_int(env, "PNEUMONIA_GENERATOR_GRPC_PORT", defaults.grpc_port, 0, 65535),
-            http_port=_int(env, "PNEUMONIA_GENERATOR_HTTP_PORT", defaults.http_port, 0, 65535),
-            max_images=_int(env, "PNEUMONIA_GENERATOR_MAX_IMAGES", defaults.max_images, 1),
-            batch_size=_int(env, "PNEUMONIA_GENERATOR_BATCH_SIZE", defaults.batch_size, 1),
+            grpc_port=env_int(env, "PNEUMONIA_GENERATOR_GRPC_PORT", defaults.grpc_port, 0, 65535),
+            http_port=env_int(env, "PNEUMONIA_GENERATOR_HTTP_PORT", defaults.http_port, 0, 65535),
+            max_images=env_int(env, "PNEUMONIA_GENERATOR_MAX_IMAGES", defaults.max_images, 1),
+            batch_size=env_int(env, "PNEUMONIA_GENERATOR_BATCH_SIZE", defaults.batch_size, 1),
             device=env.get("PNEUMONIA_GENERATOR_DEVICE", defaults.device),
-            workers=_int(env, "PNEUMONIA_GENERATOR_WORKERS", defaults.workers, 1),
-            grace=_float(env, "PNEUMONIA_GENERATOR_GRACE", defaults.grace),
+            workers=env_int(env, "PNEUMONIA_GENERATOR_WORKERS", defaults.workers, 1),
+            grace=env_float(env, "PNEUMONIA_GENERATOR_GRACE", defaults.grace),
             synthetic_bucket=env.get("PNEUMONIA_SYNTHETIC_BUCKET", defaults.synthetic_bucket),
             models_bucket=env.get("PNEUMONIA_MODELS_BUCKET", defaults.models_bucket),
         )
@@ -83,30 +84,3 @@ class GeneratorConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("PNEUMONIA_GENERATOR_DEVICE=cuda, but CUDA is not available here")
         return select_device(force_cpu=self.device == "cpu")
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    value = env.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or number < minimum or (maximum is not None and number > maximum):
-        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-        raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
-    return number
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env.get(name)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = None
-    if number is None or not number >= 0:  # `not >=` also rejects nan
-        raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
-    return number

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from services.generator.config import _float, _int
+from shared.env import env_float, env_int
 from shared.errors import ConfigError
 from shared.storage import InvalidKeyError
 from shared.storage.base import validate_bucket
@@ -81,12 +81,12 @@ class TrainerConfig:
         defaults = cls()
         return cls(
             host=env.get("PNEUMONIA_TRAINER_HOST", defaults.host),
-            grpc_port=_int(env, "PNEUMONIA_TRAINER_GRPC_PORT", defaults.grpc_port, 0, 65535),
-            workers=_int(env, "PNEUMONIA_TRAINER_WORKERS", defaults.workers, 1),
-            grace=_float(env, "PNEUMONIA_TRAINER_GRACE", defaults.grace),
+            grpc_port=env_int(env, "PNEUMONIA_TRAINER_GRPC_PORT", defaults.grpc_port, 0, 65535),
+            workers=env_int(env, "PNEUMONIA_TRAINER_WORKERS", defaults.workers, 1),
+            grace=env_float(env, "PNEUMONIA_TRAINER_GRACE", defaults.grace),
             work_dir=Path(env.get("PNEUMONIA_TRAINER_WORK_DIR", defaults.work_dir)),
             device=env.get("PNEUMONIA_TRAINER_DEVICE", defaults.device),
-            loader_workers=_int(env, "PNEUMONIA_TRAINER_LOADER_WORKERS", defaults.loader_workers, 0),
+            loader_workers=env_int(env, "PNEUMONIA_TRAINER_LOADER_WORKERS", defaults.loader_workers, 0),
             datasets_bucket=env.get("PNEUMONIA_DATASETS_BUCKET", defaults.datasets_bucket),
             synthetic_bucket=env.get("PNEUMONIA_SYNTHETIC_BUCKET", defaults.synthetic_bucket),
             models_bucket=env.get("PNEUMONIA_MODELS_BUCKET", defaults.models_bucket),

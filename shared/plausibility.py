@@ -10,9 +10,18 @@ model's own training data and stored with the model (the config's "plausibility"
     not_grayscale        colour: mean largest channel difference above 8 (of 255)      fixed (radiographs are grey)
     constant             pixel standard deviation under max(2, 1/4 of the training    training images' pixels
                          images' smallest)
-    out_of_distribution  the image's penultimate-layer features lie farther from the   training features, threshold
-                         training features than the validation images do: RMS z-score  from validation features
-                         above 1.25 x the 99th percentile of the validation images'
+    out_of_distribution  (a) its layout is unlike the training radiographs': the         training images, threshold
+                         probabilistic-PCA Mahalanobis score of the 16 x 16, per-image    from validation images
+                         standardized pixels; or (b) its penultimate-layer features lie
+                         outside the training features: the same score in feature space;
+                         each refused above 1.25 x the 99.5th percentile of the
+                         validation images' scores
+
+The out-of-distribution scores are probabilistic PCA (Tipping & Bishop 1999): the training vectors' mean, their top
+principal directions with their variances, and one residual variance for the rest; a vector's score is its squared
+Mahalanobis distance under that Gaussian divided by the dimension, about 1 for a typical training vector. The pixel
+score sees layout (a photo, a texture, an inverted image), the feature score what the network makes of the image
+(noise, gradients, patterns); together they refuse what either alone lets through.
 
 Truncated or undecodable input is refused earlier, by the decoder. The feature check needs the model itself; the
 other checks only the image.
@@ -35,9 +44,11 @@ from shared.models.classifier import penultimate_features
 ASPECT_TOLERANCE = 1.35
 MAX_COLOR_DEVIATION = 8.0
 MIN_STD_FLOOR = 2.0
-OOD_QUANTILE, OOD_MARGIN = 0.99, 1.25
+OOD_QUANTILE, OOD_MARGIN = 0.995, 1.25
 MAX_FIT_IMAGES = 1000
-STD_EPSILON = 1e-6
+LAYOUT_SIDE = 16  # pixel layout compared at 16 x 16
+LAYOUT_COMPONENTS, FEATURE_COMPONENTS = 16, 32
+VARIANCE_FLOOR = 1e-6
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 REASONS = ("too_small", "aspect_ratio", "not_grayscale", "constant", "out_of_distribution")
 
@@ -51,6 +62,44 @@ class ImplausibleImageError(PneumoniaError):
 
 
 @dataclass(frozen=True)
+class PpcaScore:
+    """A probabilistic-PCA Gaussian of D-dimensional vectors; `score` is the squared Mahalanobis distance / D."""
+
+    mean: list[float]
+    components: list[list[float]]  # k x D, orthonormal rows
+    variances: list[float]  # k
+    residual_variance: float
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, components: int) -> PpcaScore:
+        """Fit on N x D vectors (k = min(components, N - 1, D - 1) principal directions)."""
+        x = np.asarray(vectors, dtype=np.float64)
+        if len(x) < 3:
+            raise ValueError(f"need at least 3 vectors to fit the plausibility gate, got {len(x)}")
+        mean = x.mean(axis=0)
+        _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
+        eigen = singular**2 / (len(x) - 1)
+        k = min(components, len(x) - 1, x.shape[1] - 1)
+        rest = eigen[k:]
+        residual = float(rest.mean()) if rest.size and rest.mean() > 0 else VARIANCE_FLOOR
+        return cls(
+            mean.tolist(),
+            vt[:k].tolist(),
+            np.maximum(eigen[:k], VARIANCE_FLOOR).tolist(),
+            max(residual, VARIANCE_FLOOR),
+        )
+
+    def score(self, vectors: np.ndarray) -> np.ndarray:
+        """N x D -> N scores (about 1 for typical training vectors)."""
+        centred = np.asarray(vectors, dtype=np.float64) - np.asarray(self.mean)
+        basis = np.asarray(self.components)
+        projected = centred @ basis.T  # N x k
+        residual = centred - projected @ basis
+        inside = (projected**2 / np.asarray(self.variances)).sum(axis=1)
+        return (inside + (residual**2).sum(axis=1) / self.residual_variance) / centred.shape[1]
+
+
+@dataclass(frozen=True)
 class PlausibilityGate:
     """Fitted bounds (see the module docstring); JSON-able through to_dict / from_dict."""
 
@@ -58,9 +107,10 @@ class PlausibilityGate:
     min_aspect: float
     max_aspect: float
     min_std: float
-    feature_mean: list[float]
-    feature_std: list[float]
-    max_feature_distance: float
+    layout: PpcaScore
+    max_layout_score: float
+    features: PpcaScore
+    max_feature_score: float
     fitted_on: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +118,13 @@ class PlausibilityGate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PlausibilityGate:
-        return cls(**data)
+        return cls(**{**data, "layout": PpcaScore(**data["layout"]), "features": PpcaScore(**data["features"])})
+
+
+def layout_vector(img: Image.Image) -> np.ndarray:
+    """The image's grey layout: 16 x 16 area-averaged pixels, standardized (zero mean, unit variance) -> 256."""
+    small = np.asarray(img.convert("L").resize((LAYOUT_SIDE, LAYOUT_SIDE), Image.Resampling.BOX), dtype=np.float64)
+    return ((small - small.mean()) / (small.std() + 1.0)).ravel()  # +1 (of 255): a flat image stays near 0
 
 
 def color_deviation(img: Image.Image) -> float:
@@ -109,24 +165,37 @@ def check_image(img: Image.Image, gate: PlausibilityGate) -> None:
         raise ImplausibleImageError(
             "constant", f"image is (nearly) constant: pixel standard deviation {std:.2f} < {gate.min_std:.2f}"
         )
-
-
-def feature_distance(features: np.ndarray, gate: PlausibilityGate) -> np.ndarray:
-    """RMS z-score of each feature vector (N x D) against the training features' per-dimension mean and std."""
-    mean, std = np.asarray(gate.feature_mean), np.asarray(gate.feature_std)
-    return np.sqrt((((np.asarray(features, dtype=np.float64) - mean) / std) ** 2).mean(axis=1))
+    layout = float(gate.layout.score(layout_vector(img)[None])[0])
+    if layout > gate.max_layout_score:
+        raise ImplausibleImageError(
+            "out_of_distribution",
+            f"image layout is unlike this model's training radiographs (pixel score {layout:.2f} > "
+            f"{gate.max_layout_score:.2f})",
+        )
 
 
 def check_features(features: np.ndarray, gate: PlausibilityGate) -> None:
-    """Refuse when any row's feature distance exceeds the gate's threshold (ImplausibleImageError)."""
-    distances = feature_distance(features, gate)
-    worst = float(distances.max())
-    if worst > gate.max_feature_distance:
+    """Refuse when any row of penultimate features (N x D) scores above the gate's threshold."""
+    worst = float(gate.features.score(features).max())
+    if worst > gate.max_feature_score:
         raise ImplausibleImageError(
             "out_of_distribution",
-            f"image is unlike this model's training radiographs (feature distance {worst:.2f} > "
-            f"{gate.max_feature_distance:.2f})",
+            f"image is unlike this model's training radiographs to the network (feature score {worst:.2f} > "
+            f"{gate.max_feature_score:.2f})",
         )
+
+
+def verdict(img: Image.Image, model: nn.Module, transform: Any, gate: PlausibilityGate) -> str:
+    """'accepted' or the refusal's reason code for one decoded image, with the served handler's checks (the image
+    checks, then the feature distance of `model` in eval mode on `transform`ed input)."""
+    try:
+        check_image(img, gate)
+        with torch.no_grad():
+            _, features = penultimate_features(model, transform(img.convert("L"))[None])
+        check_features(features.cpu().numpy(), gate)
+    except ImplausibleImageError as exc:
+        return exc.reason
+    return "accepted"
 
 
 def _features_of(
@@ -155,28 +224,26 @@ def fit_gate(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> PlausibilityGate:
-    """Fit the bounds on (a seeded sample of up to 1000 of) the real training images; the feature threshold on the
-    validation images, which the feature statistics have not seen."""
+    """Fit the bounds and both score models on (a seeded sample of up to 1000 of) the real training images; the two
+    score thresholds on the validation images, which the score models have not seen."""
     device = torch.device(device)
     train, val = _sample(train, MAX_FIT_IMAGES, seed), _sample(val, MAX_FIT_IMAGES, seed)
-    sizes, stds = [], []
-    for i in range(len(train)):
-        img = train.load(i)
-        sizes.append(img.size)
-        stds.append(pixel_std(img))
+    train_images = [train.load(i) for i in range(len(train))]
+    val_images = [val.load(i) for i in range(len(val))]
+    sizes = [img.size for img in train_images]
     aspects = [w / h for w, h in sizes]
-    train_features = _features_of(model, train, transform, device)
-    mean, std = train_features.mean(axis=0), train_features.std(axis=0) + STD_EPSILON
-    partial = PlausibilityGate(
+    layout = PpcaScore.fit(np.stack([layout_vector(img) for img in train_images]), LAYOUT_COMPONENTS)
+    features = PpcaScore.fit(_features_of(model, train, transform, device), FEATURE_COMPONENTS)
+    val_layout = layout.score(np.stack([layout_vector(img) for img in val_images]))
+    val_features = features.score(_features_of(model, val, transform, device))
+    return PlausibilityGate(
         min_side=max(1, min(min(s) for s in sizes) // 2),
         min_aspect=min(aspects) / ASPECT_TOLERANCE,
         max_aspect=max(aspects) * ASPECT_TOLERANCE,
-        min_std=max(MIN_STD_FLOOR, min(stds) / 4),
-        feature_mean=mean.tolist(),
-        feature_std=std.tolist(),
-        max_feature_distance=float("inf"),
+        min_std=max(MIN_STD_FLOOR, min(pixel_std(img) for img in train_images) / 4),
+        layout=layout,
+        max_layout_score=float(np.quantile(val_layout, OOD_QUANTILE)) * OOD_MARGIN,
+        features=features,
+        max_feature_score=float(np.quantile(val_features, OOD_QUANTILE)) * OOD_MARGIN,
         fitted_on=len(train),
     )
-    val_distances = feature_distance(_features_of(model, val, transform, device), partial)
-    threshold = float(np.quantile(val_distances, OOD_QUANTILE)) * OOD_MARGIN
-    return PlausibilityGate(**{**partial.to_dict(), "max_feature_distance": threshold})

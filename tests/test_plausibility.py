@@ -11,14 +11,8 @@ from PIL import Image, ImageDraw
 from skimage import data as skimage_data
 
 from shared.datasets import load_dataset
-from shared.models.classifier import build_classifier, classifier_config, classifier_transform, penultimate_features
-from shared.plausibility import (
-    ImplausibleImageError,
-    PlausibilityGate,
-    check_features,
-    check_image,
-    fit_gate,
-)
+from shared.models.classifier import build_classifier, classifier_config, classifier_transform
+from shared.plausibility import PlausibilityGate, PpcaScore, fit_gate, verdict
 from shared.splits import develop_and_holdout
 
 
@@ -46,18 +40,6 @@ def trained(phantom_dir: Path):
     return model, transform, gate, holdout
 
 
-def verdict(img: Image.Image, model, transform, gate: PlausibilityGate) -> str:
-    """'accepted' or the refusal's reason code, checking exactly as the served handler does."""
-    try:
-        check_image(img, gate)
-        with torch.no_grad():
-            _, features = penultimate_features(model, transform(img.convert("L"))[None])
-        check_features(features.numpy(), gate)
-    except ImplausibleImageError as exc:
-        return exc.reason
-    return "accepted"
-
-
 def test_real_radiographs_are_accepted(trained) -> None:
     model, transform, gate, holdout = trained
     verdicts = [verdict(holdout.load(i), model, transform, gate) for i in range(len(holdout))]
@@ -70,6 +52,7 @@ def text_image() -> Image.Image:
     return img
 
 
+GRADIENT = np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1))
 NON_RADIOGRAPHS = {
     "photo (grey cameraman)": (lambda: Image.fromarray(skimage_data.camera()), "out_of_distribution"),
     "colour photo (astronaut)": (lambda: Image.fromarray(skimage_data.astronaut()), "not_grayscale"),
@@ -84,14 +67,19 @@ NON_RADIOGRAPHS = {
     "thumbnail": (lambda: Image.new("L", (8, 8), 0).resize((8, 8)), "too_small"),
     "panorama strip": (lambda: Image.fromarray(skimage_data.camera()[:128]), "aspect_ratio"),
     "red square": (lambda: Image.new("RGB", (32, 32), (200, 30, 30)), "not_grayscale"),
+    "horizontal gradient": (
+        lambda: Image.fromarray(np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1))),
+        "out_of_distribution",
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(NON_RADIOGRAPHS))
 def test_non_radiographs_are_refused_with_the_right_reason(name: str, trained) -> None:
-    model, transform, gate, _ = trained
+    model, transform, gate, holdout = trained
     make, reason = NON_RADIOGRAPHS[name]
-    assert verdict(make(), model, transform, gate) == reason
+    image = Image.fromarray(255 - np.asarray(holdout.load(0))) if make is None else make()
+    assert verdict(image, model, transform, gate) == reason
 
 
 def test_a_grey_radiograph_saved_as_rgb_is_still_grey(trained) -> None:
@@ -104,4 +92,18 @@ def test_a_grey_radiograph_saved_as_rgb_is_still_grey(trained) -> None:
 def test_gate_round_trips_through_json(trained) -> None:
     gate = trained[2]
     assert PlausibilityGate.from_dict(gate.to_dict()) == gate
-    assert gate.min_side == 16 and gate.min_aspect < 1 < gate.max_aspect and np.isfinite(gate.max_feature_distance)
+    assert gate.min_side == 16 and gate.min_aspect < 1 < gate.max_aspect
+    assert np.isfinite(gate.max_feature_score) and np.isfinite(gate.max_layout_score)
+    assert len(gate.features.mean) == 512 and len(gate.layout.mean) == 16 * 16
+
+
+def test_ppca_score_is_about_one_in_distribution_and_large_outside() -> None:
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(3, 20))
+    inside = rng.normal(size=(500, 3)) @ basis + 0.1 * rng.normal(size=(500, 20))
+    model = PpcaScore.fit(inside, components=3)
+    fresh = rng.normal(size=(500, 3)) @ basis + 0.1 * rng.normal(size=(500, 20))
+    assert np.mean(model.score(fresh)) == pytest.approx(1.0, rel=0.15)
+    off_plane = fresh + rng.normal(size=(500, 20))  # leaves the 3-d plane the data lives in
+    assert np.median(model.score(off_plane)) > 20
+    assert PpcaScore(**model.__dict__) == model

@@ -116,7 +116,7 @@ def test_each_strategy_writes_all_outputs(runs: Path, strategy: str) -> None:
     assert config["calibration"] == final["calibration"]
     assert config["calibration"]["temperature"] > 0 and 0 <= config["calibration"]["threshold"] <= 1
     assert config["calibration"]["n_val"] == cv["folds"][selected - 1]["n"]  # fitted on the validation fold
-    assert config["plausibility"]["fitted_on"] > 0 and len(config["plausibility"]["feature_mean"]) == 512
+    assert config["plausibility"]["fitted_on"] > 0 and len(config["plausibility"]["features"]["mean"]) == 512
     operating = final["holdout_operating_point"]
     assert operating["threshold"] == pytest.approx(config["calibration"]["threshold"])
     assert operating["n"] == final["holdout"]["n"] and 0 <= operating["ece_calibrated"] <= 1

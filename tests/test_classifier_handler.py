@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,7 +28,9 @@ from shared.models.classifier import (
     penultimate_features,
     save_classifier,
 )
-from shared.plausibility import PlausibilityGate
+from shared.models.export import FORMATS as EXPORT_FORMATS
+from shared.models.export import export_classifier
+from shared.plausibility import PlausibilityGate, PpcaScore, layout_vector
 
 SIZE = 16
 
@@ -245,20 +248,26 @@ def test_heatmap_overlay_keeps_aspect_and_caps_size() -> None:
 
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory: pytest.TempPathFactory, pixels: np.ndarray) -> PneumoniaHandler:
-    """The handler fixture's network, saved with a calibration (T = 2, threshold 0.3) and a gate whose feature
-    statistics are those of `pixels` alone (so `pixels` is in distribution and other images are far out of it)."""
+    """The handler fixture's network, saved with a calibration (T = 2, threshold 0.3) and a gate fitted on twenty
+    slightly noisy copies of `pixels` alone (so `pixels` is in distribution and other images are far out of it)."""
     model_dir = tmp_path_factory.mktemp("gated")
     torch.manual_seed(0)
     model = build_classifier("resnet18", in_channels=1, image_size=SIZE, weights="none").eval()
     config = classifier_config("resnet18", 1, SIZE, "baseline", "none")
+    rng = np.random.default_rng(1)
+    copies = [
+        Image.fromarray(np.clip(pixels + rng.normal(0, 4, pixels.shape), 0, 255).astype(np.uint8)) for _ in range(20)
+    ]
     with torch.no_grad():
-        image = Image.fromarray(pixels)
-        _, features = penultimate_features(model, classifier_transform(config, train=False)(image)[None])
+        batch = torch.stack([classifier_transform(config, train=False)(img) for img in copies])
+        features = penultimate_features(model, batch)[1].double().numpy()
     config["calibration"] = Calibration(2.0, 0.3, "youden", None, 0.9, 0.8, 0.1, 0.05, 50).to_dict()
+    layout = PpcaScore.fit(np.stack([layout_vector(img) for img in copies]), 8)
+    feature_model = PpcaScore.fit(features, 8)
     config["plausibility"] = PlausibilityGate(
         min_side=12, min_aspect=0.7, max_aspect=1.4, min_std=2.0,
-        feature_mean=features[0].double().tolist(), feature_std=[1e-3] * features.shape[1],
-        max_feature_distance=1.0, fitted_on=1,
+        layout=layout, max_layout_score=float(layout.score(np.stack([layout_vector(i) for i in copies])).max()) * 2,
+        features=feature_model, max_feature_score=float(feature_model.score(features).max()) * 2, fitted_on=20,
     ).to_dict()  # fmt: skip
     save_classifier(model_dir / "model.pth", model, config)
     context = SimpleNamespace(
@@ -308,3 +317,27 @@ def test_a_refused_row_does_not_fail_its_batch(gated: PneumoniaHandler, pixels: 
     assert bad["code"] == 400 and "[not_grayscale]" in bad["message"]
     assert far["code"] == 400 and "[out_of_distribution]" in far["message"]
     assert [context.get_response_status(i)[0] for i in range(3)] == [200, 400, 400]
+
+
+@pytest.mark.parametrize("fmt", sorted(EXPORT_FORMATS))
+def test_an_exported_model_is_served_like_its_checkpoint(
+    gated: PneumoniaHandler, pixels: np.ndarray, fmt: str, tmp_path: Path
+) -> None:
+    artifact = export_classifier(Path(gated.model_pt_path), fmt, tmp_path / f"model{EXPORT_FORMATS[fmt]}")
+    served = PneumoniaHandler()
+    served.initialize(
+        SimpleNamespace(
+            system_properties={"model_dir": str(tmp_path), "gpu_id": None},
+            manifest={"model": {"serializedFile": artifact.name, "modelVersion": "2.0"}},
+        )
+    )
+    assert served.exported is not None and served.model is None
+    body = encode(pixels, "PNG")
+    (answer,) = served.handle([{"data": body}], batch_context([{}]))
+    (expected,) = gated.handle([{"data": body}], batch_context([{}]))
+    assert answer["label"] == expected["label"]
+    assert answer["pneumonia_probability"] == pytest.approx(expected["pneumonia_probability"], abs=1e-5)
+    with pytest.raises(PredictionException, match=r"implausible input \[out_of_distribution\]"):
+        served.handle([{"data": encode(255 - pixels, "PNG")}], batch_context([{}]))  # the gate travels along
+    with pytest.raises(PredictionException, match="explanations need the PyTorch checkpoint"):
+        served.handle([{"data": body}], batch_context([{"explain": "True"}]))

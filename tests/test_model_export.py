@@ -16,6 +16,7 @@ from shared.models.classifier import (
     classifier_config,
     classifier_transform,
     load_classifier,
+    penultimate_features,
     save_classifier,
 )
 from shared.models.export import FORMATS, export_classifier, load_exported
@@ -51,11 +52,12 @@ def test_export_matches_the_eager_model_and_carries_the_config(
     exported = load_exported(path)
     assert exported.config == config and exported.config["note"] == "carried through the export"
     with torch.no_grad():
-        eager = model(phantom_batch).numpy()
+        eager_logits, eager_features = (out.numpy() for out in penultimate_features(model, phantom_batch))
     for batch in (phantom_batch, phantom_batch[:1]):  # the batch dimension is dynamic
-        got = exported.logits(batch)
-        assert got.shape == (len(batch), 2)
-        np.testing.assert_allclose(got, eager[: len(batch)], atol=1e-5, rtol=0)
+        logits, features = exported.run(batch)
+        assert logits.shape == (len(batch), 2) and features.shape == (len(batch), 512)
+        np.testing.assert_allclose(logits, eager_logits[: len(batch)], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(features, eager_features[: len(batch)], atol=1e-5, rtol=0)
 
 
 def test_cli_writes_the_artifact_next_to_the_model(checkpoint: Path) -> None:

@@ -2,7 +2,8 @@
 
     pneumonia archive-classifier --checkpoint models/baseline_resnet50.pth --model-name pneumonia --export-dir store
 
-The .mar holds the checkpoint (its saved config gives the preprocessing), services/classifier/handler.py and a
+The .mar holds the checkpoint (its saved config gives the preprocessing), or a TorchScript / ONNX export of it
+(`pneumonia export`, which carries the same config), services/classifier/handler.py and a
 model-config.yaml with the server-side batching settings; TorchServe reads that file when the model is registered.
 The handler imports `shared`, so the TorchServe that serves the archive runs in an environment with this project
 installed (our classifier image, or the local .venv).
@@ -21,8 +22,11 @@ from model_archiver.model_packaging import generate_model_archive
 from shared.errors import ConfigError
 from shared.images import sha256_file
 from shared.models.classifier import load_classifier
+from shared.models.export import FORMATS as EXPORT_FORMATS
+from shared.models.export import load_exported
 
 HANDLER = Path(__file__).with_name("handler.py")
+EXPORTED_SUFFIXES = frozenset(EXPORT_FORMATS.values())
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_BATCH_DELAY_MS = 50
@@ -65,7 +69,10 @@ def build_model_archive(
     not when TorchServe first loads it.
     """
     check_model_name(model_name)
-    load_classifier(checkpoint, "cpu")  # CheckpointError for anything that is not a classifier checkpoint
+    if checkpoint.suffix in EXPORTED_SUFFIXES:  # a `pneumonia export` artifact: the handler serves it too
+        load_exported(checkpoint)
+    else:
+        load_classifier(checkpoint, "cpu")  # CheckpointError for anything that is not a classifier checkpoint
     version = version or sha256_file(checkpoint)[:12]
     export_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +93,12 @@ def build_model_archive(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="classifier checkpoint (train-classifier)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="classifier checkpoint (.pth) or its export (.onnx, .torchscript)",
+    )
     parser.add_argument("--model-name", default="pneumonia", help="TorchServe model name (the .mar's file name)")
     parser.add_argument("--export-dir", type=Path, default=Path("model-store"), help="where the .mar goes")
     parser.add_argument("--version", default=None, help="model version (default: checkpoint sha256, 12 digits)")

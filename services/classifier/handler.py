@@ -37,6 +37,8 @@ from shared.calibration import Calibration, calibrated_probability, decision_thr
 from shared.datasets.base import CLASS_NAMES, NORMAL, PNEUMONIA
 from shared.images import MAX_IMAGE_PIXELS
 from shared.models.classifier import classifier_transform, load_classifier, penultimate_features
+from shared.models.export import FORMATS as EXPORT_FORMATS
+from shared.models.export import load_exported
 from shared.plausibility import GRAY_MODES, ImplausibleImageError, PlausibilityGate, check_features, check_image
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 BAD_REQUEST = 400
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 PNG_CONTENT_TYPE = "image/png"
+EXPORTED_SUFFIXES = frozenset(EXPORT_FORMATS.values())
 BATCH_SIZE_HEADER = "X-Batch-Size"
 PROBABILITY_HEADER = "X-Pneumonia-Probability"
 
@@ -140,7 +143,12 @@ class PneumoniaHandler(BaseHandler):
         self.device = torch.device(f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu")
         model_info = context.manifest["model"]
         self.model_pt_path = os.path.join(properties["model_dir"], model_info["serializedFile"])
-        self.model, self.config = load_classifier(self.model_pt_path, self.device)
+        self.model, self.exported = None, None
+        if os.path.splitext(self.model_pt_path)[1] in EXPORTED_SUFFIXES:  # `pneumonia export` artifact
+            self.exported = load_exported(self.model_pt_path)
+            self.config = self.exported.config
+        else:
+            self.model, self.config = load_classifier(self.model_pt_path, self.device)
         self.transform = classifier_transform(self.config, train=False)
         calibration, gate = self.config.get("calibration"), self.config.get("plausibility")
         self.calibration = Calibration.from_dict(calibration) if calibration else None
@@ -167,6 +175,9 @@ class PneumoniaHandler(BaseHandler):
 
     def inference(self, data: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch -> (logits rows x 2, penultimate features rows x D)."""
+        if self.exported is not None:
+            logits, features = self.exported.run(data)
+            return torch.from_numpy(logits), torch.from_numpy(features)
         with torch.no_grad():
             return penultimate_features(self.model, data)
 
@@ -198,6 +209,10 @@ class PneumoniaHandler(BaseHandler):
 
     def explain_images(self, images: list[Image.Image]) -> list[tuple[bytes, float]]:
         """Grad-CAM of the pneumonia output for each image -> (heat map over the image as PNG bytes, P(pneumonia))."""
+        if self.model is None:
+            raise bad_request(
+                f"explanations need the PyTorch checkpoint; this model is served from a {self.exported.format} export"
+            )
         from shared.gradcam import gradcam_samples, heatmap_overlay  # pytorch-grad-cam is slow to import
 
         results = []

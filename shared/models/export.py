@@ -2,8 +2,9 @@
 
     pneumonia export --model models/baseline_resnet50.pth --format onnx     # -> models/baseline_resnet50.onnx
 
-The artifact computes the same logits as the eager model (batch x 2, any batch size) from the same preprocessed
-input (batch x channels x size x size); the checkpoint's config — architecture, input size, channels, normalization
+The artifact computes the same logits (batch x 2) and penultimate features (batch x D, what the plausibility gate
+measures) as the eager model, for any batch size, from the same preprocessed input (batch x channels x size x size);
+the checkpoint's config — architecture, input size, channels, normalization
 and, when the model was calibrated, its temperature and threshold — travels inside it (TorchScript: the extra file
 config.json; ONNX: the metadata property `pneumonia_config`), so a server needs nothing else.
 `load_exported(path)` gives back a predictor with the same interface for both formats.
@@ -30,9 +31,22 @@ log = logging.getLogger(__name__)
 FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx"}
 CONFIG_FILE = "config.json"  # TorchScript extra file
 CONFIG_PROPERTY = "pneumonia_config"  # ONNX metadata property
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+INPUT_NAME, OUTPUT_NAMES = "image", ("logits", "features")
 ONNX_OPSET = 18
 EXAMPLE_BATCH = 2
+
+
+class LogitsAndFeatures(torch.nn.Module):
+    """A torchvision ResNet that also returns its penultimate features: x -> (logits, features)."""
+
+    def __init__(self, resnet: torch.nn.Module) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(*list(resnet.children())[:-1])  # conv stem ... layer4, global average pool
+        self.fc = resnet.fc
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.flatten(self.body(x), 1)  # batch x D
+        return self.fc(features), features  # batch x 2, batch x D
 
 
 def example_input(config: dict[str, Any], batch: int = EXAMPLE_BATCH) -> torch.Tensor:
@@ -44,7 +58,7 @@ def example_input(config: dict[str, Any], batch: int = EXAMPLE_BATCH) -> torch.T
 def export_torchscript(model: torch.nn.Module, config: dict[str, Any], path: Path) -> None:
     """Trace the model (ResNets have no data-dependent control flow) and save it with config.json inside."""
     with torch.no_grad():
-        traced = torch.jit.trace(model, example_input(config))
+        traced = torch.jit.trace(LogitsAndFeatures(model).eval(), example_input(config))
     torch.jit.save(traced, str(path), _extra_files={CONFIG_FILE: json.dumps(config)})
 
 
@@ -56,10 +70,10 @@ def export_onnx(model: torch.nn.Module, config: dict[str, Any], path: Path) -> N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's progress chatter
         program = torch.onnx.export(
-            model,
+            LogitsAndFeatures(model).eval(),
             (example_input(config),),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
             dynamic_shapes={"x": {0: batch}},
             opset_version=ONNX_OPSET,
             dynamo=True,
@@ -85,17 +99,24 @@ def export_classifier(checkpoint: Path, fmt: str, out: Path | None = None) -> Pa
 
 
 class ExportedClassifier:
-    """An exported artifact: `config` (the checkpoint's) and `logits(batch)` for a preprocessed float32 batch."""
+    """An exported artifact: `config` (the checkpoint's) and `run(batch)` -> (logits, features) for a preprocessed
+    float32 batch."""
 
-    def __init__(self, config: dict[str, Any], run: Callable[[np.ndarray], np.ndarray], fmt: str) -> None:
+    def __init__(
+        self, config: dict[str, Any], run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], fmt: str
+    ) -> None:
         self.config = config
         self.format = fmt
         self._run = run
 
-    def logits(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
-        """batch x channels x size x size -> batch x 2 logits (numpy, float32)."""
+    def run(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """batch x channels x size x size -> (batch x 2 logits, batch x D features), numpy float32."""
         array = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
         return self._run(np.ascontiguousarray(array, dtype=np.float32))
+
+    def logits(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        """batch x channels x size x size -> batch x 2 logits."""
+        return self.run(batch)[0]
 
 
 def load_exported(path: str | Path, threads: int | None = None) -> ExportedClassifier:
@@ -113,9 +134,10 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedClass
             raise CheckpointError(f"{path} carries no {CONFIG_FILE}: not written by `pneumonia export`")
         module.eval()
 
-        def run_torchscript(array: np.ndarray) -> np.ndarray:
+        def run_torchscript(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with torch.no_grad():
-                return module(torch.from_numpy(array)).numpy()
+                logits, features = module(torch.from_numpy(array))
+            return logits.numpy(), features.numpy()
 
         return ExportedClassifier(json.loads(files[CONFIG_FILE]), run_torchscript, "torchscript")
     if path.suffix == FORMATS["onnx"]:
@@ -132,8 +154,9 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedClass
         if CONFIG_PROPERTY not in metadata:
             raise CheckpointError(f"{path} carries no {CONFIG_PROPERTY}: not written by `pneumonia export`")
 
-        def run_onnx(array: np.ndarray) -> np.ndarray:
-            return session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
+        def run_onnx(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            logits, features = session.run(list(OUTPUT_NAMES), {INPUT_NAME: array})
+            return logits, features
 
         return ExportedClassifier(json.loads(metadata[CONFIG_PROPERTY]), run_onnx, "onnx")
     raise CheckpointError(f"{path}: unknown artifact type (expected {' or '.join(FORMATS.values())})")

@@ -28,8 +28,11 @@ proto: install
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# Every service as a local process on 127.0.0.1 (storage, logs and scratch under runs/local), the quick experiment
+# through their APIs, TorchServe answering for the best model; everything stops at the end, also on Ctrl-C.
 experiment-local: install
-	$(BIN)/pneumonia experiment --profile quick --dataset pneumoniamnist --data-dir $(DATA_DIR)
+	$(BIN)/pneumonia experiment --via-services --local-services --profile quick --dataset pneumoniamnist \
+		--data-dir $(DATA_DIR) --work-dir runs/local
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -73,6 +73,7 @@ ENUM_FIELDS: dict[str, dict[str, int]] = {
     "scheduler": {"none": trainer_pb2.LR_SCHEDULER_NONE, "onecycle": trainer_pb2.LR_SCHEDULER_ONECYCLE},
 }
 GENERATOR_CHECKPOINT = "gan/generator_final.pth"
+PROGRESS_METRICS = ("loss_d", "loss_g", "train_loss", "val_loss", "val_auroc", "val_acc")  # shown when a job has them
 MODEL_NAME = "pneumonia"
 NUM_SAMPLE_PREDICTIONS = 4
 
@@ -191,7 +192,8 @@ def watch_job(stub: trainer_pb2_grpc.TrainerServiceStub, started: trainer_pb2.Jo
             done = max(job.fold - 1, 0) * job.total_epochs + job.epoch
             bar.total = total
             bar.n = min(done, total)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in sorted(job.metrics.items())[:3]}, refresh=False)
+            shown = [name for name in PROGRESS_METRICS if name in job.metrics]
+            bar.set_postfix({name: f"{job.metrics[name]:.3f}" for name in shown}, refresh=False)
             bar.refresh()
     if job.state != common_pb2.JOB_STATE_SUCCEEDED:
         state = common_pb2.JobState.Name(job.state)
@@ -215,9 +217,8 @@ def generate(
         for progress in stub.GenerateStream(request):
             if progress.phase == generator_pb2.GENERATE_PHASE_DONE:
                 return progress.result
-            bar.set_description(
-                f"generate-synthetic ({generator_pb2.GeneratePhase.Name(progress.phase).removeprefix('GENERATE_PHASE_').lower()})"
-            )
+            phase = generator_pb2.GeneratePhase.Name(progress.phase).removeprefix("GENERATE_PHASE_").lower()
+            bar.set_description(f"generate-synthetic ({phase})")
             bar.n = progress.images_done
             bar.refresh()
     raise PneumoniaError("the generator's stream ended without a result")

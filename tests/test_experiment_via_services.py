@@ -1,0 +1,102 @@
+"""`pneumonia experiment --via-services --local-services`: every service as a real process, driven through its API.
+
+The services are not mocked: trainer, generator, analyzer and TorchServe run as `python -m services.<name>` on
+127.0.0.1 with one LocalStore, exactly as `make experiment-local` starts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.datasets import load_dataset
+from shared.splits import develop_and_holdout
+
+TINY = [
+    "--profile", "quick", "--dataset", "phantom", "--cpu",
+    "--gan-args", "--epochs 1 --max-images 120 --batch-size 32 --feature-maps-g 16 --feature-maps-d 16",
+    "--generate-args", "--num-images 48 --batch-size 32",
+    "--classifier-args", "--epochs 1 --k-folds 2 --max-images 100 --image-size 16 --batch-size 16",
+    "--analyze-args", "--num-ssim-real 8 --num-ssim-synth 16 --num-gradcam-samples 1",
+]  # fmt: skip
+SERVICES = ("trainer", "generator", "analyzer", "classifier")
+
+
+def experiment(phantom_dir: Path, work: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "services.cli", "experiment", "--via-services", "--local-services",
+        "--data-dir", str(phantom_dir), "--work-dir", str(work), *TINY, *extra,
+    ]  # fmt: skip
+
+
+def stopped_cleanly(log: str) -> dict[str, str]:
+    """service -> exit code, from the local stack's 'stopped <service> (exit code N)' lines."""
+    return dict(re.findall(r"stopped (\w+) \(exit code (-?\d+)\)", log))
+
+
+@pytest.mark.slow
+def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    result = subprocess.run(
+        experiment(phantom_dir, work, "--run-id", "e2e"), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+
+    # Every step's result is in storage, under the run's prefix.
+    storage = work / "storage"
+    assert (storage / "models/runs/e2e/gan/gan/generator_final.pth").is_file()
+    metrics = storage / "results/runs/e2e/classifiers/metrics"
+    develop, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
+    for strategy in ("baseline", "augmented", "curriculum"):
+        final = json.loads((metrics / f"{strategy}_final_metrics.json").read_text())
+        assert final["holdout"]["n"] == len(holdout)  # the real hold-out, never a synthetic image
+        assert (storage / f"models/model-store/pneumonia-{strategy}.mar").is_file()
+    summary = json.loads((storage / "results/runs/e2e/analysis/analysis_summary.json").read_text())
+    assert {s for s in summary["strategies"]} == {"baseline", "augmented", "curriculum"}
+    assert (storage / "results/runs/e2e/analysis/comparison_report.txt").is_file()
+    assert json.loads((storage / "results/runs/e2e/experiment_timings.json").read_text())["total"] > 0
+
+    # TorchServe answered the same for REST and gRPC on four hold-out images.
+    rows = [line.split() for line in out.splitlines() if line.startswith("phantom-")]
+    assert len(rows) == 4
+    for row in rows:
+        rest, grpc = " ".join(row[2:4]), " ".join(row[4:6])
+        assert rest == grpc and row[1] in ("normal", "pneumonia")
+    assert "Hold-out test metrics" in out and "Report: " in out
+
+    # ... and every service was stopped and exited cleanly.
+    assert stopped_cleanly(result.stderr) == dict.fromkeys(SERVICES, "0")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_service_cleanly(phantom_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    argv = experiment(phantom_dir, work, "--gan-args=--epochs 200")  # still training when interrupted
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        log = work / "logs" / "trainer.log"
+        while time.monotonic() < deadline:  # wait until the GAN job has finished an epoch
+            if log.is_file() and '"epoch 1/' in log.read_text(errors="replace"):
+                break
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("the GAN job never got going")
+        os.kill(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted" in stderr
+    assert stopped_cleanly(stderr) == dict.fromkeys(SERVICES, "0")

@@ -69,6 +69,15 @@ def calibrated_probability(logits: np.ndarray, calibration: Calibration | None) 
     return pneumonia_probability(logits, calibration.temperature if calibration is not None else 1.0)
 
 
+def recalibrate(p_softmax: float, calibration: Calibration | None) -> float:
+    """A plain-softmax P(pneumonia) with the calibration's temperature applied (two classes: the logit difference is
+    logit(p), so softmax(z / T) = sigmoid(logit(p) / T))."""
+    if calibration is None:
+        return p_softmax
+    p = min(max(p_softmax, 1e-15), 1 - 1e-15)
+    return float(1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / calibration.temperature)))
+
+
 def decision_threshold(calibration: Calibration | None) -> float:
     """The calibration's threshold, else 0.5."""
     return calibration.threshold if calibration is not None else 0.5

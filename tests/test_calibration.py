@@ -18,6 +18,7 @@ from shared.calibration import (
     fit_temperature,
     plot_reliability,
     pneumonia_probability,
+    recalibrate,
 )
 
 
@@ -91,3 +92,12 @@ def test_reliability_diagram_is_written(tmp_path: Path) -> None:
         path,
     )
     assert Image.open(path).size[0] > 100
+
+
+def test_recalibrating_a_softmax_probability_equals_scaling_the_logits() -> None:
+    logits, _ = overconfident_logits(50, scale=2.0, seed=7)
+    calibration = Calibration(2.5, 0.5, "youden", None, 0.9, 0.9, 0.1, 0.05, 50)
+    expected = pneumonia_probability(logits, 2.5)
+    got = [recalibrate(p, calibration) for p in pneumonia_probability(logits)]
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert recalibrate(0.3, None) == 0.3

@@ -33,7 +33,7 @@ from pydicom.errors import InvalidDicomError
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
-from shared.calibration import Calibration, calibrated_probability, decision_threshold
+from shared.calibration import Calibration, calibrated_probability, decision_threshold, recalibrate
 from shared.datasets.base import CLASS_NAMES, NORMAL, PNEUMONIA
 from shared.images import MAX_IMAGE_PIXELS
 from shared.models.classifier import classifier_transform, load_classifier, penultimate_features
@@ -208,7 +208,8 @@ class PneumoniaHandler(BaseHandler):
         ]
 
     def explain_images(self, images: list[Image.Image]) -> list[tuple[bytes, float]]:
-        """Grad-CAM of the pneumonia output for each image -> (heat map over the image as PNG bytes, P(pneumonia))."""
+        """Grad-CAM of the pneumonia output for each image -> (heat map over the image as PNG bytes, calibrated
+        P(pneumonia))."""
         if self.model is None:
             raise bad_request(
                 f"explanations need the PyTorch checkpoint; this model is served from a {self.exported.format} export"
@@ -221,7 +222,7 @@ class PneumoniaHandler(BaseHandler):
         ):
             buffer = io.BytesIO()
             heatmap_overlay(image, heat).save(buffer, format="PNG")
-            results.append((buffer.getvalue(), p))
+            results.append((buffer.getvalue(), recalibrate(p, self.calibration)))
         return results
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:

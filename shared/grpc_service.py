@@ -13,6 +13,7 @@ steps, so that it stops once the client has gone or the deadline has passed.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import json
@@ -222,8 +223,9 @@ class GrpcServer:
         log.info("grpc server stopped", extra={"address": self.address})
 
 
-def wait_for_signal() -> signal.Signals:
-    """Block the main thread until SIGTERM or SIGINT arrives; return it (the previous handlers come back)."""
+def wait_for_signal(stop_early: Callable[[], bool] | None = None) -> signal.Signals | None:
+    """Block the main thread until SIGTERM or SIGINT arrives and return it (the previous handlers come back); with
+    `stop_early`, also return None as soon as it answers True (polled twice a second)."""
     received: list[signal.Signals] = []
     event = threading.Event()
 
@@ -234,12 +236,24 @@ def wait_for_signal() -> signal.Signals:
     previous = {sig: signal.signal(sig, handler) for sig in SHUTDOWN_SIGNALS}
     try:
         while not event.wait(0.5):  # a timed wait lets Python run the handler promptly
-            pass
+            if stop_early is not None and stop_early():
+                return None
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
     log.info("received %s: shutting down", received[0].name, extra={"signal": received[0].name})
     return received[0]
+
+
+def service_arguments(prog: str, description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line every `python -m services.<name>` shares (`-v`: debug logs); sets up the JSON logs."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    return args
 
 
 # The attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field

@@ -10,7 +10,6 @@ finish (after that it is cancelled and stops at its next phase, storing no repor
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -24,21 +23,14 @@ from services.analyzer import config as config_module  # noqa: E402
 from services.analyzer.config import AnalyzerConfig  # noqa: E402
 from services.analyzer.service import SERVICE_NAME, AnalysisService, AnalyzerServicer  # noqa: E402
 from shared.errors import PneumoniaError  # noqa: E402
-from shared.grpc_service import GrpcServer, Service, configure_json_logging, wait_for_signal  # noqa: E402
+from shared.grpc_service import GrpcServer, Service, service_arguments, wait_for_signal  # noqa: E402
 from shared.storage import open_store  # noqa: E402
 
 log = logging.getLogger("services.analyzer")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.analyzer",
-        description=f"{__doc__}\n{config_module.__doc__}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    service_arguments("python -m services.analyzer", f"{__doc__}\n{config_module.__doc__}", argv)
 
     try:
         config = AnalyzerConfig.from_env()

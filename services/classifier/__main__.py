@@ -12,19 +12,16 @@ dies on its own, 2 when it cannot start.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import sys
 import threading
 import time
-from typing import Any
 
 from services.classifier import config as config_module
 from services.classifier.config import ClassifierConfig
 from services.classifier.torchserve import TorchServe
 from shared.errors import PneumoniaError
-from shared.grpc_service import SHUTDOWN_SIGNALS, configure_json_logging
+from shared.grpc_service import service_arguments, wait_for_signal
 
 log = logging.getLogger("services.classifier")
 
@@ -38,36 +35,8 @@ def renew_keys_until(server: TorchServe, stop: threading.Event, interval_s: floa
             log.error("cannot renew the TorchServe keys: %s", exc)
 
 
-def wait_for_signal_or_exit(server: TorchServe) -> signal.Signals | None:
-    """Block until SIGTERM/SIGINT (returned) or until TorchServe exits on its own (None)."""
-    received: list[signal.Signals] = []
-    event = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        received.append(signal.Signals(signum))
-        event.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in SHUTDOWN_SIGNALS}
-    try:
-        while not event.wait(0.5):
-            if not server.running():
-                return None
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    log.info("received %s: shutting down", received[0].name, extra={"signal": received[0].name})
-    return received[0]
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.classifier",
-        description=f"{__doc__}\n{config_module.__doc__}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    service_arguments("python -m services.classifier", f"{__doc__}\n{config_module.__doc__}", argv)
 
     try:
         config = ClassifierConfig.from_env()
@@ -96,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon=True,
     )
     renewer.start()
-    received = wait_for_signal_or_exit(server)
+    received = wait_for_signal(stop_early=lambda: not server.running())
     stop.set()
     if received is None:
         log.error("TorchServe exited on its own: %s", server.output_tail(5))

@@ -10,7 +10,6 @@ PNEUMONIA_GENERATOR_GRACE seconds to finish.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -28,21 +27,14 @@ from services.generator.config import GeneratorConfig  # noqa: E402
 from services.generator.http_api import create_app  # noqa: E402
 from services.generator.service import SERVICE_NAME, GeneratorServicer, SyntheticImageService  # noqa: E402
 from shared.errors import PneumoniaError  # noqa: E402
-from shared.grpc_service import GrpcServer, Service, configure_json_logging, wait_for_signal  # noqa: E402
+from shared.grpc_service import GrpcServer, Service, service_arguments, wait_for_signal  # noqa: E402
 from shared.storage import open_store  # noqa: E402
 
 log = logging.getLogger("services.generator")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.generator",
-        description=f"{__doc__}\n{config_module.__doc__}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    service_arguments("python -m services.generator", f"{__doc__}\n{config_module.__doc__}", argv)
 
     try:
         config = GeneratorConfig.from_env()

@@ -11,7 +11,6 @@ checkpoint (its record stays resumable); the process exits within PNEUMONIA_TRAI
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -27,21 +26,14 @@ from services.trainer.config import TrainerConfig  # noqa: E402
 from services.trainer.jobs import JobManager  # noqa: E402
 from services.trainer.service import SERVICE_NAME, TrainerServicer  # noqa: E402
 from shared.errors import PneumoniaError  # noqa: E402
-from shared.grpc_service import GrpcServer, Service, configure_json_logging, wait_for_signal  # noqa: E402
+from shared.grpc_service import GrpcServer, Service, service_arguments, wait_for_signal  # noqa: E402
 from shared.storage import open_store  # noqa: E402
 
 log = logging.getLogger("services.trainer")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.trainer",
-        description=f"{__doc__}\n{config_module.__doc__}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    configure_json_logging(logging.DEBUG if args.verbose else logging.INFO)
+    service_arguments("python -m services.trainer", f"{__doc__}\n{config_module.__doc__}", argv)
 
     try:
         config = TrainerConfig.from_env()

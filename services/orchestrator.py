@@ -52,6 +52,7 @@ from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, load_dataset
 from shared.errors import ConfigError, PneumoniaError
 from shared.splits import develop_and_holdout
 from shared.storage import ObjectRef, ObjectStore, open_store
+from shared.storage.config import BucketNames
 from shared.storage.sync import download_prefix, upload_dir
 
 log = logging.getLogger(__name__)
@@ -103,27 +104,6 @@ class ServiceEndpoints:
             classifier_management_url=env.get("PNEUMONIA_CLASSIFIER_MANAGEMENT_URL", d.classifier_management_url),
             classifier_grpc=env.get("PNEUMONIA_CLASSIFIER_GRPC_ADDRESS", d.classifier_grpc),
             classifier_key_file=Path(key_file) if key_file else None,
-        )
-
-
-@dataclass(frozen=True)
-class Buckets:
-    """The bucket names every service uses (PNEUMONIA_*_BUCKET)."""
-
-    datasets: str = "datasets"
-    synthetic: str = "synthetic"
-    models: str = "models"
-    results: str = "results"
-
-    @classmethod
-    def from_env(cls) -> Buckets:
-        d = cls()
-        env = {k: v for k, v in os.environ.items() if v}
-        return cls(
-            datasets=env.get("PNEUMONIA_DATASETS_BUCKET", d.datasets),
-            synthetic=env.get("PNEUMONIA_SYNTHETIC_BUCKET", d.synthetic),
-            models=env.get("PNEUMONIA_MODELS_BUCKET", d.models),
-            results=env.get("PNEUMONIA_RESULTS_BUCKET", d.results),
         )
 
 
@@ -230,7 +210,7 @@ class Run:
 
     args: argparse.Namespace
     store: ObjectStore
-    buckets: Buckets
+    buckets: BucketNames
     endpoints: ServiceEndpoints
     run_id: str
 
@@ -243,7 +223,7 @@ class Run:
 
 
 def upload_dataset(run: Run) -> common_pb2.DatasetSource:
-    """Put the local dataset into the datasets bucket under <dataset>/ (unchanged files are re-sent; S3 dedups)."""
+    """Put the local dataset into the datasets bucket under <dataset>/ (files already stored unchanged are skipped)."""
     data_dir = Path(run.args.data_dir)
     if not data_dir.is_dir():
         raise ConfigError(f"--data-dir {data_dir} is not a directory")
@@ -379,7 +359,7 @@ def run_experiment(args: argparse.Namespace, endpoints: ServiceEndpoints) -> int
     run = Run(
         args=args,
         store=open_store(),
-        buckets=Buckets.from_env(),
+        buckets=BucketNames.from_env(),
         endpoints=endpoints,
         run_id=args.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{args.profile}",
     )

@@ -9,6 +9,7 @@ from services.cli import build_parser
 from services.experiment import PROFILES
 from services.orchestrator import ServiceEndpoints, profile_flags, request_from_flags
 from shared.errors import ConfigError
+from shared.storage.config import BucketNames
 
 
 def experiment_args(*argv: str):
@@ -84,3 +85,10 @@ def test_local_services_needs_via_services() -> None:
 
     with pytest.raises(ConfigError, match="--local-services needs --via-services"):
         main(experiment_args("--local-services"))
+
+
+def test_bucket_names_come_from_the_environment_and_are_checked() -> None:
+    names = BucketNames.from_env({"PNEUMONIA_RESULTS_BUCKET": "run-results", "PNEUMONIA_MODELS_BUCKET": ""})
+    assert (names.results, names.models, names.datasets) == ("run-results", "models", "datasets")
+    with pytest.raises(ConfigError, match="PNEUMONIA_SYNTHETIC_BUCKET"):
+        BucketNames.from_env({"PNEUMONIA_SYNTHETIC_BUCKET": "Not_A_Bucket"})

@@ -30,8 +30,7 @@ import torch
 
 from shared.env import env_float, env_int
 from shared.errors import ConfigError
-from shared.storage import InvalidKeyError
-from shared.storage.base import validate_bucket
+from shared.storage.config import check_bucket_names
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -56,16 +55,14 @@ class AnalyzerConfig:
             raise ConfigError(f"PNEUMONIA_ANALYZER_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("PNEUMONIA_ANALYZER_DEVICE=cuda, but CUDA is not available here")
-        for name, bucket in (
-            ("PNEUMONIA_RESULTS_BUCKET", self.results_bucket),
-            ("PNEUMONIA_MODELS_BUCKET", self.models_bucket),
-            ("PNEUMONIA_SYNTHETIC_BUCKET", self.synthetic_bucket),
-            ("PNEUMONIA_DATASETS_BUCKET", self.datasets_bucket),
-        ):
-            try:
-                validate_bucket(bucket)
-            except InvalidKeyError as exc:
-                raise ConfigError(f"{name}: {exc}") from exc
+        check_bucket_names(
+            {
+                "PNEUMONIA_RESULTS_BUCKET": self.results_bucket,
+                "PNEUMONIA_MODELS_BUCKET": self.models_bucket,
+                "PNEUMONIA_SYNTHETIC_BUCKET": self.synthetic_bucket,
+                "PNEUMONIA_DATASETS_BUCKET": self.datasets_bucket,
+            }
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AnalyzerConfig:

@@ -34,8 +34,7 @@ import torch
 
 from shared.env import env_float, env_int
 from shared.errors import ConfigError
-from shared.storage import InvalidKeyError
-from shared.storage.base import validate_bucket
+from shared.storage.config import check_bucket_names
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -63,16 +62,14 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"PNEUMONIA_TRAINER_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        for name, bucket in (
-            ("PNEUMONIA_DATASETS_BUCKET", self.datasets_bucket),
-            ("PNEUMONIA_SYNTHETIC_BUCKET", self.synthetic_bucket),
-            ("PNEUMONIA_MODELS_BUCKET", self.models_bucket),
-            ("PNEUMONIA_RESULTS_BUCKET", self.results_bucket),
-        ):
-            try:
-                validate_bucket(bucket)
-            except InvalidKeyError as exc:
-                raise ConfigError(f"{name}: {exc}") from exc
+        check_bucket_names(
+            {
+                "PNEUMONIA_DATASETS_BUCKET": self.datasets_bucket,
+                "PNEUMONIA_SYNTHETIC_BUCKET": self.synthetic_bucket,
+                "PNEUMONIA_MODELS_BUCKET": self.models_bucket,
+                "PNEUMONIA_RESULTS_BUCKET": self.results_bucket,
+            }
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerConfig:

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.env import env_float, env_int
 from shared.errors import ConfigError
-from shared.storage.base import ObjectStore
+from shared.storage.base import InvalidKeyError, ObjectStore, validate_bucket
 from shared.storage.local import LocalStore
 from shared.storage.s3 import S3Store
 
@@ -72,8 +73,8 @@ class StorageConfig:
             secret_key=env.get("PNEUMONIA_S3_SECRET_KEY"),
             secure=_parse_bool(env, "PNEUMONIA_S3_SECURE", default=True),
             region=env.get("PNEUMONIA_S3_REGION"),
-            retries=int(_parse_number(env, "PNEUMONIA_STORAGE_RETRIES", default=4, minimum=1, integer=True)),
-            retry_delay=_parse_number(env, "PNEUMONIA_STORAGE_RETRY_DELAY", default=0.5, minimum=0),
+            retries=env_int(env, "PNEUMONIA_STORAGE_RETRIES", 4, minimum=1),
+            retry_delay=env_float(env, "PNEUMONIA_STORAGE_RETRY_DELAY", 0.5, minimum=0.0),
         )
 
 
@@ -86,17 +87,32 @@ def _parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return value.lower() == "true"
 
 
-def _parse_number(env: Mapping[str, str], name: str, default: float, minimum: float, integer: bool = False) -> float:
-    value = env.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value) if integer else float(value)
-    except ValueError:
-        number = None
-    if number is None or not number >= minimum:  # `not >=` also rejects nan
-        raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'} >= {minimum}, got {value!r}")
-    return number
+def check_bucket_names(names: Mapping[str, str]) -> None:
+    """{variable: bucket name} -> ConfigError naming the variable of the first name S3 would refuse."""
+    for variable, bucket in names.items():
+        try:
+            validate_bucket(bucket)
+        except InvalidKeyError as exc:
+            raise ConfigError(f"{variable}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class BucketNames:
+    """The four buckets every service shares (PNEUMONIA_DATASETS_BUCKET, _SYNTHETIC_, _MODELS_, _RESULTS_)."""
+
+    datasets: str = "datasets"
+    synthetic: str = "synthetic"
+    models: str = "models"
+    results: str = "results"
+
+    def __post_init__(self) -> None:
+        check_bucket_names({f"PNEUMONIA_{name.upper()}_BUCKET": value for name, value in vars(self).items()})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BucketNames:
+        """Read the variables (from `environ`, default os.environ); ConfigError naming a bad one."""
+        env = {name: value for name, value in (os.environ if environ is None else environ).items() if value}
+        return cls(**{name: env.get(f"PNEUMONIA_{name.upper()}_BUCKET", value) for name, value in vars(cls()).items()})
 
 
 def open_store(config: StorageConfig | None = None) -> ObjectStore:

@@ -409,6 +409,21 @@ def test_download_prefix_replaces_a_stale_local_copy_and_keeps_a_current_one(
     assert (dest / "y.txt").stat().st_mtime_ns == mtime  # already current: not downloaded again
 
 
+def test_upload_dir_skips_objects_already_stored_unchanged(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "same.txt").write_bytes(b"unchanged")
+    (tmp_path / "new.txt").write_bytes(b"version 2")
+    store.put_bytes(bucket, "d/same.txt", b"unchanged")
+    store.put_bytes(bucket, "d/new.txt", b"version 1")
+    kept = store.stat(bucket, "d/same.txt")
+    local_file = store.root / bucket / "d/same.txt" if isinstance(store, LocalStore) else None
+    before = local_file.stat().st_mtime_ns if local_file else None
+    refs = {ref.key: ref for ref in upload_dir(store, tmp_path, bucket, "d/")}
+    assert refs["d/same.txt"] == kept
+    if local_file is not None:  # not written again
+        assert local_file.stat().st_mtime_ns == before
+    assert store.get_bytes(bucket, "d/new.txt") == b"version 2" and refs["d/new.txt"].size == len(b"version 2")
+
+
 def test_download_prefix_of_nothing_is_not_found(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no objects under"):
         download_prefix(store, bucket, "missing/", tmp_path)

@@ -3,7 +3,7 @@
     refs = download_prefix(store, "datasets", "pneumoniamnist/", Path("/tmp/data"))   # /tmp/data/<rest of key>
     refs = upload_dir(store, Path("/tmp/out"), "models", "runs/r1/gan/")              # key = prefix + relative path
 
-Downloads skip a file whose local sha256 already matches the object's (a cache that re-syncs cheaply); every file is
+Both directions skip a file whose sha256 already matches the object's (a cache that re-syncs cheaply); every file is
 written atomically. Uploads go in sorted order, so a caller that wants a "done" marker uploads it last itself.
 """
 
@@ -51,7 +51,8 @@ def upload_dir(
     prefix: str,
     check: Callable[[], None] | None = None,
 ) -> list[ObjectRef]:
-    """Upload every file under `src` (recursively, sorted) to `prefix` + its relative path; return the refs."""
+    """Upload every file under `src` (recursively, sorted) to `prefix` + its relative path, unless the stored object
+    already has its bytes; return the refs."""
     validate_prefix(prefix)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
@@ -60,5 +61,17 @@ def upload_dir(
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         if check is not None:
             check()
-        refs.append(store.put_file(bucket, prefix + path.relative_to(src).as_posix(), path))
+        key = prefix + path.relative_to(src).as_posix()
+        stored = _stored(store, bucket, key)
+        if stored is not None and stored.size == path.stat().st_size and stored.sha256 == sha256_file(path):
+            refs.append(stored)
+            continue
+        refs.append(store.put_file(bucket, key, path))
     return refs
+
+
+def _stored(store: ObjectStore, bucket: str, key: str) -> ObjectRef | None:
+    try:
+        return store.stat(bucket, key)
+    except NotFoundError:
+        return None

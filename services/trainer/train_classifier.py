@@ -11,6 +11,10 @@ Every epoch writes a resumable training state (MODEL_DIR/<strategy>_<arch>_train
 scheduler and every RNG of the fold in progress, plus the results of the folds already finished); --resume continues
 a killed run from it with the same options: finished folds are not retrained, the interrupted fold goes on from its
 last epoch, and the final metrics are those an uninterrupted run would have written.
+
+Under torchrun (`torchrun --standalone --nproc-per-node gpu pneumonia train-classifier ...`) each fold trains in
+DistributedDataParallel: every process takes its shard of each epoch with --batch-size / processes images per step.
+Rank 0 evaluates, calibrates and writes every output while the others wait.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
@@ -45,6 +50,9 @@ from shared.calibration import (
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.curriculum import Schedule, parse_schedule, ratio_at, synthetic_count
 from shared.datasets import DATASETS, LabelledImages, TorchImageDataset, load_dataset
+from shared.distributed import ONE_PROCESS, Distributed, from_env
+from shared.distributed import start as start_distributed
+from shared.distributed import stop as stop_distributed
 from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.figures import save_figure
 from shared.images import atomic_write_bytes, atomic_write_json, sha256_file
@@ -58,7 +66,7 @@ from shared.models.classifier import (
     set_train_mode,
 )
 from shared.plausibility import fit_gate
-from shared.runtime import rng_state, seed_everything, select_device, set_rng_state
+from shared.runtime import seed_everything, set_rng_state
 from shared.splits import develop_and_holdout, holdout_indices, patient_kfold
 from shared.synthetic import SYNTHETIC_PREFIX, load_synthetic
 
@@ -172,6 +180,10 @@ def check_args(args: argparse.Namespace) -> Schedule | None:
         )
     if args.target_sensitivity is not None and not 0.0 < args.target_sensitivity <= 1.0:
         raise ConfigError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
+    processes = from_env()  # under torchrun: refused before the processes wait for each other
+    if processes.enabled and args.class_balance == "sampler":
+        raise ConfigError("--class-balance sampler draws one process's epoch; with torchrun use weighted-loss")
+    processes.per_rank_batch_size(args.batch_size)
     return parse_schedule(args.curriculum_schedule) if args.use_curriculum else None
 
 
@@ -226,21 +238,25 @@ def training_loader(
     transform: Callable,
     args: argparse.Namespace,
     weights: torch.Tensor,
+    ctx: Distributed,
+    shuffle_seed: int,
+    epoch: int,
 ) -> DataLoader:
-    """One epoch's training data: the real training fold plus the synthetic images drawn for it."""
+    """One epoch's training data: the real training fold plus the synthetic images drawn for it (this rank's shard
+    of them, shuffled by `shuffle_seed` and `epoch`, when there are several processes)."""
     datasets: list[Dataset] = [TorchImageDataset(real, transform)]
     labels = [real.labels]
     if synthetic is not None and len(synthetic):
         datasets.append(TorchImageDataset(synthetic, transform))
         labels.append(synthetic.labels)
     dataset = ConcatDataset(datasets)
-    sampler = None
+    sampler = ctx.sampler(dataset, shuffle_seed, epoch)
     if args.class_balance == "sampler":
         sample_weights = weights[torch.from_numpy(np.concatenate(labels))].double()
         sampler = WeightedRandomSampler(sample_weights, num_samples=len(dataset), replacement=True)
     return DataLoader(
         dataset,
-        batch_size=args.batch_size,
+        batch_size=ctx.per_rank_batch_size(args.batch_size),
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=args.workers,
@@ -266,11 +282,12 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
     desc: str,
+    ctx: Distributed = ONE_PROCESS,
 ) -> tuple[float, float]:
-    """One pass over `loader`; (mean training loss, training accuracy)."""
-    set_train_mode(model)
+    """One pass over `loader` (this rank's shard); (mean training loss, training accuracy) over all ranks."""
+    set_train_mode(model.module if isinstance(model, DistributedDataParallel) else model)
     total_loss, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(loader, desc=desc, leave=False):
+    for images, labels in ctx.progress(loader, desc=desc, leave=False):
         images, labels = images.to(device), labels.to(device)  # batch x C x S x S, batch
         logits = model(images)  # batch x 2
         loss = criterion(logits, labels)
@@ -282,6 +299,7 @@ def train_one_epoch(
         total_loss += loss.item() * len(labels)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += len(labels)
+    total_loss, correct, seen = ctx.sum([total_loss, correct, seen], device)
     return total_loss / seen, correct / seen
 
 
@@ -383,21 +401,27 @@ def train_fold(
     device: torch.device,
     hooks: FoldHooks,
     saved: dict[str, Any] | None = None,
+    ctx: Distributed = ONE_PROCESS,
 ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
     """Train one fold's model, from scratch or from `saved` (a state this function saved); (model, history per
-    epoch, validation metrics after the last epoch)."""
+    epoch, validation metrics after the last epoch). With several processes only rank 0 evaluates, saves and
+    reports (the others return an empty validation result)."""
     seed_everything(args.seed + fold)
     strategy = config["strategy"]
     model = build_classifier(
         args.arch, 2, args.channels, args.image_size, args.weights, freeze_backbone=not args.unfreeze
     ).to(device)
+    trained = ctx.wrap(model, device)  # `model` itself for one process
+    if ctx.enabled:  # the same initial weights everywhere, but each rank its own augmentation draws
+        seed_everything(int(np.random.SeedSequence([args.seed, fold, ctx.rank]).generate_state(1)[0]))
     weights = class_weights(train_real.labels)
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if args.class_balance == "weighted-loss" else None)
     parameters = [p for p in model.parameters() if p.requires_grad]
     plan = synthetic_plan(strategy, args.epochs, len(train_real), len(pool) if pool is not None else 0, schedule)
     if args.scheduler == "onecycle":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(parameters, lr=args.lr)
-        total_steps = sum(math.ceil((len(train_real) + n) / args.batch_size) for n in plan)
+        rank_batch_size = ctx.per_rank_batch_size(args.batch_size)
+        total_steps = sum(math.ceil(math.ceil((len(train_real) + n) / ctx.world_size) / rank_batch_size) for n in plan)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
     else:
         optimizer, scheduler = torch.optim.Adam(parameters, lr=args.lr), None
@@ -408,7 +432,7 @@ def train_fold(
     history: list[dict[str, Any]] = []
     val_metrics: dict[str, Any] = {}
     if saved is not None:
-        history, val_metrics = restore_fold(saved, model, optimizer, scheduler, rng)
+        history, val_metrics = restore_fold(saved, model, optimizer, scheduler, rng, ctx.rank)
     for epoch in range(len(history), args.epochs):
         stop_if_asked(hooks.should_stop, f"before {strategy} fold {fold} epoch {epoch + 1}")
         n_synthetic = plan[epoch]
@@ -418,10 +442,16 @@ def train_fold(
         if n_synthetic:
             assert pool is not None
             drawn = pool.subset(np.sort(rng.choice(len(pool), size=n_synthetic, replace=False)))
-        loader = training_loader(train_real, drawn, train_transform, args, weights)
+        loader = training_loader(train_real, drawn, train_transform, args, weights, ctx, args.seed + fold, epoch)
         desc = f"{strategy} fold {fold} epoch {epoch + 1}/{args.epochs}"
-        train_loss, train_acc = train_one_epoch(model, loader, criterion, optimizer, scheduler, device, desc)
+        train_loss, train_acc = train_one_epoch(trained, loader, criterion, optimizer, scheduler, device, desc, ctx)
+        if not ctx.is_main:
+            ctx.rng_states()  # waits while rank 0 evaluates
+            history.append({"epoch": epoch})
+            ctx.barrier()  # while rank 0 saves the epoch
+            continue
         val_loss, val_metrics = evaluate(model, val_loader, device)
+        rank_rng_states = ctx.rng_states()  # after every draw of the epoch (evaluating draws a loader seed)
         entry = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -448,8 +478,10 @@ def train_fold(
             100 * entry["synthetic_ratio"],
             entry["seconds"],
         )
-        hooks.save_state(fold_state(fold, history, val_metrics, model, optimizer, scheduler, rng))
+        hooks.save_state(fold_state(fold, history, val_metrics, model, optimizer, scheduler, rng, rank_rng_states))
         hooks.report(entry)
+        ctx.barrier()
+    ctx.check_in_sync(model, device)
     return model, history, val_metrics
 
 
@@ -461,8 +493,9 @@ def fold_state(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     rng: np.random.Generator,
+    rank_rng_states: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Everything an exact resume of the fold after its latest epoch needs."""
+    """Everything an exact resume of the fold after its latest epoch needs (the global RNGs of every rank)."""
     return {
         "fold": fold,
         "history": list(history),
@@ -470,7 +503,8 @@ def fold_state(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng_state": rng_state(),
+        "rng_state": rank_rng_states[0],
+        "rank_rng_states": rank_rng_states,
         "synthetic_rng": rng.bit_generator.state,
     }
 
@@ -481,14 +515,18 @@ def restore_fold(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     rng: np.random.Generator,
+    rank: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Load a fold_state into the freshly built objects; (history so far, latest validation metrics)."""
+    """Load a fold_state into the freshly built objects (each rank its own RNGs); (history so far, latest validation
+    metrics)."""
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(saved["scheduler"])
     rng.bit_generator.state = saved["synthetic_rng"]
-    set_rng_state(saved["rng_state"])  # last: building the objects above drew from the global RNGs
+    rank_states = saved.get("rank_rng_states")
+    # last: building the objects above drew from the global RNGs
+    set_rng_state(rank_states[rank] if rank_states else saved["rng_state"])
     log.info("resuming fold %d after epoch %d", saved["fold"], len(saved["history"]))
     return list(saved["history"]), saved["val_metrics"]
 
@@ -634,20 +672,24 @@ def train_strategy(
     `progress`, when given, is called after every epoch's training state is written, with {"strategy", "fold",
     "num_folds", "epochs"} and the epoch's history entry ("epoch" counts from 0). `should_stop` is asked before every
     epoch; True raises TrainingStopped, leaving the training state for --resume.
+
+    Under torchrun every rank trains; rank 0 alone writes and returns the results (the others return None).
     """
     schedule = check_args(args)
+    ctx, device = start_distributed(args.cpu)
     strategy = strategy_name(args)
     model_dir = Path(args.model_dir)
     only_fold = None if args.fold_index is None else args.fold_index + 1
     state_path = training_state_path(model_dir, strategy, args.arch, only_fold)
     state_config = resume_config(args)
+    if ctx.enabled:  # a resume must use as many processes: the shards and RNG streams depend on it
+        state_config["world_size"] = ctx.world_size
     folds_done: list[dict[str, Any]] = []  # {"fold", "history", "val_metrics", "holdout_metrics", ...} per fold
     current: dict[str, Any] | None = None  # the fold in progress (fold_state)
     if args.resume:
         folds_done, current = load_resume_state(state_path, state_config, model_dir, strategy, args.arch)
-    elif state_path.exists():
+    elif state_path.exists() and ctx.is_main:
         log.warning("starting afresh; %s will be overwritten (use --resume to continue it)", state_path)
-    device = select_device(args.cpu)
     seed_everything(args.seed)
 
     develop, holdout = develop_and_holdout(load_dataset(args.dataset, args.data_dir))
@@ -673,7 +715,7 @@ def train_strategy(
     holdout_loader = evaluation_loader(holdout, classifier_transform(config, train=False), args)
     model_dir.mkdir(parents=True, exist_ok=True)
 
-    def save_state(fold_in_progress: dict[str, Any] | None) -> None:
+    def save_state(fold_in_progress: dict[str, Any] | None) -> None:  # rank 0 only
         save_checkpoint(state_path, TRAINING_STATE, state_config, folds_done=folds_done, current=fold_in_progress)
 
     for fold, (train_idx, val_idx) in enumerate(folds, start=1):
@@ -691,8 +733,11 @@ def train_strategy(
         hooks = FoldHooks(report, save_state, should_stop)
         saved = current if current is not None and current["fold"] == fold else None
         model, history, val_metrics = train_fold(
-            fold, train_real, val, pool, config, args, schedule, device, hooks, saved
+            fold, train_real, val, pool, config, args, schedule, device, hooks, saved, ctx
         )
+        if not ctx.is_main:
+            ctx.barrier()  # while rank 0 calibrates, evaluates and saves the fold model
+            continue
         fold_config = fit_fold_operating_point(model, train_real, val, config, args, device)
         holdout_metrics, holdout_operating, holdout_probabilities = holdout_evaluation(
             model, holdout_loader, device, Calibration.from_dict(fold_config["calibration"])
@@ -713,6 +758,9 @@ def train_strategy(
             }
         )
         save_state(None)
+        ctx.barrier()
+    if not ctx.is_main:
+        return None
     if only_fold is not None:
         folds_done = finished_fold_records(model_dir, len(folds), state_config, strategy, args.arch) or []
         if not folds_done:
@@ -820,7 +868,12 @@ def format_summary(final: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    final = train_strategy(args)
+    try:
+        final = train_strategy(args)
+    finally:
+        stop_distributed()
+    if not from_env().is_main:
+        return 0
     if final is None:
         print(f"fold {args.fold_index + 1} of {args.k_folds} done; the results follow when every fold has finished")
         return 0

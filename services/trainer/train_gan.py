@@ -3,6 +3,10 @@
 The hold-out test set is carved off first and never seen. An unconditional GAN learns from pneumonia images only
 (its images are labelled pneumonia); --conditional trains one generator for both classes. Every epoch writes a
 resumable checkpoint, a sample grid from a fixed latent batch and the loss history.
+
+Under torchrun (`torchrun --standalone --nproc-per-node gpu pneumonia train-gan ...`) each process trains on its
+shard of every epoch with --batch-size / processes images per step, and both networks' gradients are averaged over
+the processes before every update; rank 0 writes every output.
 """
 
 from __future__ import annotations
@@ -21,19 +25,21 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import make_grid
-from tqdm import tqdm
 
 from services.trainer.hooks import Progress, StopCheck, stop_if_asked
 from shared.checkpoints import load_checkpoint, save_checkpoint
 from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
+from shared.distributed import Distributed, from_env
+from shared.distributed import start as start_distributed
+from shared.distributed import stop as stop_distributed
 from shared.diversity import PairwiseMsSsim, collapse_suspected, mean_pairwise_ms_ssim
 from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.figures import save_figure
 from shared.images import atomic_write_json, save_png
 from shared.models.dcgan import Discriminator, Generator, for_inference, num_resolution_steps
-from shared.runtime import rng_state, seed_everything, select_device, set_rng_state
+from shared.runtime import seed_everything, set_rng_state
 from shared.splits import develop_and_holdout
 from shared.transforms import gan_transform
 
@@ -125,6 +131,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--image-size: {exc}") from exc
     if args.conditional and args.train_on == "positive":
         raise ConfigError("--conditional learns both classes; it cannot use --train-on positive")
+    from_env().per_rank_batch_size(args.batch_size)  # under torchrun: refused before the processes wait
 
 
 def training_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -219,6 +226,7 @@ def bce_step(
     opt_d: torch.optim.Optimizer,
     real: torch.Tensor,
     labels: torch.Tensor | None,
+    ctx: Distributed,
 ) -> dict[str, float]:
     """The seed's DCGAN step: one discriminator update, then one generator update on the same fakes."""
     # (1) Update D: maximize log(D(x)) + log(1 - D(G(z))), real targets smoothed to 0.9
@@ -231,6 +239,7 @@ def bce_step(
     loss_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     loss_d = loss_real + loss_fake
     loss_d.backward()
+    ctx.average_gradients(discriminator)
     opt_d.step()
 
     # (2) Update G: maximize log(D(G(z)))
@@ -238,6 +247,7 @@ def bce_step(
     gen_logits = discriminator(fake, labels)
     loss_g = F.binary_cross_entropy_with_logits(gen_logits, torch.ones_like(gen_logits))
     loss_g.backward()
+    ctx.average_gradients(generator)
     opt_g.step()
     return {
         "loss_d": loss_d.item(),
@@ -256,6 +266,7 @@ def wgan_gp_step(
     labels: torch.Tensor | None,
     gp_weight: float,
     update_generator: bool,
+    ctx: Distributed,
 ) -> dict[str, float]:
     """One critic update; a generator update too when `update_generator` (every n_critic-th step)."""
     # (1) Update the critic: minimize D(G(z)) - D(x) + gp_weight * gradient penalty
@@ -266,6 +277,7 @@ def wgan_gp_step(
     fake_scores = critic(fake, labels)
     loss_d = fake_scores.mean() - real_scores.mean() + gp_weight * gradient_penalty(critic, real, fake, labels)
     loss_d.backward()
+    ctx.average_gradients(critic)
     opt_d.step()
     stats = {"loss_d": loss_d.item(), "d_real": real_scores.mean().item(), "d_fake": fake_scores.mean().item()}
 
@@ -275,6 +287,7 @@ def wgan_gp_step(
         noise = torch.randn(real.size(0), generator.latent_dim, device=real.device)
         loss_g = -critic(generator(noise, labels), labels).mean()
         loss_g.backward()
+        ctx.average_gradients(generator)
         opt_g.step()
         stats["loss_g"] = loss_g.item()
     return stats
@@ -289,29 +302,34 @@ def train_one_epoch(
     config: dict[str, Any],
     epoch: int,
     device: torch.device,
+    ctx: Distributed,
 ) -> dict[str, Any]:
-    """One pass over the data; returns the epoch's mean losses and discriminator outputs."""
+    """One pass over the data (this rank's shard of it); returns the epoch's mean losses and discriminator outputs
+    over all ranks."""
     generator.train()
     discriminator.train()
     sums = {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
     batches = generator_steps = 0
     start = time.perf_counter()
-    for i, (real, labels) in enumerate(tqdm(loader, desc=f"epoch {epoch}/{config['epochs']}", leave=False)):
+    for i, (real, labels) in enumerate(ctx.progress(loader, desc=f"epoch {epoch}/{config['epochs']}", leave=False)):
         real = real.to(device, non_blocking=True)
         labels = labels.to(device) if config["conditional"] else None
         if config["loss"] == "bce":
-            stats = bce_step(generator, discriminator, opt_g, opt_d, real, labels)
+            stats = bce_step(generator, discriminator, opt_g, opt_d, real, labels, ctx)
         else:
             step = (epoch - 1) * len(loader) + i  # counted across epochs, so small datasets still train G
             update_generator = step % config["n_critic"] == config["n_critic"] - 1
             stats = wgan_gp_step(
-                generator, discriminator, opt_g, opt_d, real, labels, config["gp_weight"], update_generator
+                generator, discriminator, opt_g, opt_d, real, labels, config["gp_weight"], update_generator, ctx
             )
         for key, value in stats.items():
             sums[key] += value
         batches += 1
         generator_steps += "loss_g" in stats
     seconds = time.perf_counter() - start
+    names = list(sums)
+    *totals, batches, generator_steps = ctx.sum([*sums.values(), batches, generator_steps], device)
+    sums = dict(zip(names, totals, strict=True))
     return {
         "epoch": epoch,
         "loss_d": sums["loss_d"] / batches,
@@ -435,8 +453,10 @@ def save_training_state(
     opt_d: torch.optim.Optimizer,
     loader_rng: torch.Generator,
     history: list[dict[str, Any]],
+    rank_rng_states: list[dict[str, Any]],
 ) -> None:
-    """Everything an exact resume needs, written atomically: networks, optimizers, every RNG, the history."""
+    """Everything an exact resume needs, written atomically: networks, optimizers, every RNG (of every rank), the
+    history."""
     save_checkpoint(
         path,
         TRAINING_STATE,
@@ -447,7 +467,8 @@ def save_training_state(
         optimizer_g=opt_g.state_dict(),
         optimizer_d=opt_d.state_dict(),
         history=history,
-        rng_state=rng_state(),
+        rng_state=rank_rng_states[0],
+        rank_rng_states=rank_rng_states,
         loader_rng_state=loader_rng.get_state(),
     )
 
@@ -460,8 +481,10 @@ def resume(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     loader_rng: torch.Generator,
+    rank: int = 0,
 ) -> list[dict[str, Any]]:
-    """Restore the state save_training_state wrote (refusing other options); return the history so far."""
+    """Restore the state save_training_state wrote (refusing other options; each rank its own RNGs); return the
+    history so far."""
     state = load_checkpoint(path, TRAINING_STATE)
     check_resumable(state["config"], config, path)
     if state["epoch"] > config["epochs"]:
@@ -470,7 +493,7 @@ def resume(
     discriminator.load_state_dict(state["discriminator"])
     opt_g.load_state_dict(state["optimizer_g"])
     opt_d.load_state_dict(state["optimizer_d"])
-    set_rng_state(state["rng_state"])
+    set_rng_state(state["rank_rng_states"][rank] if "rank_rng_states" in state else state["rng_state"])
     loader_rng.set_state(state["loader_rng_state"])
     log.info("resuming from %s after epoch %d", path, state["epoch"])
     return state["history"]
@@ -484,25 +507,34 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
     before every epoch; True raises TrainingStopped, leaving checkpoint_last.pth for --resume.
     """
     check_arguments(args)
+    ctx, device = start_distributed(args.cpu)
     config = training_config(args)
-    device = select_device(args.cpu)
+    if ctx.enabled:  # a resume must use as many processes: the per-rank batches and RNG streams depend on it
+        config["world_size"] = ctx.world_size
+    rank_batch_size = ctx.per_rank_batch_size(config["batch_size"])
     gan_dir = Path(args.model_dir) / "gan"
     checkpoint_path = gan_dir / "checkpoint_last.pth"
     samples_dir = Path(args.output_dir) / "gan_images"
     history_path = Path(args.results_dir) / "gan_training_history.json"
-    curve_path = Path(args.figures_dir) / "gan_loss_curve.png"
 
     seed_everything(config["seed"])
     images = training_images(config)
     generator, discriminator = build_models(config, device)
+    ctx.broadcast_parameters(generator)
+    ctx.broadcast_parameters(discriminator)
+    if ctx.enabled:  # the same weights everywhere, but each rank its own noise
+        seed_everything(config["seed"] + ctx.rank)
     betas = (config["beta1"], 0.9 if config["loss"] == "wgan-gp" else 0.999)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config["lr"], betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config["lr"], betas=betas)
     loader_rng = torch.Generator().manual_seed(config["seed"])
+    dataset = TorchImageDataset(images, gan_transform(config["image_size"], config["num_channels"]))
+    sampler = ctx.sampler(dataset, config["seed"], epoch=0)
     loader = DataLoader(
-        TorchImageDataset(images, gan_transform(config["image_size"], config["num_channels"])),
-        batch_size=config["batch_size"],
-        shuffle=True,
+        dataset,
+        batch_size=rank_batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=args.workers,
         worker_init_fn=seed_worker,
         generator=loader_rng,
@@ -510,7 +542,7 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
     )
     noise, noise_labels = fixed_latents(config, args.vis_batch_size, device)
     real_diversity = None
-    if args.vis_batch_size >= 2:  # the yardstick for the per-epoch diversity of the fixed-latent samples
+    if args.vis_batch_size >= 2 and ctx.is_main:  # the yardstick for the per-epoch diversity of the samples
         real_diversity = mean_pairwise_ms_ssim(
             diversity_sample(images, config, args.vis_batch_size), DIVERSITY_PAIRS, config["seed"]
         )
@@ -518,15 +550,26 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
     history: list[dict[str, Any]] = []
     start_epoch = 1
     if args.resume:
-        history = resume(checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng)
+        history = resume(checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng, ctx.rank)
         start_epoch = len(history) + 1
-    elif checkpoint_path.exists():
+    elif checkpoint_path.exists() and ctx.is_main:
         log.warning("starting afresh; %s will be overwritten (use --resume to continue it)", checkpoint_path)
 
-    log.info("training %s GAN on %s for epochs %d..%d", config["loss"], device, start_epoch, config["epochs"])
+    processes = f" in {ctx.world_size} processes" if ctx.enabled else ""
+    log.info(
+        "training %s GAN on %s%s for epochs %d..%d", config["loss"], device, processes, start_epoch, config["epochs"]
+    )
     for epoch in range(start_epoch, config["epochs"] + 1):
         stop_if_asked(should_stop, f"before epoch {epoch}")
-        stats = train_one_epoch(generator, discriminator, opt_g, opt_d, loader, config, epoch, device)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(generator, discriminator, opt_g, opt_d, loader, config, epoch, device, ctx)
+        ctx.check_in_sync(generator, device)
+        ctx.check_in_sync(discriminator, device)
+        if not ctx.is_main:
+            ctx.rng_states()  # waits while rank 0 draws the epoch's samples
+            ctx.barrier()  # while rank 0 writes the epoch's outputs
+            continue
         if real_diversity is not None:
             diversity = synthetic_diversity(generator, noise, noise_labels, config["seed"])
             stats["ms_ssim_synthetic"], stats["ms_ssim_synthetic_se"] = diversity.mean, diversity.std_error
@@ -553,26 +596,56 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
         )
         if epoch % args.sample_every == 0 or epoch == config["epochs"]:
             save_samples(generator, noise, noise_labels, samples_dir / f"epoch_{epoch:03d}.png", config["seed"])
-        save_training_state(checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng, history)
+        rank_rng_states = ctx.rng_states()
+        save_training_state(
+            checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng, history, rank_rng_states
+        )
         save_history(config, history, history_path)
         if progress is not None:
             progress({**stats, "epochs": config["epochs"]})
+        ctx.barrier()
 
-    final = for_inference(generator, config["seed"])  # eval-ready batch-norm statistics
+    if ctx.is_main:
+        write_final_outputs(args, config, images, generator, discriminator, history)
+    ctx.barrier()
+    return gan_dir / "generator_final.pth"
+
+
+def write_final_outputs(
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    images: LabelledImages,
+    generator: Generator,
+    discriminator: Discriminator,
+    history: list[dict[str, Any]],
+) -> None:
+    """The final generator (eval-ready batch-norm statistics) and discriminator, the history and the figures."""
+    gan_dir, figures_dir = Path(args.model_dir) / "gan", Path(args.figures_dir)
+    history_path = Path(args.results_dir) / "gan_training_history.json"
+    final = for_inference(generator, config["seed"])
     save_checkpoint(gan_dir / "generator_final.pth", "dcgan-generator", config, state_dict=final.state_dict())
     save_checkpoint(
         gan_dir / "discriminator_final.pth", "dcgan-discriminator", config, state_dict=discriminator.state_dict()
     )
     save_history(config, history, history_path)
-    plot_losses(history, curve_path)
-    plot_diversity(history, Path(args.figures_dir) / DIVERSITY_FIGURE)
-    plot_real_vs_synthetic(images, config, final, args.vis_batch_size, Path(args.figures_dir) / COMPARISON_FIGURE)
-    log.info("history: %s  loss curve: %s  samples: %s", history_path, curve_path, samples_dir)
-    return gan_dir / "generator_final.pth"
+    plot_losses(history, figures_dir / "gan_loss_curve.png")
+    plot_diversity(history, figures_dir / DIVERSITY_FIGURE)
+    plot_real_vs_synthetic(images, config, final, args.vis_batch_size, figures_dir / COMPARISON_FIGURE)
+    log.info(
+        "history: %s  loss curve: %s  samples: %s",
+        history_path,
+        figures_dir / "gan_loss_curve.png",
+        Path(args.output_dir) / "gan_images",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    generator_path = train(args)
+    try:
+        generator_path = train(args)
+    finally:
+        stop_distributed()
+    if not from_env().is_main:
+        return 0
     print(f"generator: {generator_path}")
     print(
         f"history: {Path(args.results_dir) / 'gan_training_history.json'}  loss curve: "

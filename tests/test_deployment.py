@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from torch.distributed.run import get_args_parser as torchrun_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("validate_deploy", ROOT / "scripts" / "validate_deploy.py")
@@ -210,6 +211,10 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
         overlay: k8s_objects(validate_deploy.render_kustomization(Path("overlays") / overlay))
         for overlay in OVERLAY_PROFILES
     }
+
+
+# The multi-GPU Job's command: one training process per visible GPU (services/trainer: shared/distributed.py).
+TORCHRUN = ["torchrun", "--standalone", "--nproc-per-node", "gpu", "--no-python", "pneumonia"]
 
 
 def workloads(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
@@ -524,7 +529,7 @@ def test_k8s_jobs_run_the_experiment_plan(overlay: str, rendered: dict[str, list
     for step, argv in plan.items():
         job = jobs[step]
         container = job["spec"]["template"]["spec"]["containers"][0]
-        assert container["command"] == ["pneumonia"] and job["spec"]["suspend"] is True
+        assert container["command"] in (["pneumonia"], TORCHRUN) and job["spec"]["suspend"] is True
         assert container["image"] == f"pneumonia/trainer:{project_version()}-{VARIANTS[overlay]}"
         # Kubernetes substitutes each pod's completion index; parse as pod 0 would.
         options, unknown = parsed_step([arg.replace("$(JOB_COMPLETION_INDEX)", "0") for arg in container["args"]])
@@ -557,6 +562,23 @@ def test_k8s_pods_are_locked_down(overlay: str, rendered: dict[str, list[dict[st
             assert "backoffLimit" in obj["spec"] and "ttlSecondsAfterFinished" in obj["spec"], name
     namespace = next(obj for obj in rendered[overlay] if obj["kind"] == "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_gpu_overlay_trains_the_gan_on_two_gpus_under_torchrun(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """torchrun's own parser reads the Job's command as one process per GPU, running `pneumonia train-gan`; the pod
+    asks for more than one GPU. Only training steps run under torchrun, and only where GPUs are."""
+    multi = {}
+    for overlay, objects in rendered.items():
+        for obj, spec in workloads(objects):
+            if spec["containers"][0].get("command", [None])[0] == "torchrun":
+                multi[(overlay, obj["metadata"]["name"])] = spec["containers"][0]
+    assert set(multi) == {("gpu", "train-gan")}
+    container = multi[("gpu", "train-gan")]
+    options = torchrun_parser().parse_args(container["command"][1:] + container["args"])
+    assert options.standalone and options.no_python and options.nproc_per_node == "gpu"
+    assert [options.training_script, options.training_script_args[0]] == ["pneumonia", "train-gan"]
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(gpus) > 1 and container["resources"]["requests"]["nvidia.com/gpu"] == gpus
 
 
 def test_gpu_overlay_requests_gpus(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -23,8 +23,8 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
             "--work-dir", str(work), "--cpu",
             "--gan-args", "--epochs 2 --max-images 120 --batch-size 32 --feature-maps-g 16 --feature-maps-d 16",
             "--generate-args", "--num-images 96 --batch-size 32",
-            "--classifier-args", "--epochs 6 --k-folds 2 --max-images 100000 --image-size 16 --batch-size 16 "
-            "--scheduler none --lr 0.001 --curriculum-schedule '0:0.0, 2:0.15, 4:0.3'",
+            "--classifier-args", "--epochs 4 --k-folds 2 --max-images 100000 --image-size 16 --batch-size 16 "
+            "--scheduler none --lr 0.001 --curriculum-schedule '0:0.0, 1:0.15, 3:0.3'",
             "--analyze-args", "--num-ssim-real 8 --num-ssim-synth 16 --num-gradcam-samples 1",
         ]
     )  # fmt: skip
@@ -45,7 +45,7 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
         assert (work / f"models/{strategy}_resnet18.pth").is_file()
         assert (work / f"models/fold_1_{strategy}_resnet18.pth").is_file()
         history = json.loads((metrics / f"{strategy}_training_history.json").read_text())
-        assert len(history["folds"]) == 2 and all(len(fold["epochs"]) == 6 for fold in history["folds"])
+        assert len(history["folds"]) == 2 and all(len(fold["epochs"]) == 4 for fold in history["folds"])
         cv = json.loads((metrics / f"{strategy}_cv_summary.json").read_text())
         final = json.loads((metrics / f"{strategy}_final_metrics.json").read_text())
         # the hold-out is exactly the real hold-out set: no synthetic image was scored

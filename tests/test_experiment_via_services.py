@@ -81,7 +81,11 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
 def test_ctrl_c_stops_every_service_cleanly(phantom_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     argv = experiment(phantom_dir, work, "--gan-args=--epochs 200")  # still training when interrupted
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches the child even when this test runs in a background job, whose children inherit an ignored SIGINT.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     try:
         deadline = time.monotonic() + 240
         log = work / "logs" / "trainer.log"

@@ -47,10 +47,11 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def per_rank_batch_size(self, batch_size: int, flag: str = "--batch-size") -> int:
-        """`batch_size` is the global batch; each rank takes an equal share of it."""
+    def per_rank_batch_size(self, batch_size: int) -> int:
+        """`batch_size` (--batch-size) is the global batch; each rank takes an equal share of it."""
         if batch_size % self.world_size:
-            raise ConfigError(f"{flag} {batch_size} must be divisible by the {self.world_size} training processes")
+            processes = self.world_size
+            raise ConfigError(f"--batch-size {batch_size} must be divisible by the {processes} training processes")
         return batch_size // self.world_size
 
     def sampler(self, dataset: Dataset, seed: int, epoch: int) -> DistributedSampler | None:

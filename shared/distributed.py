@@ -146,6 +146,18 @@ def from_env(environ: dict[str, str] | None = None) -> Distributed:
     return Distributed(rank, local_rank, world_size)
 
 
+def warn_if_gpus_idle(where: str = "this run") -> None:
+    """Say so when more GPUs are visible than one process uses."""
+    count = torch.cuda.device_count()
+    if count > 1:
+        log.warning(
+            "%d GPUs are visible but %s uses one; train on all of them with "
+            "`torchrun --standalone --nproc-per-node gpu pneumonia train-gan|train-classifier ...`",
+            count,
+            where,
+        )
+
+
 def start(force_cpu: bool = False) -> tuple[Distributed, torch.device]:
     """Join the process group torchrun set up (NCCL on GPUs, gloo on the CPU); (this process's place, its device).
 
@@ -153,6 +165,8 @@ def start(force_cpu: bool = False) -> tuple[Distributed, torch.device]:
     ctx = from_env()
     device = select_device(force_cpu)
     if not ctx.enabled:
+        if device.type == "cuda":
+            warn_if_gpus_idle()
         return ctx, device
     if device.type == "cuda":
         if ctx.local_rank >= torch.cuda.device_count():

@@ -37,6 +37,24 @@ def test_from_env_reads_torchrun_variables() -> None:
             distributed.from_env(bad)
 
 
+def test_a_single_process_says_when_gpus_stay_idle(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for gpus, warned in ((1, False), (4, True)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        caplog.clear()
+        ctx, device = distributed.start()
+        assert not ctx.enabled and device.type == "cuda"
+        assert ("4 GPUs are visible but this run uses one" in caplog.text) == warned
+        assert ("--nproc-per-node gpu" in caplog.text) == warned
+    caplog.clear()
+    distributed.start(force_cpu=True)  # the CPU asked for: the GPUs are idle on purpose
+    assert "GPUs are visible" not in caplog.text
+
+
 def test_the_global_batch_is_shared_evenly() -> None:
     assert Distributed(world_size=4).per_rank_batch_size(128) == 32
     assert Distributed().per_rank_batch_size(7) == 7

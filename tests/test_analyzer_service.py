@@ -10,10 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,9 +18,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
+from service_process import assert_health_and_reflection, json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port
 
 from services.analyzer.config import AnalyzerConfig
@@ -36,7 +31,6 @@ from shared.grpc_service import GrpcServer, Service
 from shared.storage import LocalStore, NotFoundError, ObjectStore, S3Store
 from shared.storage.sync import upload_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN = "runs/r1/"
 DATASET_PREFIX = "phantom/"
 SYNTHETIC_PREFIX = "runs/r1/synthetic/"
@@ -329,12 +323,7 @@ def test_s3_backend_without_optional_inputs_and_an_outage(inputs: Path, tmp_path
 
 
 def test_health_is_serving_and_reflection_lists_the_service(local: Running) -> None:
-    health = health_pb2_grpc.HealthStub(local.channel)
-    for name in (SERVICE_NAME, ""):
-        response = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
-        assert response.status == health_pb2.HealthCheckResponse.SERVING
-    services = ProtoReflectionDescriptorDatabase(local.channel).get_services()
-    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(services)
+    assert_health_and_reflection(local.channel, SERVICE_NAME)
 
 
 def test_config_from_env_defaults_and_errors(tmp_path: Path) -> None:
@@ -364,30 +353,15 @@ def test_config_from_env_defaults_and_errors(tmp_path: Path) -> None:
 def test_service_process_serves_health_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {
-        **os.environ,
         "PNEUMONIA_STORAGE_BACKEND": "local",
         "PNEUMONIA_STORAGE_ROOT": str(tmp_path / "storage"),
         "PNEUMONIA_ANALYZER_GRPC_PORT": str(port),
         "PNEUMONIA_ANALYZER_WORK_DIR": str(tmp_path / "work"),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.analyzer"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-            health = health_pb2_grpc.HealthStub(channel)
-            status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10).status
-            assert status == health_pb2.HealthCheckResponse.SERVING
-            error = rpc_error(analyzer_pb2_grpc.AnalyzerServiceStub(channel), analyzer_pb2.AnalyzeRequest(), 10)
-            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    lines = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
+    with service_process("analyzer", env) as process, serving_channel(port, SERVICE_NAME) as channel:
+        error = rpc_error(analyzer_pb2_grpc.AnalyzerServiceStub(channel), analyzer_pb2.AnalyzeRequest(), 10)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    lines = json_log(process)
     messages = [line["msg"] for line in lines]
     assert "analyzer service ready" in messages and "grpc server stopped" in messages
     assert messages[-1] == "analyzer service stopped"

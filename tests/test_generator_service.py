@@ -7,9 +7,6 @@ import io
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,9 +20,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
 from pneumonia.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from service_process import assert_health_and_reflection, json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
 
 from services.generator.config import GeneratorConfig
@@ -62,7 +59,6 @@ from shared.storage import (
 )
 from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_KEY = "gan/generator_final.pth"
 # A tiny unconditional generator of pneumonia images: 16 x 16 gray, 8-d latent, 4 feature maps.
 TINY_CONFIG = {
@@ -348,12 +344,7 @@ def test_storage_outage_mid_request_is_unavailable_and_leaves_no_manifest(
 
 
 def test_health_is_serving_and_reflection_lists_the_service(local: Running) -> None:
-    health = health_pb2_grpc.HealthStub(local.channel)
-    for name in (SERVICE_NAME, ""):
-        response = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
-        assert response.status == health_pb2.HealthCheckResponse.SERVING
-    services = ProtoReflectionDescriptorDatabase(local.channel).get_services()
-    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(services)
+    assert_health_and_reflection(local.channel, SERVICE_NAME)
 
 
 def test_request_id_is_echoed_and_logged_as_json(local: Running, caplog: pytest.LogCaptureFixture) -> None:
@@ -534,22 +525,14 @@ def test_service_process_serves_both_front_ends_and_stops_on_sigterm(tmp_path: P
     checkpoint = storage.put_file("models", CHECKPOINT_KEY, checkpoint_file)
     grpc_port, http_port = free_port(), free_port()
     env = {
-        **os.environ,
         "PNEUMONIA_STORAGE_BACKEND": "local",
         "PNEUMONIA_STORAGE_ROOT": str(storage.root),
         "PNEUMONIA_GENERATOR_GRPC_PORT": str(grpc_port),
         "PNEUMONIA_GENERATOR_HTTP_PORT": str(http_port),
         "PNEUMONIA_GENERATOR_DEVICE": "cpu",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.generator"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-            health = health_pb2_grpc.HealthStub(channel)
-            status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10).status
-            assert status == health_pb2.HealthCheckResponse.SERVING
+    with service_process("generator", env) as process:
+        with serving_channel(grpc_port, SERVICE_NAME) as channel:
             body = {"checkpoint": {"key": CHECKPOINT_KEY}, "label": "pneumonia", "count": 2, "seed": 1}
             http_result = _post_when_up(f"http://127.0.0.1:{http_port}", body)
             request = generator_pb2.GenerateRequest(
@@ -558,14 +541,7 @@ def test_service_process_serves_both_front_ends_and_stops_on_sigterm(tmp_path: P
             grpc_result = generator_pb2_grpc.GeneratorServiceStub(channel).Generate(request, timeout=60)
         assert grpc_result.reused and grpc_result.prefix == http_result["prefix"]
         assert http_result["prefix"].startswith(checkpoint.sha256[:16])
-
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    lines = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
+    lines = json_log(process)
     messages = [line["msg"] for line in lines]
     assert "generator service ready" in messages and "grpc server stopped" in messages
     assert messages[-1] == "generator service stopped"

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,8 +14,8 @@ import grpc
 import pytest
 import torch
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pneumonia.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from service_process import json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
 from test_train_classifier import write_synthetic_folder
 
@@ -33,7 +29,6 @@ from shared.grpc_service import GrpcServer, Service
 from shared.storage import LocalStore, ObjectStore, S3Store
 from shared.storage.sync import upload_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 WATCH_TIMEOUT = 240
 # A tiny DCGAN: 32 px gray, 16-d latent, 8 feature maps, 40 pneumonia images, 4 epochs, one sample grid at the end.
 GAN_FIELDS = {
@@ -436,7 +431,6 @@ def test_service_process_answers_health_and_sigterm_leaves_the_running_job_resum
     put_inputs(store, small_phantom)
     port = free_port()
     env = {
-        **os.environ,
         "PNEUMONIA_STORAGE_BACKEND": "local",
         "PNEUMONIA_STORAGE_ROOT": str(store.root),
         "PNEUMONIA_TRAINER_GRPC_PORT": str(port),
@@ -444,27 +438,13 @@ def test_service_process_answers_health_and_sigterm_leaves_the_running_job_resum
         "PNEUMONIA_TRAINER_DEVICE": "cpu",
         "PNEUMONIA_TRAINER_GRACE": "20",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.trainer"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=60)
-            health = health_pb2_grpc.HealthStub(channel)
-            status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=10).status
-            assert status == health_pb2.HealthCheckResponse.SERVING
-            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-            job = stub.StartGanJob(gan_request(epochs=300, output_prefix="runs/process"), timeout=30)
-            for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id), timeout=WATCH_TIMEOUT):
-                if update.epoch >= 1:
-                    break
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    lines = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
+    with service_process("trainer", env, stop_timeout=30) as process, serving_channel(port, SERVICE_NAME) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        job = stub.StartGanJob(gan_request(epochs=300, output_prefix="runs/process"), timeout=30)
+        for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id), timeout=WATCH_TIMEOUT):
+            if update.epoch >= 1:
+                break
+    lines = json_log(process)
     messages = [line["msg"] for line in lines]
     assert "trainer service ready" in messages and "grpc server stopped" in messages
     assert "job interrupted by shutdown" in messages and messages[-1] == "trainer service stopped"

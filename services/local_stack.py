@@ -70,20 +70,23 @@ def http_ok(url: str) -> bool:
 
 @dataclass
 class ServiceProcess:
-    """One service: its module (`python -m <module>`), environment and health check."""
+    """One service: `python -m services.<name>` with its environment and health check, logging to LOGS/<name>.log."""
 
     name: str
-    module: str
     env: dict[str, str]
     healthy: Callable[[], bool]
-    log_path: Path
+    logs: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.logs / f"{self.name}.log"
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
+                [sys.executable, "-m", f"services.{self.name}"],
                 env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
@@ -153,44 +156,40 @@ class LocalStack:
         self.processes = [
             ServiceProcess(
                 "trainer",
-                "services.trainer",
                 {
                     **common,
                     "PNEUMONIA_TRAINER_GRPC_PORT": str(ports["trainer"]),
                     "PNEUMONIA_TRAINER_WORK_DIR": str(scratch / "trainer"),
                 },
                 lambda: grpc_serving(endpoints.trainer),
-                logs / "trainer.log",
+                logs,
             ),
             ServiceProcess(
                 "generator",
-                "services.generator",
                 {
                     **common,
                     "PNEUMONIA_GENERATOR_GRPC_PORT": str(ports["generator"]),
                     "PNEUMONIA_GENERATOR_HTTP_PORT": str(ports["generator_http"]),
                 },
                 lambda: grpc_serving(endpoints.generator),
-                logs / "generator.log",
+                logs,
             ),
             ServiceProcess(
                 "analyzer",
-                "services.analyzer",
                 {
                     **common,
                     "PNEUMONIA_ANALYZER_GRPC_PORT": str(ports["analyzer"]),
                     "PNEUMONIA_ANALYZER_WORK_DIR": str(scratch / "analyzer"),
                 },
                 lambda: grpc_serving(endpoints.analyzer),
-                logs / "analyzer.log",
+                logs,
             ),
             ServiceProcess(
                 "classifier",
-                "services.classifier",
                 {**common, **classifier_env(ts_ports, scratch / "classifier")},
                 # TorchServe's /ping needs the inference key; its metrics endpoint answers once it is up.
                 lambda: http_ok(f"http://127.0.0.1:{ts_ports['metrics']}/metrics"),
-                logs / "classifier.log",
+                logs,
             ),
         ]
         return endpoints

@@ -28,11 +28,9 @@ from pathlib import Path
 
 import torch
 
-from shared.env import env_float, env_int
+from shared.env import DEVICES, check_choice, env_float, env_int
 from shared.errors import ConfigError
 from shared.storage.config import check_bucket_names
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -51,8 +49,7 @@ class AnalyzerConfig:
     datasets_bucket: str = "datasets"
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ConfigError(f"PNEUMONIA_ANALYZER_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        check_choice("PNEUMONIA_ANALYZER_DEVICE", self.device, DEVICES)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("PNEUMONIA_ANALYZER_DEVICE=cuda, but CUDA is not available here")
         check_bucket_names(

@@ -25,12 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.env import env_float, env_int
+from shared.env import DEVICES, check_choice, env_float, env_int
 from shared.errors import ConfigError
 from shared.runtime import select_device
 from shared.storage.config import check_bucket_names
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,7 @@ class GeneratorConfig:
     models_bucket: str = "models"
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ConfigError(f"PNEUMONIA_GENERATOR_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        check_choice("PNEUMONIA_GENERATOR_DEVICE", self.device, DEVICES)
         check_bucket_names(
             {
                 "PNEUMONIA_SYNTHETIC_BUCKET": self.synthetic_bucket,

@@ -32,11 +32,9 @@ from pathlib import Path
 
 import torch
 
-from shared.env import env_float, env_int
+from shared.env import DEVICES, check_choice, env_float, env_int
 from shared.errors import ConfigError
 from shared.storage.config import check_bucket_names
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def default_work_dir() -> Path:
@@ -60,8 +58,7 @@ class TrainerConfig:
     results_bucket: str = "results"
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ConfigError(f"PNEUMONIA_TRAINER_DEVICE must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        check_choice("PNEUMONIA_TRAINER_DEVICE", self.device, DEVICES)
         check_bucket_names(
             {
                 "PNEUMONIA_DATASETS_BUCKET": self.datasets_bucket,

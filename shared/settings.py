@@ -19,11 +19,15 @@ from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 import annotated_types
 from pydantic import Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from shared.errors import ConfigError
-
-ENV_PREFIX = "PNEUMONIA_"
 
 Device = Literal["auto", "cpu", "cuda"]  # PNEUMONIA_<SERVICE>_DEVICE: auto = CUDA when there is one
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port
@@ -61,7 +65,7 @@ class _EnvironSource(EnvSettingsSource):
     """pydantic-settings' environment source over `environ` instead of os.environ; skips fields not read from it."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str | None]) -> None:
-        super().__init__(settings_cls)
+        super().__init__(settings_cls)  # reads os.environ: replaced by `environ` below
         self.env_vars = {name: value for name, value in environ.items() if value}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -103,7 +107,10 @@ class Settings(BaseSettings):
     @classmethod
     def env_values(cls, environ: Mapping[str, str | None] | None = None) -> dict[str, Any]:
         """{field name: value} of the variables set (non-empty) in `environ` (default os.environ)."""
-        raw = _EnvironSource(cls, os.environ if environ is None else environ)()
+        try:
+            raw = _EnvironSource(cls, os.environ if environ is None else environ)()
+        except SettingsError as exc:  # a value pydantic-settings could not decode (JSON of a list or dict field)
+            raise ConfigError(str(exc)) from None
         names = {env_name(field, name): name for name, field in cls.model_fields.items()}
         return {names.get(key, key): value for key, value in raw.items()}
 
@@ -122,6 +129,7 @@ def env_name(field: FieldInfo, name: str) -> str:
 
 
 def reads_env(field: FieldInfo) -> bool:
+    """False for a field declared with setting(from_env=False)."""
     extra = field.json_schema_extra
     return not isinstance(extra, dict) or extra.get("from_env", True) is not False
 

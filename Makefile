@@ -25,6 +25,11 @@ lint: install
 proto: install
 	$(BIN)/python scripts/gen_proto.py
 
+# Regenerate README.md's settings tables from the settings models (a test fails when they are stale).
+.PHONY: docs
+docs: install
+	$(BIN)/python scripts/settings_docs.py
+
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -90,7 +89,7 @@ def service_config(service: str, env: dict[str, str]) -> Any:
 
 
 def config_ports(config: Any) -> set[int]:
-    return {getattr(config, field.name) for field in fields(config) if field.name.endswith("_port")}
+    return {getattr(config, name) for name in type(config).model_fields if name.endswith("_port")}
 
 
 def allowed_variables(service: str) -> set[str]:

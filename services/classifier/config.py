@@ -1,39 +1,8 @@
 """Classifier service (TorchServe) settings, read from environment variables.
 
-    PNEUMONIA_CLASSIFIER_HOST                 address of the inference APIs (REST, gRPC)   default: 127.0.0.1
-                                              and the metrics API
-    PNEUMONIA_CLASSIFIER_MANAGEMENT_HOST      address of the management APIs (REST,        default: 127.0.0.1
-                                              gRPC): loopback only, or in a container the
-                                              internal network's address; never public
-    PNEUMONIA_CLASSIFIER_INFERENCE_PORT       REST inference (/predictions, /ping)         default: 8080
-    PNEUMONIA_CLASSIFIER_MANAGEMENT_PORT      REST management (/models)                    default: 8081
-    PNEUMONIA_CLASSIFIER_METRICS_PORT         Prometheus metrics (/metrics)                default: 8083
-    PNEUMONIA_CLASSIFIER_GRPC_PORT            gRPC inference                               default: 7070
-    PNEUMONIA_CLASSIFIER_GRPC_MANAGEMENT_PORT gRPC management                              default: 7071
-    PNEUMONIA_CLASSIFIER_MODEL_STORE          directory TorchServe loads .mar files from   default: <storage root>/
-                                              (by file name)                               <models bucket>/model-store
-                                                                                           with the local store,
-                                                                                           else ./model-store
-    PNEUMONIA_CLASSIFIER_WORKDIR              TorchServe's working directory: key_file.json default: ./torchserve
-                                              (the API keys), logs/, config.properties
-    PNEUMONIA_CLASSIFIER_BATCH_SIZE           server-side batch size of models registered  default: 8
-                                              through ClassifierClient (models loaded at
-                                              start keep their .mar's model-config.yaml)
-    PNEUMONIA_CLASSIFIER_MAX_BATCH_DELAY_MS   ms a batch waits to fill (the same)          default: 50
-    PNEUMONIA_CLASSIFIER_MAX_REQUEST_SIZE     largest request body in bytes (REST, gRPC)   default: 6553500
-    PNEUMONIA_CLASSIFIER_WORKERS              workers per model                            default: 1
-    PNEUMONIA_CLASSIFIER_MODELS               models loaded at start: comma-separated      default: none
-                                              'name=file.mar' or 'file.mar' in the store
-    PNEUMONIA_CLASSIFIER_TOKEN_EXPIRATION_MIN minutes an API key stays valid; the service  default: 60
-                                              renews the keys (key_file.json) before that
-    PNEUMONIA_CLASSIFIER_ALLOWED_URLS         regex of the URLs archives may be registered default: http(s) to
-                                              from (TorchServe's allowed_urls)             PNEUMONIA_S3_ENDPOINT
-                                                                                           when set, else http(s)
-    PNEUMONIA_CLASSIFIER_STARTUP_TIMEOUT      seconds to wait for TorchServe to be ready   default: 180
-    PNEUMONIA_CLASSIFIER_GRACE                seconds TorchServe gets to stop on SIGTERM   default: 30
-
-Every port 0 means "any free port" (picked when TorchServe starts). Token authorization always stays on.
-An empty variable counts as unset. Listening on 0.0.0.0 (in a container) is an explicit choice.
+Every port 0 means "any free port" (picked when TorchServe starts). Token authorization always stays on. An empty
+variable counts as unset. Listening on 0.0.0.0 (in a container) is an explicit choice. The variables, generated from
+ClassifierConfig:
 """
 
 from __future__ import annotations
@@ -41,11 +10,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Self
 
-from shared.env import env_float, env_int
-from shared.errors import ConfigError
+from pydantic import field_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import Port, Settings, env_prefix, setting, settings_help
 from shared.storage.config import StorageConfig
 
 MODEL_STORE_PREFIX = "model-store"
@@ -53,83 +24,101 @@ DEFAULT_MAX_REQUEST_SIZE = 6_553_500  # TorchServe's own default
 _MODEL_ENTRY = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_-]{0,63}=)?[A-Za-z0-9][A-Za-z0-9._-]*\.mar$")
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """The classifier service's settings; see the module docstring for the variables and defaults."""
+class ClassifierConfig(Settings, alias_generator=env_prefix("PNEUMONIA_CLASSIFIER_")):
+    """The classifier service's settings, one field per PNEUMONIA_CLASSIFIER_* variable."""
 
-    host: str = "127.0.0.1"
-    management_host: str = "127.0.0.1"
-    inference_port: int = 8080
-    management_port: int = 8081
-    metrics_port: int = 8083
-    grpc_port: int = 7070
-    grpc_management_port: int = 7071
-    model_store: Path = Path("model-store")
-    workdir: Path = Path("torchserve")
-    batch_size: int = 8
-    max_batch_delay_ms: int = 50
-    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
-    workers: int = 1
-    models: tuple[str, ...] = ()
-    token_expiration_min: float = 60.0
-    allowed_urls: str = r"https?://.*"
-    startup_timeout: float = 180.0
-    grace: float = 30.0
-    extra_properties: Mapping[str, str] = field(default_factory=dict)  # more config.properties lines (tests)
+    host: str = setting("127.0.0.1", "address of the inference APIs (REST, gRPC) and the metrics API")
+    management_host: str = setting(
+        "127.0.0.1",
+        "address of the management APIs (REST, gRPC): loopback only, or in a container the internal network's "
+        "address; never public",
+    )
+    inference_port: Port = setting(8080, "REST inference (/predictions, /ping)")
+    management_port: Port = setting(8081, "REST management (/models)")
+    metrics_port: Port = setting(8083, "Prometheus metrics (/metrics)")
+    grpc_port: Port = setting(7070, "gRPC inference")
+    grpc_management_port: Port = setting(7071, "gRPC management")
+    model_store: Path = setting(
+        Path(MODEL_STORE_PREFIX),
+        "directory TorchServe loads .mar files from (by file name)",
+        shown_default="<storage root>/<models bucket>/model-store with the local store, else ./model-store",
+    )
+    workdir: Path = setting(
+        Path("torchserve"), "TorchServe's working directory: key_file.json (the API keys), logs/, config.properties"
+    )
+    batch_size: int = setting(
+        8,
+        "server-side batch size of models registered through ClassifierClient (models loaded at start keep their "
+        ".mar's model-config.yaml)",
+        ge=1,
+    )
+    max_batch_delay_ms: int = setting(50, "ms a batch waits to fill (the same)", ge=0)
+    max_request_size: int = setting(DEFAULT_MAX_REQUEST_SIZE, "largest request body in bytes (REST, gRPC)", ge=1024)
+    workers: int = setting(1, "workers per model", ge=1)
+    models: Annotated[tuple[str, ...], NoDecode] = setting(
+        (),
+        "models loaded at start: comma-separated 'name=file.mar' or 'file.mar' in the store",
+        kind="comma-separated list",
+        shown_default="none",
+    )
+    token_expiration_min: float = setting(
+        60.0, "minutes an API key stays valid; the service renews the keys (key_file.json) before that", ge=0.1
+    )
+    allowed_urls: str = setting(
+        r"https?://.*",
+        "regex of the URLs archives may be registered from (TorchServe's allowed_urls)",
+        kind="regular expression",
+        shown_default="http(s) to the S3 endpoint when set, else any http(s)",
+    )
+    startup_timeout: float = setting(180.0, "seconds to wait for TorchServe to be ready", ge=1)
+    grace: float = setting(30.0, "seconds TorchServe gets to stop on SIGTERM", ge=0)
+    extra_properties: dict[str, str] = setting(
+        description="more config.properties lines (tests)", default_factory=dict, from_env=False
+    )
 
-    def __post_init__(self) -> None:
-        for entry in self.models:
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        return tuple(entry.strip() for entry in value.split(",") if entry.strip()) if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _model_entries(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in models:
             if not _MODEL_ENTRY.match(entry):
-                raise ConfigError(
-                    f"PNEUMONIA_CLASSIFIER_MODELS: {entry!r} is not 'file.mar' or 'name=file.mar' "
+                raise ValueError(
+                    f"{entry!r} is not 'file.mar' or 'name=file.mar' "
                     "(a file in the model store; names: letters, digits, '-', '_')"
                 )
-        if self.token_expiration_min <= 0:
-            raise ConfigError("PNEUMONIA_CLASSIFIER_TOKEN_EXPIRATION_MIN must be > 0")
+        return models
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _regular_expression(cls, pattern: str) -> str:
         try:
-            re.compile(self.allowed_urls)
+            re.compile(pattern)
         except re.error as exc:
-            raise ConfigError(f"PNEUMONIA_CLASSIFIER_ALLOWED_URLS is not a regular expression: {exc}") from exc
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClassifierConfig:
-        """Read the variables (from `environ`, default os.environ); ConfigError naming a bad one."""
+    def from_env(cls, environ: Mapping[str, str | None] | None = None, **overrides: Any) -> Self:
+        """Read the variables (from `environ`, default os.environ); the model store and allowed URLs default to
+        what the storage settings in the same environment imply. ConfigError naming a bad variable."""
         env = {name: value for name, value in (os.environ if environ is None else environ).items() if value}
-        defaults = cls()
-        return cls(
-            host=env.get("PNEUMONIA_CLASSIFIER_HOST", defaults.host),
-            management_host=env.get("PNEUMONIA_CLASSIFIER_MANAGEMENT_HOST", defaults.management_host),
-            inference_port=env_int(env, "PNEUMONIA_CLASSIFIER_INFERENCE_PORT", defaults.inference_port, 0, 65535),
-            management_port=env_int(env, "PNEUMONIA_CLASSIFIER_MANAGEMENT_PORT", defaults.management_port, 0, 65535),
-            metrics_port=env_int(env, "PNEUMONIA_CLASSIFIER_METRICS_PORT", defaults.metrics_port, 0, 65535),
-            grpc_port=env_int(env, "PNEUMONIA_CLASSIFIER_GRPC_PORT", defaults.grpc_port, 0, 65535),
-            grpc_management_port=env_int(
-                env, "PNEUMONIA_CLASSIFIER_GRPC_MANAGEMENT_PORT", defaults.grpc_management_port, 0, 65535
-            ),
-            model_store=Path(env.get("PNEUMONIA_CLASSIFIER_MODEL_STORE") or default_model_store(env)),
-            workdir=Path(env.get("PNEUMONIA_CLASSIFIER_WORKDIR", defaults.workdir)),
-            batch_size=batching_from_env(env)[0],
-            max_batch_delay_ms=batching_from_env(env)[1],
-            max_request_size=env_int(env, "PNEUMONIA_CLASSIFIER_MAX_REQUEST_SIZE", defaults.max_request_size, 1024),
-            workers=env_int(env, "PNEUMONIA_CLASSIFIER_WORKERS", defaults.workers, 1),
-            models=tuple(m.strip() for m in env.get("PNEUMONIA_CLASSIFIER_MODELS", "").split(",") if m.strip()),
-            token_expiration_min=env_float(
-                env, "PNEUMONIA_CLASSIFIER_TOKEN_EXPIRATION_MIN", defaults.token_expiration_min, 0.1
-            ),
-            allowed_urls=env.get("PNEUMONIA_CLASSIFIER_ALLOWED_URLS") or default_allowed_urls(env),
-            startup_timeout=env_float(env, "PNEUMONIA_CLASSIFIER_STARTUP_TIMEOUT", defaults.startup_timeout, 1),
-            grace=env_float(env, "PNEUMONIA_CLASSIFIER_GRACE", defaults.grace, 0),
-        )
+        values = {**cls.env_values(env), **overrides}
+        if "model_store" not in values:
+            values["model_store"] = default_model_store(env)
+        if "allowed_urls" not in values:
+            values["allowed_urls"] = default_allowed_urls(env)
+        return cls(**values)
 
 
 def batching_from_env(environ: Mapping[str, str]) -> tuple[int, int]:
     """(PNEUMONIA_CLASSIFIER_BATCH_SIZE, PNEUMONIA_CLASSIFIER_MAX_BATCH_DELAY_MS), for clients that register models."""
-    env = {name: value for name, value in environ.items() if value}
-    defaults = ClassifierConfig()
-    return (
-        env_int(env, "PNEUMONIA_CLASSIFIER_BATCH_SIZE", defaults.batch_size, 1),
-        env_int(env, "PNEUMONIA_CLASSIFIER_MAX_BATCH_DELAY_MS", defaults.max_batch_delay_ms, 0),
-    )
+    values = ClassifierConfig.env_values(environ)
+    config = ClassifierConfig(**{name: values[name] for name in ("batch_size", "max_batch_delay_ms") if name in values})
+    return config.batch_size, config.max_batch_delay_ms
 
 
 def default_model_store(env: Mapping[str, str]) -> Path:
@@ -137,7 +126,7 @@ def default_model_store(env: Mapping[str, str]) -> Path:
     straight from storage), else ./model-store (archives come by URL, see services.classifier.client)."""
     storage = StorageConfig.from_env(env)
     if storage.backend == "local":
-        return storage.root / env.get("PNEUMONIA_MODELS_BUCKET", "models") / MODEL_STORE_PREFIX
+        return storage.root / (env.get("PNEUMONIA_MODELS_BUCKET") or "models") / MODEL_STORE_PREFIX
     return Path(MODEL_STORE_PREFIX)
 
 
@@ -145,3 +134,6 @@ def default_allowed_urls(env: Mapping[str, str]) -> str:
     """Only the configured S3 endpoint when there is one (presigned URLs), else any http(s) URL."""
     endpoint = env.get("PNEUMONIA_S3_ENDPOINT")
     return rf"https?://{re.escape(endpoint)}/.*" if endpoint else r"https?://.*"
+
+
+__doc__ += settings_help(ClassifierConfig)

@@ -16,7 +16,6 @@ process does the same should the process that started TorchServe die without sto
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import re
@@ -97,7 +96,7 @@ def resolve_ports(config: ClassifierConfig) -> ClassifierConfig:
         "grpc_management_port": config.management_host,
     }
     chosen = {name: free_port(host) for name, host in ports.items() if getattr(config, name) == 0}
-    return dataclasses.replace(config, **chosen)
+    return config.model_copy(update=chosen)
 
 
 def _property(value: object) -> str:

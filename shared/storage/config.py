@@ -1,118 +1,92 @@
-"""Object storage configuration, read from environment variables (no credentials in code or logs).
-
-    PNEUMONIA_STORAGE_BACKEND      local | s3                                   default: local
-    PNEUMONIA_STORAGE_ROOT         LocalStore directory                         default: ./storage
-    PNEUMONIA_S3_ENDPOINT          S3/MinIO server as host:port, no scheme      required for s3
-                                   (e.g. minio:9000)
-    PNEUMONIA_S3_ACCESS_KEY        S3 access key                                required for s3
-    PNEUMONIA_S3_SECRET_KEY        S3 secret key (never logged or printed)      required for s3
-    PNEUMONIA_S3_SECURE            true | false: use HTTPS                      default: true
-    PNEUMONIA_S3_REGION            S3 region                                    default: asked of the server
-    PNEUMONIA_STORAGE_RETRIES      attempts per S3 operation before giving up   default: 4
-    PNEUMONIA_STORAGE_RETRY_DELAY  seconds before the first retry, then doubled default: 0.5
-
-An empty variable counts as unset.
+"""Object storage settings, read from environment variables (no credentials in code or logs): StorageConfig (where
+objects live) and BucketNames (the four buckets every service shares). The variables, generated from the models:
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from shared.env import env_float, env_int
-from shared.errors import ConfigError
+from pydantic import AfterValidator, SecretStr, model_validator
+
+from shared.settings import Settings, setting, settings_help
 from shared.storage.base import InvalidKeyError, ObjectStore, validate_bucket
 from shared.storage.local import LocalStore
 from shared.storage.s3 import S3Store
 
-BACKENDS = ("local", "s3")
+
+def _valid_bucket(name: str) -> str:
+    try:
+        return validate_bucket(name)
+    except InvalidKeyError as exc:
+        raise ValueError(str(exc)) from None
 
 
-@dataclass(frozen=True)
-class StorageConfig:
-    """Where objects live. The keys are left out of repr so that logging a config never leaks them."""
+BucketName = Annotated[str, AfterValidator(_valid_bucket)]  # a name S3 accepts
 
-    backend: str = "local"
-    root: Path = Path("storage")
-    endpoint: str | None = None
-    access_key: str | None = field(default=None, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
-    secure: bool = True
-    region: str | None = None
-    retries: int = 4
-    retry_delay: float = 0.5
 
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"PNEUMONIA_STORAGE_BACKEND must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+def bucket_setting(bucket: str, description: str) -> Any:
+    """A field for the shared variable PNEUMONIA_<BUCKET>_BUCKET, default: the bucket named `bucket`."""
+    return setting(bucket, description, env=f"PNEUMONIA_{bucket.upper()}_BUCKET", kind="bucket name")
+
+
+class StorageConfig(Settings):
+    """Where objects live. The keys are SecretStr: a repr, a log or an error never shows them."""
+
+    backend: Literal["local", "s3"] = setting("local", "where objects live", env="PNEUMONIA_STORAGE_BACKEND")
+    root: Path = setting(Path("storage"), "directory of the local store", env="PNEUMONIA_STORAGE_ROOT")
+    endpoint: str | None = setting(
+        None,
+        "S3/MinIO server as host:port, no scheme (e.g. minio:9000)",
+        env="PNEUMONIA_S3_ENDPOINT",
+        shown_default="required for s3",
+    )
+    access_key: SecretStr | None = setting(
+        None, "S3 access key", env="PNEUMONIA_S3_ACCESS_KEY", shown_default="required for s3"
+    )
+    secret_key: SecretStr | None = setting(
+        None, "S3 secret key (never logged or printed)", env="PNEUMONIA_S3_SECRET_KEY", shown_default="required for s3"
+    )
+    secure: bool = setting(True, "use HTTPS", env="PNEUMONIA_S3_SECURE")
+    region: str | None = setting(None, "S3 region", env="PNEUMONIA_S3_REGION", shown_default="asked of the server")
+    retries: int = setting(4, "attempts per S3 operation before giving up", env="PNEUMONIA_STORAGE_RETRIES", ge=1)
+    retry_delay: float = setting(
+        0.5, "seconds before the first retry, then doubled", env="PNEUMONIA_STORAGE_RETRY_DELAY", ge=0
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _true_or_false(cls, values: Any) -> Any:
+        """PNEUMONIA_S3_SECURE is exactly true or false (any case), not pydantic's yes/on/1."""
+        for key in ("secure", "PNEUMONIA_S3_SECURE"):
+            value = values.get(key) if isinstance(values, dict) else None
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(f"PNEUMONIA_S3_SECURE must be true or false, got {value!r}")
+                values = {**values, key: value.lower() == "true"}
+        return values
+
+    @model_validator(mode="after")
+    def _s3_needs_endpoint_and_keys(self) -> StorageConfig:
         if self.backend == "s3":
-            for name, value in [
-                ("PNEUMONIA_S3_ENDPOINT", self.endpoint),
-                ("PNEUMONIA_S3_ACCESS_KEY", self.access_key),
-                ("PNEUMONIA_S3_SECRET_KEY", self.secret_key),
-            ]:
-                if not value:
-                    raise ConfigError(f"{name} must be set when PNEUMONIA_STORAGE_BACKEND=s3")
+            for name in ("endpoint", "access_key", "secret_key"):
+                if not getattr(self, name):
+                    raise ValueError(f"{self.variable(name)} must be set when PNEUMONIA_STORAGE_BACKEND=s3")
             if "://" in self.endpoint or "/" in self.endpoint:
-                raise ConfigError(
+                raise ValueError(
                     f"PNEUMONIA_S3_ENDPOINT must be host:port without scheme or path, got {self.endpoint!r} "
                     "(set PNEUMONIA_S3_SECURE=false for plain http)"
                 )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> StorageConfig:
-        """Read the PNEUMONIA_* variables (from `environ`, default os.environ); ConfigError naming a bad one."""
-        env = {name: value for name, value in (os.environ if environ is None else environ).items() if value}
-        return cls(
-            backend=env.get("PNEUMONIA_STORAGE_BACKEND", "local"),
-            root=Path(env.get("PNEUMONIA_STORAGE_ROOT", "storage")),
-            endpoint=env.get("PNEUMONIA_S3_ENDPOINT"),
-            access_key=env.get("PNEUMONIA_S3_ACCESS_KEY"),
-            secret_key=env.get("PNEUMONIA_S3_SECRET_KEY"),
-            secure=_parse_bool(env, "PNEUMONIA_S3_SECURE", default=True),
-            region=env.get("PNEUMONIA_S3_REGION"),
-            retries=env_int(env, "PNEUMONIA_STORAGE_RETRIES", 4, minimum=1),
-            retry_delay=env_float(env, "PNEUMONIA_STORAGE_RETRY_DELAY", 0.5, minimum=0.0),
-        )
+        return self
 
 
-def _parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name)
-    if value is None:
-        return default
-    if value.lower() not in ("true", "false"):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    return value.lower() == "true"
+class BucketNames(Settings):
+    """The four buckets every service shares."""
 
-
-def check_bucket_names(names: Mapping[str, str]) -> None:
-    """{variable: bucket name} -> ConfigError naming the variable of the first name S3 would refuse."""
-    for variable, bucket in names.items():
-        try:
-            validate_bucket(bucket)
-        except InvalidKeyError as exc:
-            raise ConfigError(f"{variable}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class BucketNames:
-    """The four buckets every service shares (PNEUMONIA_DATASETS_BUCKET, _SYNTHETIC_, _MODELS_, _RESULTS_)."""
-
-    datasets: str = "datasets"
-    synthetic: str = "synthetic"
-    models: str = "models"
-    results: str = "results"
-
-    def __post_init__(self) -> None:
-        check_bucket_names({f"PNEUMONIA_{name.upper()}_BUCKET": value for name, value in vars(self).items()})
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> BucketNames:
-        """Read the variables (from `environ`, default os.environ); ConfigError naming a bad one."""
-        env = {name: value for name, value in (os.environ if environ is None else environ).items() if value}
-        return cls(**{name: env.get(f"PNEUMONIA_{name.upper()}_BUCKET", value) for name, value in vars(cls()).items()})
+    datasets: BucketName = bucket_setting("datasets", "bucket of the datasets")
+    synthetic: BucketName = bucket_setting("synthetic", "bucket of the synthetic images")
+    models: BucketName = bucket_setting("models", "checkpoints, model-store/*.mar and the trainer's job records")
+    results: BucketName = bucket_setting("results", "metrics, figures and reports")
 
 
 def open_store(config: StorageConfig | None = None) -> ObjectStore:
@@ -122,10 +96,13 @@ def open_store(config: StorageConfig | None = None) -> ObjectStore:
         return LocalStore(config.root)
     return S3Store(
         config.endpoint,
-        config.access_key,
-        config.secret_key,
+        config.access_key.get_secret_value(),
+        config.secret_key.get_secret_value(),
         secure=config.secure,
         region=config.region,
         retries=config.retries,
         retry_delay=config.retry_delay,
     )
+
+
+__doc__ += settings_help(StorageConfig, BucketNames)

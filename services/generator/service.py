@@ -37,6 +37,7 @@ from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.grpc_service import ensure_active, rpc_method
 from shared.storage import InvalidKeyError, NotFoundError, ObjectRef, ObjectStore, StorageUnavailableError
 from shared.storage.base import object_uri, validate_key
+from shared.storage.proto import ref_to_proto
 from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest
 
 log = logging.getLogger(__name__)
@@ -263,10 +264,6 @@ def request_from_proto(message: generator_pb2.GenerateRequest) -> GenerationRequ
         checkpoint_sha256=message.checkpoint.sha256,
         output_prefix=message.output_prefix,
     )
-
-
-def ref_to_proto(ref: ObjectRef) -> common_pb2.ObjectRef:
-    return common_pb2.ObjectRef(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, size=ref.size)
 
 
 def response_to_proto(result: GenerationResult) -> generator_pb2.GenerateResponse:

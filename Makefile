@@ -62,7 +62,7 @@ experiment:
 	@test -f .env || { echo "make experiment: cp .env.example .env and set its secrets first" >&2; exit 2; }
 	@test -d $(DATA_DIR) || { echo "make experiment: DATA_DIR=$(DATA_DIR) is not a directory" >&2; exit 2; }
 	mkdir -p $(REPORT_DIR)/$(RUN_ID)
-	$(COMPOSE_ENV) $(COMPOSE) build
+	$(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE) build
 	trap '$(COMPOSE_ENV) $(COMPOSE) down' EXIT; \
 	$(COMPOSE_ENV) $(COMPOSE) up -d; \
 	$(COMPOSE_ENV) $(COMPOSE) run --rm orchestrator pneumonia experiment --via-services --profile $(PROFILE) \

@@ -36,12 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from services.classifier.archive import build_model_archive  # noqa: E402
 from services.classifier.config import ClassifierConfig  # noqa: E402
-from services.classifier.handler import decode_image  # noqa: E402
 from services.classifier.torchserve import TorchServe  # noqa: E402
 from shared.datasets.base import PNEUMONIA  # noqa: E402
 from shared.models.classifier import classifier_transform, load_classifier  # noqa: E402
+from shared.serving.archive import build_model_archive  # noqa: E402
+from shared.serving.handler import decode_image  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
 PORTS = {f"{name}_port": 0 for name in ("inference", "management", "metrics", "grpc", "grpc_management")}

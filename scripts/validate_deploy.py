@@ -1,6 +1,6 @@
 """Validate the deployment files offline with the real tools (`make validate-deploy`; tests/test_deployment.py).
 
-    hadolint               every services/*/Dockerfile
+    hadolint               every services/*/Dockerfile and pipeline/Dockerfile
     docker compose config  docker-compose.yml with each device profile, parsed by Docker Compose v2 itself
     kubectl kustomize      every kustomization under k8s/ (base and overlays), rendered
     kubernetes-validate    every rendered object against the Kubernetes schemas, strict (unknown fields fail)
@@ -41,7 +41,8 @@ class ToolMissingError(RuntimeError):
 
 
 def dockerfiles() -> list[Path]:
-    return sorted(ROOT.glob("services/*/Dockerfile"))
+    """Each service's image, then the pipeline's (the `pneumonia` command: orchestrator and experiment steps)."""
+    return sorted(ROOT.glob("services/*/Dockerfile")) + [ROOT / "pipeline" / "Dockerfile"]
 
 
 def kustomizations() -> list[Path]:

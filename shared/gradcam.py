@@ -1,6 +1,6 @@
 """Grad-CAM (pytorch-grad-cam) on the classifier's last convolution: where the model looks for pneumonia.
 
-Used by the analysis (services.analyzer) and by the classifier service's /explanations (services.classifier.handler).
+Used by the analysis (services.analyzer) and by the classifier service's /explanations (shared.serving.handler).
 """
 
 from __future__ import annotations

@@ -142,6 +142,14 @@ class _CallLog:
         abort_for(context, exc)
 
 
+class FinalMessage(NamedTuple):
+    """What a server-streaming rpc_method yields as its last message, the one that carries the answer: the call has
+    ended well once that message is handed to gRPC, so a client that stops reading after it (as a client that has
+    its answer may) is not logged as a cancellation. The method's generator is closed right after it."""
+
+    message: Any
+
+
 def rpc_method(method: Method) -> Method:
     """Decorate a servicer method (unary or server-streaming): request id, one log line, errors as status codes."""
     rpc = method.__name__
@@ -151,14 +159,24 @@ def rpc_method(method: Method) -> Method:
         @functools.wraps(method)
         def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = _CallLog(rpc, context)
+            messages = method(self, request, context)
+            final: FinalMessage | None = None
             try:
-                yield from method(self, request, context)
-            except GeneratorExit:  # the client stopped reading: cancelled, or its deadline passed
+                for message in messages:
+                    if isinstance(message, FinalMessage):
+                        final = message
+                        break
+                    yield message
+            except GeneratorExit:  # the client stopped reading before the end: cancelled, or its deadline passed
                 call.finish(grpc.StatusCode.CANCELLED, "the client stopped reading the stream")
                 raise
             except Exception as exc:
                 call.fail(context, exc)
+            finally:
+                messages.close()
             call.finish(grpc.StatusCode.OK)
+            if final is not None:
+                yield final.message
 
         return streaming  # type: ignore[return-value]
 

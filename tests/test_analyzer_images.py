@@ -9,7 +9,6 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from services.analyzer.gradcam import gradcam_samples, last_conv_layer
 from services.analyzer.image_quality import (
     FID_WEIGHTS_NAME,
     describe,
@@ -22,6 +21,7 @@ from services.analyzer.image_quality import (
     ssim_matrix,
 )
 from shared.datasets import PNEUMONIA, load_dataset
+from shared.gradcam import gradcam_samples, last_conv_layer
 from shared.models.classifier import build_classifier, classifier_config, classifier_transform
 from shared.splits import develop_and_holdout
 

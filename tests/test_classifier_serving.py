@@ -26,7 +26,6 @@ from pneumonia.torchserve import inference_pb2, inference_pb2_grpc
 from storage_server import S3TestServer, s3_server  # noqa: F401 (fixture)
 from test_classifier_handler import dicom_bytes, encode, png_claiming_size, truncated_png
 
-from services.classifier.archive import build_model_archive
 from services.classifier.client import (
     ClassifierClient,
     ClassifierError,
@@ -35,13 +34,14 @@ from services.classifier.client import (
     register_from_store,
 )
 from services.classifier.config import ClassifierConfig, default_allowed_urls
-from services.classifier.handler import BATCH_SIZE_HEADER, PROBABILITY_HEADER, decode_image
 from services.classifier.torchserve import TorchServe, properties
 from shared.datasets.base import PNEUMONIA
 from shared.errors import ConfigError
 from shared.images import sha256_file
 from shared.models.classifier import build_classifier, classifier_config, classifier_transform, load_classifier
 from shared.models.classifier import save_classifier as save
+from shared.serving.archive import build_model_archive
+from shared.serving.handler import BATCH_SIZE_HEADER, PROBABILITY_HEADER, decode_image
 from shared.storage import LocalStore, S3Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -57,6 +57,8 @@ COMPOSE_SERVICES = {
     "analyzer": "analyzer",
 }
 VARIANTS = {"gpu": "cuda", "cpu": "cpu"}  # device profile / overlay -> image variant
+PIPELINE = "pipeline"  # the image of the `pneumonia` command (pipeline/Dockerfile): orchestrator and step Jobs
+IMAGES = [*sorted(CONFIG_MODULES), PIPELINE]
 OVERLAY_PROFILES = {"cpu": "quick", "gpu": "full"}  # overlay -> experiment profile its Jobs run
 FOLD_FLAG = ["--fold-index", "$(JOB_COMPLETION_INDEX)"]  # one pod per fold (docs/deployment.md)
 VARIABLE = re.compile(r"PNEUMONIA_[A-Z0-9_]+")
@@ -96,8 +98,23 @@ def allowed_variables(service: str) -> set[str]:
     return documented_variables(CONFIG_MODULES[service]) | documented_variables(STORAGE_CONFIG) | BUCKET_VARIABLES
 
 
-def dockerfile_text(service: str) -> str:
-    return (ROOT / "services" / service / "Dockerfile").read_text()
+def dockerfile_path(image: str) -> Path:
+    """A service's Dockerfile, or the pipeline's."""
+    return ROOT / PIPELINE / "Dockerfile" if image == PIPELINE else ROOT / "services" / image / "Dockerfile"
+
+
+def dockerfile_text(image: str) -> str:
+    return dockerfile_path(image).read_text()
+
+
+def stage(text: str, name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`, up to the next FROM."""
+    instructions = dockerfile_instructions(text)
+    start = next(
+        i for i, (word, arguments) in enumerate(instructions) if word == "FROM" and arguments.endswith(f" {name}")
+    )
+    end = next((i for i in range(start + 1, len(instructions)) if instructions[i][0] == "FROM"), len(instructions))
+    return instructions[start:end]
 
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
@@ -245,7 +262,7 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
 
 
 def test_every_service_has_a_dockerfile() -> None:
-    assert [path.parent.name for path in validate_deploy.dockerfiles()] == sorted(CONFIG_MODULES)
+    assert validate_deploy.dockerfiles() == [dockerfile_path(image) for image in IMAGES]
 
 
 def test_compose_parser_rejects_broken_files(tmp_path: Path) -> None:
@@ -331,21 +348,57 @@ def test_dockerfile_env_ports_and_healthcheck_match_the_config(service: str) -> 
 
 
 def test_dockerfiles_share_their_dependency_stages() -> None:
-    """The stages before the runtime stage are the same text everywhere, so the images share those layers."""
+    """The stages before `extra` (torch and the core) are the same text everywhere, so the images share those
+    layers."""
 
-    def shared_part(service: str) -> str:
-        text = dockerfile_text(service)
+    def shared_part(image: str) -> str:
+        text = dockerfile_text(image)
         text = re.sub(r"# ---- java:.*?\n\n", "", text, flags=re.DOTALL)  # the classifier's extra Java stage
         text = text.replace("ARG JAVA_IMAGE=eclipse-temurin:17.0.13_11-jre-jammy\n", "")
-        return text[text.index("ARG PYTHON_IMAGE=") : text.index("# ---- runtime")]
+        return text[text.index("ARG PYTHON_IMAGE=") : text.index("# ---- extra")]
 
-    parts = {service: shared_part(service) for service in CONFIG_MODULES}
+    parts = {image: shared_part(image) for image in IMAGES}
     assert len(set(parts.values())) == 1, "the dependency stages differ between the Dockerfiles"
 
 
+def copied_sources(text: str) -> set[str]:
+    """What the `app` stage copies from the build context."""
+    return {arguments.rsplit(" ", 1)[0] for word, arguments in stage(text, "app") if word == "COPY"}
+
+
+def installed_extras(text: str) -> list[str]:
+    """The extras the `extra` stage installs (its `-r /build/<extra>.txt`), the core's pins as constraints."""
+    (install,) = [arguments for word, arguments in stage(text, "extra") if word == "RUN"]
+    assert install.startswith("pip install -c /build/requirements.txt ")
+    return re.findall(r"-r /build/([\w-]+)\.txt", install)
+
+
 @pytest.mark.parametrize("service", sorted(CONFIG_MODULES))
-def test_dockerfile_bases_are_pinned_and_layers_cache_friendly(service: str) -> None:
+def test_a_service_image_holds_only_its_code_and_its_extra(service: str) -> None:
     text = dockerfile_text(service)
+    assert copied_sources(text) == {
+        "README.md pyproject.toml",
+        "proto/gen",
+        "shared",
+        "services/__init__.py",
+        f"services/{service}",
+    }
+    assert installed_extras(text) == [service]
+    assert service in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_the_pipeline_image_holds_all_the_code_and_every_extra() -> None:
+    text = dockerfile_text(PIPELINE)
+    assert copied_sources(text) == {"README.md pyproject.toml", "proto/gen", "shared", "services", PIPELINE}
+    assert installed_extras(text) == ["trainer", "generator", "analyzer", "classifier", PIPELINE]
+    assert exec_form(text, "CMD")[0] == "pneumonia"
+    users = [arguments for name, arguments in dockerfile_instructions(text) if name == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_dockerfile_bases_are_pinned_and_layers_cache_friendly(image: str) -> None:
+    text = dockerfile_text(image)
     for image in re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, flags=re.MULTILINE):
         name, _, tag = image.partition(":")
         assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"{image} is not a pinned tag"
@@ -375,7 +428,7 @@ def test_dockerignore_is_an_allowlist() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in lines
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "proto/gen", "shared", "services"}
+    assert allowed == {"pyproject.toml", "README.md", "proto/gen", "shared", "services", PIPELINE}
 
 
 # ---------------------------------------------------------------------------------------------------- compose
@@ -456,7 +509,9 @@ def test_compose_orchestrator_reaches_every_service(compose_models: dict[str, di
     assert endpoints.classifier_key_file == classifier.workdir / "key_file.json"
     mounts = {volume["target"]: volume for volume in spec["volumes"]}
     assert mounts[str(classifier.workdir)]["read_only"] is True
-    assert spec["image"] == services["trainer"]["image"]
+    assert spec["image"] == f"pneumonia/{PIPELINE}:{project_version()}-{VARIANTS['gpu']}"
+    assert spec["build"]["dockerfile"] == f"{PIPELINE}/Dockerfile"
+    assert spec["build"]["args"]["VARIANT"] == VARIANTS["gpu"]
     command = spec["command"]
     assert command[:3] == ["pneumonia", "experiment", "--via-services"]
     options, unknown = parsed_step(command[1:])
@@ -529,7 +584,7 @@ def test_k8s_jobs_run_the_experiment_plan(overlay: str, rendered: dict[str, list
         job = jobs[step]
         container = job["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] in (["pneumonia"], TORCHRUN) and job["spec"]["suspend"] is True
-        assert container["image"] == f"pneumonia/trainer:{project_version()}-{VARIANTS[overlay]}"
+        assert container["image"] == f"pneumonia/{PIPELINE}:{project_version()}-{VARIANTS[overlay]}"
         # Kubernetes substitutes each pod's completion index; parse as pod 0 would.
         options, unknown = parsed_step([arg.replace("$(JOB_COMPLETION_INDEX)", "0") for arg in container["args"]])
         expected, _ = parsed_step(argv)

@@ -57,6 +57,7 @@ from shared.storage import (
     StorageError,
     StorageUnavailableError,
 )
+from shared.storage.proto import ref_from_proto
 from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest
 
 CHECKPOINT_KEY = "gan/generator_final.pth"
@@ -154,10 +155,6 @@ def manifest_rows(store: ObjectStore, manifest: ObjectRef, tmp_path: Path) -> li
     return read_manifest(directory)
 
 
-def ref_from_proto(message: common_pb2.ObjectRef) -> ObjectRef:
-    return ObjectRef(message.bucket, message.key, message.sha256, message.size)
-
-
 def refs(messages: Iterable[common_pb2.ObjectRef]) -> list[ObjectRef]:
     return [ref_from_proto(message) for message in messages]
 
@@ -238,6 +235,53 @@ def test_stream_reports_progress_then_the_result(local: Running) -> None:
     assert last.phase == generator_pb2.GENERATE_PHASE_DONE and last.images_done == 6
     unary = local.stub.Generate(local.request(count=6), timeout=60)
     assert unary.reused and refs(unary.images) == refs(last.result.images)
+
+
+class CallContext:
+    """The part of grpc.ServicerContext our servicers use, so that a test can drive one call as gRPC's server does
+    and choose when the client goes away (`active`)."""
+
+    def __init__(self) -> None:
+        self.active = True
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+    def send_initial_metadata(self, metadata: object) -> None:
+        pass
+
+    def time_remaining(self) -> None:
+        return None
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def code(self) -> None:
+        return None
+
+    def details(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("read_until", "logged"),
+    [("result", [("INFO", "rpc ok", "OK")]), ("first progress", [("WARNING", "rpc failed: %s", "CANCELLED")])],
+)
+def test_a_client_that_stops_reading_after_the_result_ends_the_stream_normally(
+    local: Running, caplog: pytest.LogCaptureFixture, read_until: str, logged: list[tuple[str, str, str]]
+) -> None:
+    """A client that has its result may stop reading before the stream's end (gRPC then closes the servicer's
+    generator, as here): that is a normal end, logged as OK; stopping before the result is still a cancellation."""
+    caplog.set_level(logging.INFO, logger="shared.grpc_service")
+    context = CallContext()
+    stream = GeneratorServicer(local.service).GenerateStream(local.request(count=6, batch_size=4), context)
+    for message in stream:
+        if read_until == "first progress" or message.phase == generator_pb2.GENERATE_PHASE_DONE:
+            break
+    stream.close()
+    context.active = False
+    records = [record for record in caplog.records if getattr(record, "rpc", None) == "GenerateStream"]
+    assert [(record.levelname, record.msg, record.code) for record in records] == logged
 
 
 # ---------------------------------------------------------------- gRPC: errors

@@ -406,7 +406,7 @@ def analyze_gradcam(
 ) -> dict[str, Any] | None:
     """gradcam_comparison.png: one row per strategy's model, columns = hold-out positives and negatives and
     synthetic images; returns the samples used and each model's P(pneumonia) for them."""
-    from services.analyzer.gradcam import gradcam_samples  # imported here: pytorch-grad-cam is slow to import
+    from shared.gradcam import gradcam_samples  # imported here: pytorch-grad-cam is slow to import
 
     rng = np.random.default_rng(args.seed)
     k = args.num_gradcam_samples

@@ -41,7 +41,6 @@ from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
 from services.analyzer import analyze_results
 from services.analyzer.config import AnalyzerConfig
 from services.analyzer.report import STRATEGIES, render_report
-from services.generator.service import ref_to_proto
 from shared.datasets import DATASETS
 from shared.errors import CheckpointError, ConfigError, PneumoniaError
 from shared.grpc_service import ensure_active, rpc_method
@@ -49,6 +48,7 @@ from shared.images import atomic_write_bytes, atomic_write_json
 from shared.models.classifier import ARCHS
 from shared.storage import InvalidKeyError, NotFoundError, ObjectRef, ObjectStore
 from shared.storage.base import object_uri, validate_bucket, validate_key, validate_prefix
+from shared.storage.proto import ref_to_proto
 from shared.storage.sync import download_prefix, upload_dir
 
 log = logging.getLogger(__name__)

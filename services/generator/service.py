@@ -34,9 +34,10 @@ from services.generator.config import GeneratorConfig
 from services.generator.generate_synthetic import generate_images
 from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA
 from shared.errors import CheckpointError, ConfigError, DatasetError
-from shared.grpc_service import ensure_active, rpc_method
+from shared.grpc_service import FinalMessage, ensure_active, rpc_method
 from shared.storage import InvalidKeyError, NotFoundError, ObjectRef, ObjectStore, StorageUnavailableError
 from shared.storage.base import object_uri, validate_key
+from shared.storage.proto import ref_to_proto
 from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest
 
 log = logging.getLogger(__name__)
@@ -265,10 +266,6 @@ def request_from_proto(message: generator_pb2.GenerateRequest) -> GenerationRequ
     )
 
 
-def ref_to_proto(ref: ObjectRef) -> common_pb2.ObjectRef:
-    return common_pb2.ObjectRef(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, size=ref.size)
-
-
 def response_to_proto(result: GenerationResult) -> generator_pb2.GenerateResponse:
     return generator_pb2.GenerateResponse(
         images=[ref_to_proto(ref) for ref in result.images],
@@ -294,7 +291,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     @rpc_method
     def GenerateStream(
         self, request: generator_pb2.GenerateRequest, context: grpc.ServicerContext
-    ) -> Iterator[generator_pb2.GenerateProgress]:
+    ) -> Iterator[generator_pb2.GenerateProgress | FinalMessage]:
         generation = request_from_proto(request)
         events: queue.Queue[Any] = queue.Queue()  # Progress, then a GenerationResult or an exception
 
@@ -313,12 +310,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
             event = events.get()
             if isinstance(event, Exception):
                 raise event
-            if isinstance(event, GenerationResult):
-                yield generator_pb2.GenerateProgress(
-                    phase=generator_pb2.GENERATE_PHASE_DONE,
-                    images_done=len(event.images),
-                    images_total=generation.count,
-                    result=response_to_proto(event),
+            if isinstance(event, GenerationResult):  # the answer: a client may stop reading once it has it
+                yield FinalMessage(
+                    generator_pb2.GenerateProgress(
+                        phase=generator_pb2.GENERATE_PHASE_DONE,
+                        images_done=len(event.images),
+                        images_total=generation.count,
+                        result=response_to_proto(event),
+                    )
                 )
                 return
             yield generator_pb2.GenerateProgress(

@@ -45,15 +45,16 @@ from typing import Any
 from google.protobuf import descriptor, json_format
 from pneumonia.v1 import common_pb2, trainer_pb2
 
-from services.classifier.archive import build_model_archive, check_model_name
 from services.trainer import train_classifier, train_gan
 from services.trainer.config import TrainerConfig
 from services.trainer.hooks import TrainingStopped, stop_if_asked
 from shared.datasets import DATASETS
 from shared.errors import CheckpointError, ConfigError, PneumoniaError
 from shared.models.classifier import SMALL_INPUT_MAX_SIZE, imagenet_weights_path
+from shared.serving.archive import build_model_archive, check_model_name
 from shared.storage import NotFoundError, ObjectRef, ObjectStore
 from shared.storage.base import validate_bucket, validate_key, validate_prefix
+from shared.storage.proto import ref_from_proto, ref_to_proto
 from shared.storage.sync import download_prefix
 from shared.synthetic import MANIFEST_NAME
 
@@ -430,14 +431,6 @@ class OutputSync:
 
     def outputs(self) -> list[ObjectRef]:
         return [self.refs[k] for k in sorted(self.refs)]
-
-
-def ref_to_proto(ref: ObjectRef) -> common_pb2.ObjectRef:
-    return common_pb2.ObjectRef(bucket=ref.bucket, key=ref.key, sha256=ref.sha256, size=ref.size)
-
-
-def ref_from_proto(ref: common_pb2.ObjectRef) -> ObjectRef:
-    return ObjectRef(ref.bucket, ref.key, ref.sha256, ref.size)
 
 
 # ---------------------------------------------------------------- jobs

@@ -133,8 +133,8 @@ def decode_image(body: Any) -> Image.Image:
 
 
 class PneumoniaHandler(BaseHandler):
-    """Serves one classifier checkpoint. One bad request row fails the whole batch with HTTP 400: TorchServe's
-    handler contract returns either one answer per row or a single error."""
+    """Serves one classifier checkpoint (or its export). `handle` answers each row of a batch on its own, a bad row
+    with its own HTTP 400 (module docstring); the stages it uses are public so that they can be tested one by one."""
 
     def initialize(self, context: Any) -> None:
         """Load the .mar's classifier checkpoint on the GPU TorchServe assigned, else on the CPU."""
@@ -167,7 +167,8 @@ class PneumoniaHandler(BaseHandler):
                 raise implausible(exc) from exc
 
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
-        """Request rows -> batch, rows x in_channels x image_size x image_size (gate-checked images only)."""
+        """Request rows -> batch, rows x in_channels x image_size x image_size (gate-checked images only): the
+        stages `handle` applies row by row, for a batch of good rows (it raises on the first bad one)."""
         images = [decode_image(row.get("data") or row.get("body")) for row in data]
         for image in images:
             self.check_plausible(image)

@@ -1,0 +1,314 @@
+"""Each service stands on its own: it imports only `shared`, the generated protos (`pneumonia`) and itself, and every
+third-party module it needs (through `shared` too) is installed by its dependency extra plus the core.
+
+The imports are read with `ast` from the source, all of them (inside functions too), so an import hidden in a
+function to dodge a dependency still counts. Each service's image copies only its folder, `shared/` and the protos,
+and installs the core and its extra (tests/test_deployment.py checks the Dockerfiles do).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+SERVICES = sorted(path.parent.name for path in (ROOT / "services").glob("*/__init__.py"))
+# Our own top-level packages: the code a service may import from is `shared`, `pneumonia` (proto/gen) and itself.
+FIRST_PARTY = {"services", "shared", "pneumonia", "pipeline", "bench", "scripts", "tests"}
+PACKAGE_DIRS = {"shared": ROOT / "shared", "pneumonia": ROOT / "proto" / "gen" / "pneumonia"}
+# The image that runs the `pneumonia` command (the drivers of the experiment and every step in-process): all of it.
+PIPELINE_EXTRA = "pipeline"
+# What a service's image runs beyond its folder: TorchServe loads the handler packed into each .mar.
+RUNS_ALSO = {"classifier": [ROOT / "shared" / "serving" / "handler.py"]}
+IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+
+
+@dataclass(frozen=True)
+class Import:
+    """One imported module, absolute, where it is imported, and whether an ImportError there is handled."""
+
+    module: str
+    path: Path
+    line: int
+    optional: bool
+
+    def where(self, root: Path = ROOT) -> str:
+        return f"{self.path.relative_to(root)}:{self.line}"
+
+
+def module_name(path: Path, root: Path) -> str:
+    """services/trainer/jobs.py -> services.trainer.jobs (a package's __init__.py -> the package)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[:2] == ["proto", "gen"]:
+        parts = parts[2:]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _handles_import_error(node: ast.Try) -> bool:
+    names = set()
+    for handler in node.handlers:
+        caught = handler.type
+        for expr in caught.elts if isinstance(caught, ast.Tuple) else [caught]:
+            if isinstance(expr, ast.Name):
+                names.add(expr.id)
+    return bool(names & IMPORT_ERRORS)
+
+
+def module_imports(path: Path, root: Path = ROOT) -> list[Import]:
+    """Every module `path` imports, at any depth; `from X import y` counts as X and as X.y (y may be a module)."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, optional: bool) -> None:
+        if isinstance(node, ast.Import):
+            found.extend(Import(alias.name, path, node.lineno, optional) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.append(Import(module, path, node.lineno, optional))
+            found.extend(Import(f"{module}.{alias.name}", path, node.lineno, optional) for alias in node.names)
+        if isinstance(node, ast.Try):
+            for child in node.body:
+                visit(child, optional or _handles_import_error(node))
+            for child in [*node.handlers, *node.orelse, *node.finalbody]:
+                visit(child, optional)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, optional)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), False)
+    return found
+
+
+def service_files(root: Path, service: str) -> list[Path]:
+    return sorted((root / "services" / service).rglob("*.py"))
+
+
+def service_runs(service: str) -> list[Path]:
+    """The files a service's image runs: its folder, and what `RUNS_ALSO` names."""
+    return service_files(ROOT, service) + RUNS_ALSO.get(service, [])
+
+
+def boundary_violations(root: Path) -> list[str]:
+    """'file:line imports P' for every import of our own code a service must not make: another service (or any
+    other module of `services`), the drivers (`pipeline`), the benchmarks, scripts or tests."""
+    services = sorted(path.parent.name for path in (root / "services").glob("*/__init__.py"))
+    violations = []
+    for service in services:
+        for path in service_files(root, service):
+            for imported in module_imports(path, root):
+                parts = imported.module.split(".")
+                if parts[0] == "services" and len(parts) > 1 and parts[1] != service:
+                    violations.append(f"{imported.where(root)} imports services.{parts[1]}")
+                elif parts[0] in FIRST_PARTY - {"services", "shared", "pneumonia"}:
+                    violations.append(f"{imported.where(root)} imports {parts[0]}")
+    return sorted(set(violations))
+
+
+def shared_violations(root: Path) -> list[str]:
+    """`shared` is below every service: it imports none of them, nor the drivers."""
+    return sorted(
+        {
+            f"{imported.where(root)} imports {imported.module.split('.')[0]}"
+            for path in sorted((root / "shared").rglob("*.py"))
+            for imported in module_imports(path, root)
+            if imported.module.split(".")[0] in FIRST_PARTY - {"shared", "pneumonia"}
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- dependencies
+
+
+def normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement.strip())
+    assert match, requirement
+    return normalized(match.group(0))
+
+
+def self_extras(requirement: str) -> list[str] | None:
+    """The extras of a requirement on this project itself ('<name>[a,b]'), else None."""
+    match = re.fullmatch(rf"{re.escape(PROJECT['name'])}\[([\w,\s-]+)\]", requirement.strip())
+    return [extra.strip() for extra in match.group(1).split(",")] if match else None
+
+
+def extra_names(extra: str) -> set[str]:
+    """The distributions an extra installs beyond the core (the project's own extras it names included)."""
+    names: set[str] = set()
+    for requirement in PROJECT["optional-dependencies"][extra]:
+        nested = self_extras(requirement)
+        if nested is None:
+            names.add(requirement_name(requirement))
+        else:
+            for other in nested:
+                names |= extra_names(other)
+    return names
+
+
+CORE = {requirement_name(requirement) for requirement in PROJECT["dependencies"]}
+DISTRIBUTIONS = importlib.metadata.packages_distributions()  # top-level module -> the distributions that ship it
+
+
+def _source_files(module: str) -> list[Path]:
+    """The files importing `module` runs, among `shared` and the protos: its parent packages and itself."""
+    parts = module.split(".")
+    base = PACKAGE_DIRS[parts[0]]
+    files = []
+    for depth in range(1, len(parts) + 1):
+        directory = base.joinpath(*parts[1:depth])
+        for candidate in (directory / "__init__.py", directory.with_suffix(".py")):
+            if candidate.is_file():
+                files.append(candidate)
+    return files
+
+
+def third_party_imports(files: list[Path]) -> dict[str, Import]:
+    """Top-level third-party module -> one place that imports it, following imports into `shared` and the protos.
+    Imports guarded by `except ImportError` are optional and left out."""
+    pending, seen = list(files), set(files)
+    found: dict[str, Import] = {}
+    while pending:
+        path = pending.pop()
+        for imported in module_imports(path):
+            top = imported.module.split(".")[0]
+            if imported.optional or not top or top == "__future__" or top in sys.stdlib_module_names:
+                continue
+            if top in PACKAGE_DIRS:
+                for source in _source_files(imported.module):
+                    if source not in seen:
+                        seen.add(source)
+                        pending.append(source)
+            elif top not in FIRST_PARTY:
+                found.setdefault(top, imported)
+    return found
+
+
+def missing_dependencies(files: list[Path], declared: set[str]) -> list[str]:
+    """'module (where): why' for each third-party module the files need that `declared` does not install."""
+    problems = []
+    for module, imported in sorted(third_party_imports(files).items()):
+        shipped_by = {normalized(name) for name in DISTRIBUTIONS.get(module, [])}
+        if not shipped_by:
+            problems.append(f"{module} ({imported.where()}): no installed distribution ships it")
+        elif not shipped_by & declared:
+            problems.append(f"{module} ({imported.where()}): from {sorted(shipped_by)}, not declared")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------- the tests
+
+
+def test_the_four_services_are_found() -> None:
+    assert SERVICES == ["analyzer", "classifier", "generator", "trainer"]
+
+
+def test_services_import_only_shared_the_protos_and_themselves() -> None:
+    violations = boundary_violations(ROOT)
+    assert not violations, "a service imports another one's code (move it into shared/):\n" + "\n".join(violations)
+
+
+def test_shared_imports_no_service() -> None:
+    violations = shared_violations(ROOT)
+    assert not violations, "\n".join(violations)
+
+
+def test_the_scan_finds_every_kind_of_import(tmp_path: Path) -> None:
+    """Planted violations: at module level, inside a function, relative, and `from services import x`."""
+    files = {
+        "services/__init__.py": "",
+        "services/alpha/__init__.py": "",
+        "services/alpha/ok.py": "from services.alpha import ok\nfrom shared.errors import ConfigError\nimport grpc\n",
+        "services/alpha/top.py": "import services.beta.service\n",
+        "services/alpha/inner.py": "def f():\n    from services.beta import jobs\n    return jobs\n",
+        "services/alpha/relative.py": "from ..beta import service\nfrom . import ok\n",
+        "services/alpha/package.py": "from services import beta\n",
+        "services/alpha/driver.py": "try:\n    import pipeline.cli\nexcept ImportError:\n    pass\n",
+        "services/beta/__init__.py": "",
+        "shared/__init__.py": "",
+        "shared/bad.py": "from services.alpha import ok\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert boundary_violations(tmp_path) == [
+        "services/alpha/driver.py:2 imports pipeline",
+        "services/alpha/inner.py:2 imports services.beta",
+        "services/alpha/package.py:1 imports services.beta",
+        "services/alpha/relative.py:1 imports services.beta",
+        "services/alpha/top.py:1 imports services.beta",
+    ]
+    assert shared_violations(tmp_path) == ["shared/bad.py:1 imports services"]
+
+
+def test_the_dependency_scan_follows_shared_and_skips_optional_imports() -> None:
+    found = third_party_imports(service_files(ROOT, "trainer"))
+    assert "model_archiver" in found  # through shared.serving.archive
+    assert "sklearn" in found  # through shared.metrics
+    assert "medmnist" not in found  # shared.datasets.download: optional, inside `except ImportError`
+    assert missing_dependencies(service_files(ROOT, "trainer"), set()) != []
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_has_its_extra(service: str) -> None:
+    assert service in PROJECT["optional-dependencies"], f"pyproject.toml has no extra `{service}`"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_service_needs_only_the_core_and_its_extra(service: str) -> None:
+    problems = missing_dependencies(service_runs(service), CORE | extra_names(service))
+    assert not problems, f"the `{service}` extra (or the core) lacks:\n" + "\n".join(problems)
+
+
+def test_the_pipeline_image_has_everything_it_runs() -> None:
+    """`pneumonia` runs every step in-process and drives the services: all our code, with the pipeline extra."""
+    everything = [path for package in FIRST_PARTY - {"tests", "bench", "scripts"} for path in _package_files(package)]
+    problems = missing_dependencies(everything, CORE | extra_names(PIPELINE_EXTRA))
+    assert not problems, "the `pipeline` extra (or the core) lacks:\n" + "\n".join(problems)
+
+
+def _package_files(package: str) -> Iterator[Path]:
+    directory = PACKAGE_DIRS.get(package, ROOT / package)
+    yield from sorted(directory.rglob("*.py")) if directory.is_dir() else ()
+
+
+def test_dev_installs_every_extra() -> None:
+    """`make install` (the dev extra) gives the tests every service's packages."""
+    dev = extra_names("dev")
+    for extra in [*SERVICES, PIPELINE_EXTRA]:
+        assert extra_names(extra) <= dev, extra
+
+
+def test_a_package_has_one_version_range_in_every_extra() -> None:
+    """Extras repeat a package two services need; its range is the same everywhere (and never the core's too)."""
+    ranges: dict[str, set[str]] = {}
+    for requirements in [PROJECT["dependencies"], *PROJECT["optional-dependencies"].values()]:
+        for requirement in requirements:
+            if self_extras(requirement) is None:
+                ranges.setdefault(requirement_name(requirement), set()).add(requirement.strip())
+    assert {name: specs for name, specs in ranges.items() if len(specs) > 1} == {}
+    for extra, requirements in PROJECT["optional-dependencies"].items():
+        named = {requirement_name(requirement) for requirement in requirements if self_extras(requirement) is None}
+        assert not named & CORE, f"`{extra}` repeats core packages: {sorted(named & CORE)}"
+
+
+def test_the_analyzer_carries_neither_torchserve_nor_kaggle() -> None:
+    analyzer = CORE | extra_names("analyzer")
+    assert not analyzer & {"torchserve", "torch-model-archiver", "kaggle"}, analyzer
+    assert not CORE & {"torchserve", "torch-model-archiver", "kaggle", "pydicom", "grad-cam"}

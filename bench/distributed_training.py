@@ -38,10 +38,10 @@ def run(step: str, flags: list[str], out: Path, processes: int) -> None:
     outputs = ["--model-dir", str(out / "models"), "--results-dir", str(out / "metrics"), "--figures-dir", str(out)]
     if step == "train-gan":
         outputs += ["--output-dir", str(out)]
-    launcher = [sys.executable, "-m", "services.cli"]
+    launcher = [sys.executable, "-m", "pipeline.cli"]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        launcher += ["-m", "services.cli"]
+        launcher += ["-m", "pipeline.cli"]
     subprocess.run([*launcher, step, *flags, *outputs], check=True, stdout=subprocess.DEVNULL)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from services.cli import main
+from pipeline.cli import main
 from shared.checkpoints import save_checkpoint
 from shared.datasets import PNEUMONIA, load_dataset
 from shared.datasets.phantom import write_phantom_dataset

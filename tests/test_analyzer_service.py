@@ -22,9 +22,9 @@ from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
 from service_process import assert_health_and_reflection, json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port
 
+from pipeline.cli import main as cli
 from services.analyzer.config import AnalyzerConfig
 from services.analyzer.service import SERVICE_NAME, SUMMARY_NAME, AnalysisService, AnalyzerServicer
-from services.cli import main as cli
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import ConfigError
 from shared.grpc_service import GrpcServer, Service

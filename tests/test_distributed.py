@@ -16,7 +16,7 @@ from storage_server import free_port
 from test_train_classifier import FAST
 from test_train_gan import gan_argv, parse
 
-from services.cli import build_parser
+from pipeline.cli import build_parser
 from services.trainer import train_gan
 from services.trainer.train_classifier import check_args
 from shared import distributed
@@ -85,7 +85,7 @@ def torchrun(*argv: str) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc-per-node 2 pneumonia ARGV` on the CPU (gloo)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     result = subprocess.run(
-        [*command, "-m", "services.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
+        [*command, "-m", "pipeline.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

@@ -2,8 +2,9 @@
 
 import pytest
 
-from services.cli import build_parser
-from services.experiment import PROFILES, STRATEGY_FLAGS, plan
+from pipeline.cli import build_parser
+from pipeline.in_process import plan
+from pipeline.profiles import PROFILES, STRATEGY_FLAGS
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -32,7 +32,7 @@ SERVICES = ("trainer", "generator", "analyzer", "classifier")
 
 def experiment(phantom_dir: Path, work: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "services.cli", "experiment", "--via-services", "--local-services",
+        sys.executable, "-m", "pipeline.cli", "experiment", "--via-services", "--local-services",
         "--data-dir", str(phantom_dir), "--work-dir", str(work), *TINY, *extra,
     ]  # fmt: skip
 

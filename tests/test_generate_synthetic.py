@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from services import cli
+from pipeline import cli
 from services.generator import generate_synthetic
 from services.generator.generate_synthetic import generate_images, latent_batch
 from services.trainer import train_gan

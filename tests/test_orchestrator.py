@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 from pneumonia.v1 import analyzer_pb2, trainer_pb2
 
-from services.cli import build_parser
-from services.experiment import PROFILES
-from services.orchestrator import ServiceEndpoints, profile_flags, request_from_flags
+from pipeline.cli import build_parser
+from pipeline.endpoints import ServiceEndpoints
+from pipeline.experiment import main as experiment
+from pipeline.profiles import PROFILES
+from pipeline.through_services import profile_flags, request_from_flags
 from shared.errors import ConfigError
 from shared.storage.config import BucketNames
 
@@ -59,9 +61,11 @@ def test_user_overrides_win_over_the_profile() -> None:
 
 
 def test_a_flag_the_request_cannot_carry_is_refused() -> None:
-    args = experiment_args("--analyze-args=--skip-gradcam")
-    with pytest.raises(ConfigError, match="--skip-gradcam cannot be sent"):
-        request_from_flags(analyzer_pb2.AnalyzeRequest(), "analyze-results", profile_flags(args, "analyze"))
+    args = experiment_args("--classifier-args=--resume")
+    with pytest.raises(ConfigError, match="--resume cannot be sent"):
+        request_from_flags(
+            trainer_pb2.StartClassifierJobRequest(), "train-classifier", profile_flags(args, "classifier")
+        )
 
 
 def test_a_weights_file_is_refused_through_the_services() -> None:
@@ -81,10 +85,8 @@ def test_endpoints_come_from_the_environment() -> None:
 
 
 def test_local_services_needs_via_services() -> None:
-    from services.experiment import main
-
     with pytest.raises(ConfigError, match="--local-services needs --via-services"):
-        main(experiment_args("--local-services"))
+        experiment(experiment_args("--local-services"))
 
 
 def test_bucket_names_come_from_the_environment_and_are_checked() -> None:

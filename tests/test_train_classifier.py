@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.cli import build_parser
-from services.cli import main as pneumonia
+from pipeline.cli import build_parser
+from pipeline.cli import main as pneumonia
 from services.trainer.hooks import TrainingStopped
 from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
 from shared.datasets import ArrayImages, load_dataset

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from services import cli
+from pipeline import cli
 from services.generator.generate_synthetic import generate_images
 from services.trainer import train_gan
 from services.trainer.hooks import TrainingStopped

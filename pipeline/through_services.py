@@ -1,20 +1,22 @@
 """`pneumonia experiment --via-services`: the whole experiment driven through the services' APIs.
 
-The same steps as the in-process experiment (services.experiment), each one a call to a service:
+The same steps as the in-process experiment (pipeline.in_process, both run by pipeline.steps.run_steps), each one a
+call to a service:
 
     dataset      -> object storage (datasets bucket, <dataset>/)
     TrainerService.StartGanJob            runs/<run>/gan            WatchJob until it ends
     GeneratorService.GenerateStream       synthetic pneumonia images of that generator
-    TrainerService.StartClassifierJob x3  runs/<run>/classifiers    baseline, augmented, curriculum (+ .mar each)
+    TrainerService.StartClassifierJob x3  runs/<run>/classifiers    baseline, augmented, curriculum (+ .mar each),
+                                          queued together, followed one after the other
     AnalyzerService.Analyze               runs/<run>/analysis       the report
     TorchServe                            register the best strategy's .mar, classify a few hold-out images
                                           over REST and gRPC
 
-The profile's flags (services.experiment.PROFILES) are parsed by each step's own CLI parser and copied into the
+The profile's flags (pipeline.profiles.PROFILES) are parsed by each step's own CLI parser and copied into the
 request field of the same name, so a profile means the same thing in-process and through the services. A flag a
 request cannot carry is refused, except the data-loader worker count, which each service sets for itself.
 Services are found through environment variables (ServiceEndpoints); `--local-services` starts them all first as
-local processes (services.local_stack).
+local processes (pipeline.local_stack).
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ import argparse
 import io
 import json
 import logging
-import os
 import shlex
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,8 +46,11 @@ from pneumonia.v1 import (
 )
 from tqdm import tqdm
 
+from pipeline.cli import build_parser
+from pipeline.endpoints import ServiceEndpoints
+from pipeline.profiles import PROFILES, STRATEGY_FLAGS
+from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
 from services.classifier.client import ClassifierClient, register_from_store
-from services.experiment import PROFILES, STRATEGY_FLAGS, summary_table
 from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, load_dataset
 from shared.errors import ConfigError, PneumoniaError
 from shared.splits import develop_and_holdout
@@ -79,39 +82,9 @@ MODEL_NAME = "pneumonia"
 NUM_SAMPLE_PREDICTIONS = 4
 
 
-@dataclass(frozen=True)
-class ServiceEndpoints:
-    """Where the services listen; from PNEUMONIA_*_ADDRESS / _URL variables (defaults: the local ports)."""
-
-    trainer: str = "127.0.0.1:50051"
-    generator: str = "127.0.0.1:50052"
-    analyzer: str = "127.0.0.1:50053"
-    classifier_inference_url: str = "http://127.0.0.1:8080"
-    classifier_management_url: str = "http://127.0.0.1:8081"
-    classifier_grpc: str = "127.0.0.1:7070"
-    classifier_key_file: Path | None = None
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ServiceEndpoints:
-        env = {k: v for k, v in (os.environ if environ is None else environ).items() if v}
-        d = cls()
-        key_file = env.get("PNEUMONIA_CLASSIFIER_KEY_FILE")
-        return cls(
-            trainer=env.get("PNEUMONIA_TRAINER_ADDRESS", d.trainer),
-            generator=env.get("PNEUMONIA_GENERATOR_ADDRESS", d.generator),
-            analyzer=env.get("PNEUMONIA_ANALYZER_ADDRESS", d.analyzer),
-            classifier_inference_url=env.get("PNEUMONIA_CLASSIFIER_INFERENCE_URL", d.classifier_inference_url),
-            classifier_management_url=env.get("PNEUMONIA_CLASSIFIER_MANAGEMENT_URL", d.classifier_management_url),
-            classifier_grpc=env.get("PNEUMONIA_CLASSIFIER_GRPC_ADDRESS", d.classifier_grpc),
-            classifier_key_file=Path(key_file) if key_file else None,
-        )
-
-
 def step_namespace(command: str, argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
     """Parse a step's flags with its own CLI parser; return the namespace and the names of flags set in `argv`."""
-    from services.cli import build_parser
-
-    parser = build_parser()
+    parser = build_parser([command])
     base = vars(parser.parse_args([command, *required_placeholders(command)]))
     parsed = parser.parse_args([command, *required_placeholders(command), *argv])
     given = {name for name, value in vars(parsed).items() if base.get(name) != value}
@@ -218,8 +191,9 @@ class Run:
     def prefix(self) -> str:
         return f"runs/{self.run_id}"
 
-    def channel(self, address: str) -> grpc.Channel:
-        return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
 
 
 def upload_dataset(run: Run) -> common_pb2.DatasetSource:
@@ -260,13 +234,13 @@ def generate_synthetic(
     return result
 
 
-def train_classifiers(
+def start_classifiers(
     run: Run,
     trainer: trainer_pb2_grpc.TrainerServiceStub,
     dataset: common_pb2.DatasetSource,
     synthetic: generator_pb2.GenerateResponse,
 ) -> dict[str, trainer_pb2.Job]:
-    """Queue the three strategies (the trainer runs them one after the other) and follow each to its end."""
+    """Queue the three strategies at once (the trainer runs them one after the other); the started jobs."""
     started = {}
     for strategy, flags in STRATEGY_FLAGS.items():
         argv = [*profile_flags(run.args, "classifier"), *shlex.split(flags)]
@@ -276,7 +250,7 @@ def train_classifiers(
         request.output_prefix = f"{run.prefix}/classifiers"
         request.model_archive_name = f"{MODEL_NAME}-{strategy}"
         started[strategy] = trainer.StartClassifierJob(request)
-    return {strategy: watch_job(trainer, job, f"train-classifier ({strategy})") for strategy, job in started.items()}
+    return started
 
 
 def analyze(
@@ -354,7 +328,80 @@ def report_location(run: Run, response: analyzer_pb2.AnalyzeResponse) -> str:
     return str(Path(root) / report.bucket / report.key) if root is not None else f"s3://{report.bucket}/{report.key}"
 
 
-def run_experiment(args: argparse.Namespace, endpoints: ServiceEndpoints) -> int:
+class ServicesDriver:
+    """Runs each step as a call to a service over open channels; outputs in storage under runs/<run>/."""
+
+    def __init__(
+        self,
+        run: Run,
+        trainer: trainer_pb2_grpc.TrainerServiceStub,
+        generator: generator_pb2_grpc.GeneratorServiceStub,
+        analyzer: analyzer_pb2_grpc.AnalyzerServiceStub,
+    ) -> None:
+        self.run, self.trainer, self.generator, self.analyzer = run, trainer, generator, analyzer
+        self.run_id = run.run_id
+        self.dataset: common_pb2.DatasetSource | None = None
+        self.checkpoint: common_pb2.ObjectRef | None = None
+        self.synthetic: generator_pb2.GenerateResponse | None = None
+        self.started: dict[str, trainer_pb2.Job] = {}
+        self.jobs: dict[str, trainer_pb2.Job] = {}
+        self.analysis: analyzer_pb2.AnalyzeResponse | None = None
+        self.answers = ""
+        self.best = ""
+
+    def steps_before(self) -> Sequence[Step]:
+        return [("upload-dataset", self.upload_dataset)]
+
+    def upload_dataset(self) -> None:
+        self.dataset = upload_dataset(self.run)
+
+    def train_gan(self) -> None:
+        self.checkpoint = train_gan(self.run, self.trainer, self.dataset)
+
+    def generate_synthetic(self) -> None:
+        self.synthetic = generate_synthetic(self.run, self.generator, self.checkpoint)
+
+    def train_classifier(self, strategy: str) -> None:
+        """The first strategy's step queues all three jobs; each step then follows its own job to its end."""
+        if not self.started:
+            self.started = start_classifiers(self.run, self.trainer, self.dataset, self.synthetic)
+        self.jobs[strategy] = watch_job(self.trainer, self.started[strategy], f"train-classifier ({strategy})")
+
+    def analyze_results(self) -> None:
+        self.analysis = analyze(self.run, self.analyzer, self.dataset, self.synthetic, self.checkpoint)
+
+    def steps_after(self) -> Sequence[Step]:
+        return [("serve", self.serve)]
+
+    def serve(self) -> None:
+        """Serve the strategy with the best cross-validation AUROC and ask it about a few hold-out images."""
+        download_prefix(
+            self.run.store, self.run.buckets.results, f"{self.run.prefix}/classifiers/metrics/", self.metrics_dir()
+        )
+        self.best = best_strategy(self.run, self.metrics_dir())
+        self.answers = serve_and_ask(self.run, self.jobs[self.best].model_archive)
+
+    def save_timings(self, timings: dict[str, float]) -> None:
+        self.run.store.put_bytes(self.run.buckets.results, f"{self.run.prefix}/{TIMINGS_FILE}", timings_json(timings))
+
+    def metrics_dir(self) -> Path:
+        return Path(self.run.args.work_dir) / "results" / self.run.run_id / "metrics"
+
+    def notes(self) -> list[str]:
+        lines = [
+            f"\nServed by TorchServe as {MODEL_NAME!r}: the {self.best} model (best cross-validation AUROC).",
+            self.answers,
+        ]
+        if self.analysis is not None and self.analysis.skipped:
+            lines.append("Skipped in the analysis: " + "; ".join(self.analysis.skipped))
+        return lines
+
+    def report(self) -> str:
+        assert self.analysis is not None, "report() before analyze_results()"
+        return report_location(self.run, self.analysis)
+
+
+def run_through_services(args: argparse.Namespace, endpoints: ServiceEndpoints) -> int:
     """The whole experiment through the services; prints the hold-out table, served answers and the report."""
     run = Run(
         args=args,
@@ -365,50 +412,16 @@ def run_experiment(args: argparse.Namespace, endpoints: ServiceEndpoints) -> int
     )
     for bucket in (run.buckets.datasets, run.buckets.synthetic, run.buckets.models, run.buckets.results):
         run.store.ensure_bucket(bucket)
-    timings: dict[str, float] = {}
-
-    def timed(name: str, step: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        result = step()
-        timings[name] = round(time.perf_counter() - start, 1)
-        log.info("step %s finished in %.1f s", name, timings[name])
-        return result
-
-    started = time.perf_counter()
     with (
-        run.channel(endpoints.trainer) as trainer_channel,
-        run.channel(endpoints.generator) as generator_channel,
-        run.channel(endpoints.analyzer) as analyzer_channel,
+        channel(endpoints.trainer) as trainer,
+        channel(endpoints.generator) as generator,
+        channel(endpoints.analyzer) as analyzer,
     ):
-        trainer = trainer_pb2_grpc.TrainerServiceStub(trainer_channel)
-        dataset = timed("upload-dataset", lambda: upload_dataset(run))
-        checkpoint = timed("train-gan", lambda: train_gan(run, trainer, dataset))
-        synthetic = timed(
-            "generate-synthetic",
-            lambda: generate_synthetic(run, generator_pb2_grpc.GeneratorServiceStub(generator_channel), checkpoint),
+        return run_steps(
+            ServicesDriver(
+                run,
+                trainer_pb2_grpc.TrainerServiceStub(trainer),
+                generator_pb2_grpc.GeneratorServiceStub(generator),
+                analyzer_pb2_grpc.AnalyzerServiceStub(analyzer),
+            )
         )
-        jobs = timed("train-classifiers", lambda: train_classifiers(run, trainer, dataset, synthetic))
-        analysis = timed(
-            "analyze-results",
-            lambda: analyze(
-                run, analyzer_pb2_grpc.AnalyzerServiceStub(analyzer_channel), dataset, synthetic, checkpoint
-            ),
-        )
-
-    metrics_dir = Path(args.work_dir) / "results" / run.run_id / "metrics"
-    download_prefix(run.store, run.buckets.results, f"{run.prefix}/classifiers/metrics/", metrics_dir)
-    best = best_strategy(run, metrics_dir)
-    answers = timed("serve", lambda: serve_and_ask(run, jobs[best].model_archive))
-    timings["total"] = round(time.perf_counter() - started, 1)
-    run.store.put_bytes(
-        run.buckets.results, f"{run.prefix}/experiment_timings.json", json.dumps(timings, indent=2).encode()
-    )
-
-    print("\nHold-out test metrics (mean over fold models, 95% CI):")
-    print(summary_table(metrics_dir))
-    print(f"\nServed by TorchServe as {MODEL_NAME!r}: the {best} model (best cross-validation AUROC).")
-    print(answers)
-    if analysis.skipped:
-        print("Skipped in the analysis: " + "; ".join(analysis.skipped))
-    print(f"\nReport: {report_location(run, analysis)}  (run {run.run_id}, total {timings['total']:.0f} s)")
-    return 0

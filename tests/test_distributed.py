@@ -14,11 +14,11 @@ import torch
 import torch.multiprocessing as mp
 from storage_server import free_port
 from test_train_classifier import FAST
+from test_train_classifier import options as classifier_options
 from test_train_gan import gan_argv, parse
 
-from pipeline.cli import build_parser
 from services.trainer import train_gan
-from services.trainer.train_classifier import check_args
+from services.trainer.train_classifier import check_environment
 from shared import distributed
 from shared.checkpoints import load_checkpoint
 from shared.datasets.phantom import write_phantom_dataset
@@ -68,13 +68,13 @@ def test_options_the_processes_cannot_share_are_refused_before_they_start(
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="--batch-size 8 must be divisible by the 3 training processes"):
-        train_gan.check_arguments(parse(gan_argv(tmp_path, tmp_path)))
+        train_gan.check_environment(parse(gan_argv(tmp_path, tmp_path)))
     classifier = ["train-classifier", *FAST, "--batch-size", "21"]
-    check_args(build_parser().parse_args(classifier))  # 7 images per process
+    check_environment(classifier_options(classifier))  # 7 images per process
     with pytest.raises(ConfigError, match="--class-balance sampler .* with torchrun use weighted-loss"):
-        check_args(build_parser().parse_args([*classifier, "--class-balance", "sampler"]))
+        check_environment(classifier_options([*classifier, "--class-balance", "sampler"]))
     with pytest.raises(ConfigError, match="--batch-size 20 must be divisible by the 3 training processes"):
-        check_args(build_parser().parse_args(["train-classifier", *FAST]))
+        check_environment(classifier_options(["train-classifier", *FAST]))
 
 
 def test_gradients_averaged_over_processes_equal_the_whole_batch_gradient() -> None:

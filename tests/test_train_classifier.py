@@ -3,7 +3,6 @@ images reach training folds only, and bad options fail with a clear message."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pipeline.cli import build_parser
 from pipeline.cli import main as pneumonia
 from services.trainer.hooks import TrainingStopped
 from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
+from shared.configs import ClassifierTrainingConfig
 from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import CheckpointError, ConfigError
@@ -176,7 +176,7 @@ def test_subsample_is_stratified_by_patient_and_seeded(phantom_dir: Path) -> Non
 
 
 def test_one_split_run_reports_progress(phantom_dir: Path, tmp_path: Path) -> None:
-    args = build_parser().parse_args(
+    args = options(
         ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "1"]
         + ["--epochs", "1", "--scheduler", "onecycle", "--class-balance", "sampler"]
     )
@@ -224,8 +224,13 @@ class Interrupted(Exception):
     """Raised from the progress hook to kill a run at a chosen epoch."""
 
 
-def parse_classifier_args(phantom_dir: Path, root: Path, *extra: str) -> argparse.Namespace:
-    return build_parser().parse_args(
+def options(argv: list[str]) -> ClassifierTrainingConfig:
+    """The config `pneumonia train-classifier ...` (argv[0] is the subcommand) trains with."""
+    return ClassifierTrainingConfig.from_args(build_parser().parse_args(argv))
+
+
+def parse_classifier_args(phantom_dir: Path, root: Path, *extra: str) -> ClassifierTrainingConfig:
+    return options(
         ["train-classifier", "--data-dir", str(phantom_dir), *output_args(root), *FAST, *RESUME_FLAGS, *extra]
     )
 
@@ -307,7 +312,7 @@ def test_folds_trained_in_separate_runs_add_up_to_the_whole_cross_validation(
 
 
 def test_should_stop_stops_at_an_epoch_boundary_and_the_run_resumes(phantom_dir: Path, tmp_path: Path) -> None:
-    args = build_parser().parse_args(
+    args = options(
         ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "2"]
         + ["--epochs", "1", "--image-size", "8"]
     )
@@ -316,7 +321,7 @@ def test_should_stop_stops_at_an_epoch_boundary_and_the_run_resumes(phantom_dir:
         train_strategy(args, progress=events.append, should_stop=lambda: len(events) == 1)
     assert [(e["fold"], e["epoch"]) for e in events] == [(1, 0)]
     assert (tmp_path / "models" / "fold_1_baseline_resnet18.pth").is_file()
-    args.resume = True
+    args = args.model_copy(update={"resume": True})
     final = train_strategy(args, progress=events.append)
     assert [(e["fold"], e["epoch"]) for e in events] == [(1, 0), (2, 0)]
     assert len(final["holdout_per_fold"]) == 2
@@ -326,13 +331,13 @@ def test_resume_refuses_other_options_and_a_missing_state(phantom_dir: Path, tmp
     argv = ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "2"]
     argv += ["--epochs", "1", "--image-size", "8"]
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        train_strategy(build_parser().parse_args([*argv, "--resume"]))
+        train_strategy(options([*argv, "--resume"]))
     with pytest.raises(Interrupted):
-        train_strategy(build_parser().parse_args(argv), progress=interrupt_at(2, 0))
+        train_strategy(options(argv), progress=interrupt_at(2, 0))
     with pytest.raises(CheckpointError, match=r"lr: 0\.001 in the checkpoint, 0\.002 now"):
-        train_strategy(build_parser().parse_args([*argv, "--resume", "--lr", "0.002"]))
+        train_strategy(options([*argv, "--resume", "--lr", "0.002"]))
     # A finished fold's model that was replaced is detected, not silently reused.
     fold_model = tmp_path / "models" / "fold_1_baseline_resnet18.pth"
     fold_model.write_bytes(fold_model.read_bytes() + b"\0")
     with pytest.raises(CheckpointError, match="fold 1's model .* is missing or was replaced"):
-        train_strategy(build_parser().parse_args([*argv, "--resume", "--workers", "0"]))
+        train_strategy(options([*argv, "--resume", "--workers", "0"]))

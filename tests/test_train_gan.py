@@ -16,6 +16,7 @@ from services.generator.generate_synthetic import generate_images
 from services.trainer import train_gan
 from services.trainer.hooks import TrainingStopped
 from shared.checkpoints import load_checkpoint, save_checkpoint
+from shared.configs import GanTrainingConfig
 from shared.diversity import collapse_suspected, mean_pairwise_ms_ssim
 from shared.errors import CheckpointError, ConfigError
 from shared.models.dcgan import Generator
@@ -25,7 +26,11 @@ from shared.synthetic import load_synthetic
 SIZE = 16
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str]) -> GanTrainingConfig:
+    return GanTrainingConfig.from_argv(argv)
+
+
+def parse_cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     train_gan.add_arguments(parser)
     return parser.parse_args(argv)
@@ -44,7 +49,7 @@ def gan_argv(npz: Path, work: Path, *extra: str) -> list[str]:
 
 
 def train(npz: Path, work: Path, *extra: str) -> int:
-    return train_gan.main(parse(gan_argv(npz, work, *extra)))
+    return train_gan.main(parse_cli(gan_argv(npz, work, *extra)))
 
 
 DIVERSITY_KEYS = {"ms_ssim_synthetic", "ms_ssim_synthetic_se", "ms_ssim_real"}
@@ -94,7 +99,7 @@ def test_train_gan_writes_every_output(blob_npz: Path, tmp_path: Path) -> None:
 
 def test_a_collapsed_generator_is_flagged_against_the_real_sample(blob_npz: Path, tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(["train-gan", *gan_argv(blob_npz, tmp_path, "--epochs", "1")])
-    config = train_gan.training_config(args)
+    config = train_gan.training_config(GanTrainingConfig.from_args(args))
     real = mean_pairwise_ms_ssim(train_gan.diversity_sample(train_gan.training_images(config), config, 8), 28)
     generator = Generator(16, 8, 1, SIZE)
     for parameter in generator.parameters():  # every latent gives the same (constant) image
@@ -207,8 +212,8 @@ def test_cli_reports_a_refused_option(blob_npz: Path, tmp_path: Path, capsys: py
     [
         (["--conditional", "--train-on", "positive"], "cannot use --train-on positive"),
         (["--image-size", "48"], "--image-size: image_size must be a power of two"),
-        (["--epochs", "0"], "--epochs must be positive"),
-        (["--max-images", "0"], "--max-images must be positive"),
+        (["--epochs", "0"], "--epochs: input should be greater than 0"),
+        (["--max-images", "0"], "--max-images: input should be greater than 0"),
     ],
 )
 def test_unworkable_options_are_refused(blob_npz: Path, tmp_path: Path, options: list[str], message: str) -> None:
@@ -219,9 +224,9 @@ def test_unworkable_options_are_refused(blob_npz: Path, tmp_path: Path, options:
 
 def test_briefly_trained_generator_is_closer_to_the_data_than_an_untrained_one(blob_npz: Path, tmp_path: Path) -> None:
     argv = gan_argv(blob_npz, tmp_path, "--epochs", "8", "--batch-size", "4", "--lr", "0.001", "--feature-maps-g", "16")
-    args = parse(argv)
-    train_gan.main(args)
-    config = train_gan.training_config(args)
+    options = parse(argv)
+    train_gan.train(options)
+    config = train_gan.training_config(options)
     untrained = tmp_path / "untrained.pth"
     torch.manual_seed(1)
     save_checkpoint(untrained, "dcgan-generator", config, state_dict=Generator(16, 16, 1, SIZE).state_dict())

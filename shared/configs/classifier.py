@@ -52,7 +52,7 @@ class ClassifierTrainingConfig(StepConfig):
     channels: Literal[1, 3] = option(3, "input channels")
     seed: int = option(0, "seed for folds, subsets, initialisation and sampling", ge=0, le=MAX_SEED)
     max_images: int | None = option(None, "seeded stratified patient-level subset of the development set", ge=1)
-    val_fraction: float = option(0.15, "share of patients for validation when --k-folds 1")
+    val_fraction: float = option(0.15, "share of patients for validation when --k-folds 1", gt=0, lt=1)
     class_balance: Literal["weighted-loss", "sampler", "none"] = option(
         "weighted-loss", "counter class imbalance with inverse class frequencies of the real training fold"
     )
@@ -83,8 +83,6 @@ class ClassifierTrainingConfig(StepConfig):
     def _consistent(self) -> ClassifierTrainingConfig:
         if self.use_curriculum and not self.use_synthetic:
             raise ConfigError("--use-curriculum schedules synthetic images: add --use-synthetic")
-        if self.k_folds == 1 and not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.fold_index is not None and not self.fold_index < self.k_folds:
             raise ConfigError(
                 f"--fold-index must be in 0..{self.k_folds - 1} (--k-folds {self.k_folds}), got {self.fold_index}"

@@ -56,6 +56,12 @@ class ClassifierTrainingConfig(StepConfig):
     class_balance: Literal["weighted-loss", "sampler", "none"] = option(
         "weighted-loss", "counter class imbalance with inverse class frequencies of the real training fold"
     )
+    weight_decay: float | None = option(
+        None,
+        "the optimizer's weight decay (Adam: L2 penalty; AdamW with --scheduler onecycle: decoupled decay); "
+        "unset: the optimizer's own default (Adam 0, AdamW 0.01)",
+        ge=0,
+    )
     scheduler: Literal["none", "onecycle"] = option(
         "none", "none: Adam at --lr (the seed); onecycle: AdamW + OneCycleLR with max lr --lr"
     )

@@ -76,13 +76,14 @@ def train_fold(
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if options.class_balance == "weighted-loss" else None)
     parameters = [p for p in model.parameters() if p.requires_grad]
     plan = synthetic_plan(strategy, options.epochs, len(train_real), len(pool) if pool is not None else 0, schedule)
+    decay = {} if options.weight_decay is None else {"weight_decay": options.weight_decay}
     if options.scheduler == "onecycle":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(parameters, lr=options.lr)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(parameters, lr=options.lr, **decay)
         rank_batch_size = ctx.per_rank_batch_size(options.batch_size)
         total_steps = sum(math.ceil(math.ceil((len(train_real) + n) / ctx.world_size) / rank_batch_size) for n in plan)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=options.lr, total_steps=total_steps)
     else:
-        optimizer, scheduler = torch.optim.Adam(parameters, lr=options.lr), None
+        optimizer, scheduler = torch.optim.Adam(parameters, lr=options.lr, **decay), None
 
     train_transform, eval_transform = classifier_transform(config, train=True), classifier_transform(config, False)
     val_loader = evaluation_loader(val, eval_transform, options)

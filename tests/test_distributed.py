@@ -13,9 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from storage_server import free_port
-from test_train_classifier import FAST
-from test_train_classifier import options as classifier_options
-from test_train_gan import gan_argv, parse
+from training_helpers import FAST, classifier_options, gan_argv, gan_options
 
 from services.trainer import train_gan
 from services.trainer.train_classifier import check_environment
@@ -68,7 +66,7 @@ def test_options_the_processes_cannot_share_are_refused_before_they_start(
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="--batch-size 8 must be divisible by the 3 training processes"):
-        train_gan.check_environment(parse(gan_argv(tmp_path, tmp_path)))
+        train_gan.check_environment(gan_options(gan_argv(tmp_path, tmp_path)))
     classifier = ["train-classifier", *FAST, "--batch-size", "21"]
     check_environment(classifier_options(classifier))  # 7 images per process
     with pytest.raises(ConfigError, match="--class-balance sampler .* with torchrun use weighted-loss"):
@@ -115,7 +113,7 @@ def test_gan_trained_by_two_processes_resumes_exactly(blob_npz: Path, tmp_path: 
     assert sorted(p.name for p in (straight / "results/gan_images").iterdir()) == ["epoch_001.png", "epoch_002.png"]
 
     with pytest.raises(CheckpointError, match="world_size: 2 in the checkpoint, None now"):
-        train_gan.train(parse(gan_argv(blob_npz, resumed, *wgan, "--epochs", "3", "--resume")))
+        train_gan.train(gan_options(gan_argv(blob_npz, resumed, *wgan, "--epochs", "3", "--resume")))
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Run the whole experiment: GAN -> synthetic images -> three classifier strategies with CV -> analysis.
 
-In this process by default: each step is the same `pneumonia` subcommand a user would run by hand, called with the
-profile's flags (pipeline.in_process). With --via-services each step is a call to the running services
+In this process by default: each step is the same `pneumonia` subcommand a user would run by hand, called with
+its config's flags (pipeline.plan, pipeline.in_process). With --via-services each step is a call to the running services
 (pipeline.through_services), which --local-services first starts as local processes (pipeline.local_stack).
 `quick` fits in about 15 minutes on 2 CPU cores with PneumoniaMNIST (small images, subsets, few epochs, ResNet-18);
 `full` keeps the seed's defaults (64 px GAN for 50 epochs, ResNet-50 at 224 px, 15 epochs, 5 folds) for GPU machines.

@@ -1,7 +1,8 @@
-"""run_steps: the experiment's steps in their one order, each timed, then the hold-out table and the report.
+"""run_steps: the experiment's planned steps in their one order, each timed, then the hold-out table and the report.
 
 Both drivers implement `Driver` (pipeline.in_process: each step in this process; pipeline.through_services: each
-step a call to a service); the order, the timings (experiment_timings.json) and the printout are decided here once.
+step a call to a service); the order (pipeline.plan), the timings (experiment_timings.json) and the printout are
+decided here once.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.profiles import STRATEGY_FLAGS
+from pipeline.plan import PlannedStep
+from pipeline.profiles import STRATEGIES
+from shared import layout
 
 log = logging.getLogger(__name__)
 
@@ -23,57 +27,50 @@ Step = tuple[str, Callable[[], object]]
 
 
 class Driver(Protocol):
-    """How each step of the experiment runs; run_steps calls them in order."""
+    """How the steps of the experiment run; run_steps calls them in order."""
 
     run_id: str | None  # shown next to the report when the run has a name (runs in storage)
 
     def steps_before(self) -> Sequence[Step]:
-        """The driver's own steps before the GAN (e.g. uploading the dataset)."""
+        """The driver's own steps before the planned ones (e.g. uploading the dataset)."""
+        ...
 
-    def train_gan(self) -> None: ...
-
-    def generate_synthetic(self) -> None: ...
-
-    def train_classifier(self, strategy: str) -> None: ...
-
-    def analyze_results(self) -> None: ...
+    def run(self, step: PlannedStep) -> None:
+        """Run one planned step to its end; PneumoniaError when it failed."""
+        ...
 
     def steps_after(self) -> Sequence[Step]:
-        """The driver's own steps after the analysis (e.g. serving the best model)."""
+        """The driver's own steps after the planned ones (e.g. serving the best model)."""
+        ...
 
     def save_timings(self, timings: dict[str, float]) -> None:
         """Keep the timings as TIMINGS_FILE next to the results."""
+        ...
 
     def metrics_dir(self) -> Path:
-        """The local directory holding `<strategy>_final_metrics.json` once the steps ran."""
+        """The local directory that holds each strategy's final metrics once the steps ran."""
+        ...
 
     def notes(self) -> list[str]:
         """Lines printed between the hold-out table and the report."""
+        ...
 
     def report(self) -> str:
         """Where the analysis report is (a path or a URI)."""
+        ...
 
 
-def experiment_steps(driver: Driver) -> list[Step]:
-    """The steps in their order: GAN, synthetic images, one classifier per strategy, analysis."""
-    return [
+def run_steps(driver: Driver, planned: Sequence[PlannedStep]) -> int:
+    """Run the planned steps with `driver` (between its own steps), save their timings, and print the hold-out
+    metrics and where the report is."""
+    steps = [
         *driver.steps_before(),
-        ("train-gan", driver.train_gan),
-        ("generate-synthetic", driver.generate_synthetic),
-        *[
-            (f"train-classifier ({strategy})", lambda strategy=strategy: driver.train_classifier(strategy))
-            for strategy in STRATEGY_FLAGS
-        ],
-        ("analyze-results", driver.analyze_results),
+        *[(step.name, partial(driver.run, step)) for step in planned],
         *driver.steps_after(),
     ]
-
-
-def run_steps(driver: Driver) -> int:
-    """Run every step with `driver`, save their timings and print the hold-out metrics and the report's place."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    for name, step in experiment_steps(driver):
+    for name, step in steps:
         step_start = time.perf_counter()
         step()
         timings[name] = round(time.perf_counter() - step_start, 1)
@@ -97,8 +94,8 @@ def timings_json(timings: dict[str, float]) -> bytes:
 def summary_table(metrics_dir: Path) -> str:
     """Hold-out metrics of each strategy's model, mean and 95% CI over the fold models."""
     rows = [f"{'strategy':<11} {'accuracy':>22} {'AUROC':>22} {'sensitivity':>22} {'specificity':>22}"]
-    for strategy in STRATEGY_FLAGS:
-        path = metrics_dir / f"{strategy}_final_metrics.json"
+    for strategy in STRATEGIES:
+        path = metrics_dir / layout.final_metrics_name(strategy)
         if not path.is_file():
             rows.append(f"{strategy:<11} (missing {path.name})")
             continue

@@ -12,9 +12,10 @@ call to a service:
     TorchServe                            register the best strategy's .mar, classify a few hold-out images
                                           over REST and gRPC
 
-The profile's flags (pipeline.profiles.PROFILES) are parsed by each step's own CLI parser and copied into the
-request field of the same name, so a profile means the same thing in-process and through the services. A flag a
-request cannot carry is refused, except the data-loader worker count, which each service sets for itself.
+Each step's typed config (pipeline.plan: the profile, the user's --<step>-args, --seed, --cpu) fills its request
+(`config.to_proto`), so a profile means the same thing in-process and through the services. A local option that
+no request carries is refused when set, except the data-loader workers and the generator's device, which each
+service decides for itself; paths and dataset come from the run's storage layout instead.
 Services are found through environment variables (ServiceEndpoints); `--local-services` starts them all first as
 local processes (pipeline.local_stack).
 """
@@ -25,12 +26,10 @@ import argparse
 import io
 import json
 import logging
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -46,11 +45,13 @@ from pneumonia.v1 import (
 )
 from tqdm import tqdm
 
-from pipeline.cli import build_parser
 from pipeline.endpoints import ServiceEndpoints
-from pipeline.profiles import PROFILES, STRATEGY_FLAGS
+from pipeline.plan import PlannedStep, plan
+from pipeline.profiles import STRATEGIES
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
 from services.classifier.client import ClassifierClient, register_from_store
+from shared import layout
+from shared.configs import ClassifierTrainingConfig, GenerationConfig, StepConfig
 from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, load_dataset
 from shared.errors import ConfigError, PneumoniaError
 from shared.splits import develop_and_holdout
@@ -60,74 +61,24 @@ from shared.storage.sync import download_prefix, upload_dir
 
 log = logging.getLogger(__name__)
 
-# Flags a service decides for itself: accepted in a profile, not sent.
-SERVICE_SIDE_FLAGS = frozenset({"workers"})
-# Flags the orchestrator fills in from its own layout (paths in storage, dataset, seed, device).
-LAYOUT_FLAGS = frozenset(
-    {"dataset", "data_dir", "model_dir", "results_dir", "figures_dir", "output_dir", "synthetic_dir", "model_path"}
-)
-ENUM_FIELDS: dict[str, dict[str, int]] = {
-    "loss": {"bce": trainer_pb2.GAN_LOSS_BCE, "wgan-gp": trainer_pb2.GAN_LOSS_WGAN_GP},
-    "train_on": {"positive": trainer_pb2.GAN_TRAIN_ON_POSITIVE, "all": trainer_pb2.GAN_TRAIN_ON_ALL},
-    "class_balance": {
-        "weighted-loss": trainer_pb2.CLASS_BALANCE_WEIGHTED_LOSS,
-        "sampler": trainer_pb2.CLASS_BALANCE_SAMPLER,
-        "none": trainer_pb2.CLASS_BALANCE_NONE,
-    },
-    "scheduler": {"none": trainer_pb2.LR_SCHEDULER_NONE, "onecycle": trainer_pb2.LR_SCHEDULER_ONECYCLE},
-}
-GENERATOR_CHECKPOINT = "gan/generator_final.pth"
+# Local options a service decides for itself: accepted (the quick profile sets the workers), never sent.
+SERVICE_DECIDES = frozenset({"workers", "cpu"})
 PROGRESS_METRICS = ("loss_d", "loss_g", "train_loss", "val_loss", "val_auroc", "val_acc")  # shown when a job has them
 MODEL_NAME = "pneumonia"
 NUM_SAMPLE_PREDICTIONS = 4
 
 
-def step_namespace(command: str, argv: list[str]) -> tuple[argparse.Namespace, set[str]]:
-    """Parse a step's flags with its own CLI parser; return the namespace and the names of flags set in `argv`."""
-    parser = build_parser([command])
-    base = vars(parser.parse_args([command, *required_placeholders(command)]))
-    parsed = parser.parse_args([command, *required_placeholders(command), *argv])
-    given = {name for name, value in vars(parsed).items() if base.get(name) != value}
-    return parsed, given
-
-
-def required_placeholders(command: str) -> list[str]:
-    """Values for a step's required flags that the orchestrator replaces (generate-synthetic's --model-path)."""
-    return ["--model-path", "-"] if command == "generate-synthetic" else []
-
-
-def request_from_flags(message: Message, command: str, argv: list[str]) -> Message:
-    """Fill `message`'s scalar and enum fields from `pneumonia <command> <argv>`; ConfigError for a flag it lacks."""
-    args, given = step_namespace(command, argv)
-    fields = message.DESCRIPTOR.fields_by_name
-    unsupported = sorted(given - set(fields) - SERVICE_SIDE_FLAGS - LAYOUT_FLAGS - {"explicit", "weights"})
-    if unsupported:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unsupported)
-        raise ConfigError(f"{command}: {flags} cannot be sent to the service ({message.DESCRIPTOR.full_name})")
-    for name, field in fields.items():
-        value = getattr(args, name, None)
-        if value is None or field.message_type is not None:
-            continue
-        if name in ENUM_FIELDS:
-            value = ENUM_FIELDS[name][value]
-        setattr(message, name, value)
-    if "weights" in fields and "weights" in vars(args):
-        if args.weights not in ("imagenet", "none"):
-            raise ConfigError("--weights PATH is not supported through the services; use imagenet or none")
-        message.weights = args.weights
-    return message
-
-
-def profile_flags(args: argparse.Namespace, step: str) -> list[str]:
-    """The profile's flags for `step`, then the user's --<step>-args, then seed and device."""
-    profile = PROFILES[args.profile]
-    return [
-        *shlex.split(getattr(profile, step)),
-        *shlex.split(getattr(args, f"{step}_args")),
-        "--seed",
-        str(args.seed),
-        *(["--cpu"] if args.cpu else []),
+def request(config: StepConfig, message: Message) -> Message:
+    """`message` with the config's request fields; ConfigError for a local option set that no request carries."""
+    cls = type(config)
+    refused = [
+        cls.flag(name)
+        for name in cls.fields_of("local")
+        if name not in SERVICE_DECIDES and getattr(config, name) != cls.model_fields[name].default
     ]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)} cannot be sent to the service ({message.DESCRIPTOR.full_name})")
+    return config.to_proto(message)
 
 
 class JobFailedError(PneumoniaError):
@@ -209,27 +160,24 @@ def upload_dataset(run: Run) -> common_pb2.DatasetSource:
     )
 
 
-def train_gan(run: Run, trainer: trainer_pb2_grpc.TrainerServiceStub, dataset: common_pb2.DatasetSource) -> Any:
-    request = request_from_flags(trainer_pb2.StartGanJobRequest(), "train-gan", profile_flags(run.args, "gan"))
-    request.dataset.CopyFrom(dataset)
-    request.output_prefix = f"{run.prefix}/gan"
-    job = watch_job(trainer, trainer.StartGanJob(request), "train-gan")
-    return output_ending(job, GENERATOR_CHECKPOINT)
+def train_gan(
+    run: Run, trainer: trainer_pb2_grpc.TrainerServiceStub, dataset: common_pb2.DatasetSource, config: StepConfig
+) -> common_pb2.ObjectRef:
+    gan = request(config, trainer_pb2.StartGanJobRequest(dataset=dataset, output_prefix=f"{run.prefix}/gan"))
+    job = watch_job(trainer, trainer.StartGanJob(gan), "train-gan")
+    return output_ending(job, f"/{layout.GENERATOR_FINAL}")
 
 
 def generate_synthetic(
-    run: Run, generator: generator_pb2_grpc.GeneratorServiceStub, checkpoint: common_pb2.ObjectRef
+    run: Run,
+    generator: generator_pb2_grpc.GeneratorServiceStub,
+    checkpoint: common_pb2.ObjectRef,
+    config: GenerationConfig,
 ) -> generator_pb2.GenerateResponse:
-    args, _ = step_namespace("generate-synthetic", profile_flags(run.args, "generate"))
-    request = generator_pb2.GenerateRequest(
-        checkpoint=checkpoint,
-        label=common_pb2.LABEL_NORMAL if args.label == "normal" else common_pb2.LABEL_PNEUMONIA,
-        count=args.num_images,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        output_prefix=run.prefix,
-    )
-    result = generate(generator, request)
+    generate_request = request(config, generator_pb2.GenerateRequest(checkpoint=checkpoint, output_prefix=run.prefix))
+    if config.label is None:  # the service needs a label: the unconditional GAN's own, pneumonia (--train-on positive)
+        generate_request.label = common_pb2.LABEL_PNEUMONIA
+    result = generate(generator, generate_request)
     log.info("%d synthetic images in s3://%s/%s", len(result.images), result.manifest.bucket, result.prefix)
     return result
 
@@ -239,17 +187,21 @@ def start_classifiers(
     trainer: trainer_pb2_grpc.TrainerServiceStub,
     dataset: common_pb2.DatasetSource,
     synthetic: generator_pb2.GenerateResponse,
+    configs: dict[str, ClassifierTrainingConfig],
 ) -> dict[str, trainer_pb2.Job]:
-    """Queue the three strategies at once (the trainer runs them one after the other); the started jobs."""
+    """Queue every strategy's job at once (the trainer runs them one after the other); the started jobs by step."""
     started = {}
-    for strategy, flags in STRATEGY_FLAGS.items():
-        argv = [*profile_flags(run.args, "classifier"), *shlex.split(flags)]
-        request = request_from_flags(trainer_pb2.StartClassifierJobRequest(), "train-classifier", argv)
-        request.dataset.CopyFrom(dataset)
-        request.synthetic.CopyFrom(common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix))
-        request.output_prefix = f"{run.prefix}/classifiers"
-        request.model_archive_name = f"{MODEL_NAME}-{strategy}"
-        started[strategy] = trainer.StartClassifierJob(request)
+    for name, config in configs.items():
+        job_request = request(
+            config,
+            trainer_pb2.StartClassifierJobRequest(
+                dataset=dataset,
+                synthetic=common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix),
+                output_prefix=f"{run.prefix}/classifiers",
+                model_archive_name=f"{MODEL_NAME}-{config.strategy}",
+            ),
+        )
+        started[name] = trainer.StartClassifierJob(job_request)
     return started
 
 
@@ -259,17 +211,22 @@ def analyze(
     dataset: common_pb2.DatasetSource,
     synthetic: generator_pb2.GenerateResponse,
     generator_checkpoint: common_pb2.ObjectRef,
+    config: StepConfig,
 ) -> analyzer_pb2.AnalyzeResponse:
-    request = request_from_flags(analyzer_pb2.AnalyzeRequest(), "analyze-results", profile_flags(run.args, "analyze"))
-    metrics_prefix = f"{run.prefix}/classifiers/metrics/"
-    request.metrics.CopyFrom(common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=metrics_prefix))
-    request.models.CopyFrom(common_pb2.ObjectPrefix(bucket=run.buckets.models, prefix=f"{run.prefix}/classifiers/"))
-    request.synthetic.CopyFrom(common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix))
-    request.output.CopyFrom(common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{run.prefix}/analysis/"))
-    request.dataset.CopyFrom(dataset)
-    request.generator.CopyFrom(generator_checkpoint)
+    prefix = run.prefix
+    analyze_request = request(
+        config,
+        analyzer_pb2.AnalyzeRequest(
+            metrics=common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{prefix}/classifiers/metrics/"),
+            models=common_pb2.ObjectPrefix(bucket=run.buckets.models, prefix=f"{prefix}/classifiers/"),
+            synthetic=common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix),
+            output=common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{prefix}/analysis/"),
+            dataset=dataset,
+            generator=generator_checkpoint,
+        ),
+    )
     log.info("analyzing (one call; the analyzer logs its phases)")
-    return analyzer.Analyze(request)
+    return analyzer.Analyze(analyze_request)
 
 
 def holdout_samples(
@@ -313,8 +270,8 @@ def best_strategy(run: Run, metrics_dir: Path) -> str:
     """The strategy with the highest mean cross-validation AUROC (validation folds only: the hold-out is never
     used to choose)."""
     scores = {}
-    for strategy in STRATEGY_FLAGS:
-        summary = json.loads((metrics_dir / f"{strategy}_cv_summary.json").read_text())
+    for strategy in STRATEGIES:
+        summary = json.loads((metrics_dir / layout.cv_summary_name(strategy)).read_text())
         scores[strategy] = summary["average"].get("auroc") or 0.0
     best = max(scores, key=lambda s: scores[s])
     log.info("cross-validation AUROC %s: serving %s", {s: round(v, 4) for s, v in scores.items()}, best)
@@ -323,86 +280,88 @@ def best_strategy(run: Run, metrics_dir: Path) -> str:
 
 def report_location(run: Run, response: analyzer_pb2.AnalyzeResponse) -> str:
     """Where the text report is: a local path for the LocalStore, else its s3:// URI."""
-    report = next((ref for ref in response.reports if ref.key.endswith("comparison_report.txt")), response.summary)
+    report = next((ref for ref in response.reports if ref.key.endswith(layout.COMPARISON_REPORT)), response.summary)
     root = getattr(run.store, "root", None)
     return str(Path(root) / report.bucket / report.key) if root is not None else f"s3://{report.bucket}/{report.key}"
 
 
 class ServicesDriver:
-    """Runs each step as a call to a service over open channels; outputs in storage under runs/<run>/."""
+    """Runs each planned step as a call to a service over open channels; outputs in storage under runs/<run>/."""
 
     def __init__(
         self,
         run: Run,
+        planned: Sequence[PlannedStep],
         trainer: trainer_pb2_grpc.TrainerServiceStub,
         generator: generator_pb2_grpc.GeneratorServiceStub,
         analyzer: analyzer_pb2_grpc.AnalyzerServiceStub,
     ) -> None:
-        self.run, self.trainer, self.generator, self.analyzer = run, trainer, generator, analyzer
         self.run_id = run.run_id
-        self.dataset: common_pb2.DatasetSource | None = None
-        self.checkpoint: common_pb2.ObjectRef | None = None
-        self.synthetic: generator_pb2.GenerateResponse | None = None
+        self.experiment, self.trainer, self.generator, self.analyzer = run, trainer, generator, analyzer
+        self.classifiers = {step.name: step.config for step in planned if step.step == "classifier"}
+        self.dataset = common_pb2.DatasetSource()
+        self.checkpoint = common_pb2.ObjectRef()
+        self.synthetic = generator_pb2.GenerateResponse()
         self.started: dict[str, trainer_pb2.Job] = {}
-        self.jobs: dict[str, trainer_pb2.Job] = {}
-        self.analysis: analyzer_pb2.AnalyzeResponse | None = None
-        self.answers = ""
-        self.best = ""
+        self.jobs: dict[str, trainer_pb2.Job] = {}  # by strategy
+        self.analysis = analyzer_pb2.AnalyzeResponse()
+        self.best, self.answers = "", ""
 
     def steps_before(self) -> Sequence[Step]:
         return [("upload-dataset", self.upload_dataset)]
 
     def upload_dataset(self) -> None:
-        self.dataset = upload_dataset(self.run)
+        self.dataset = upload_dataset(self.experiment)
 
-    def train_gan(self) -> None:
-        self.checkpoint = train_gan(self.run, self.trainer, self.dataset)
-
-    def generate_synthetic(self) -> None:
-        self.synthetic = generate_synthetic(self.run, self.generator, self.checkpoint)
-
-    def train_classifier(self, strategy: str) -> None:
-        """The first strategy's step queues all three jobs; each step then follows its own job to its end."""
-        if not self.started:
-            self.started = start_classifiers(self.run, self.trainer, self.dataset, self.synthetic)
-        self.jobs[strategy] = watch_job(self.trainer, self.started[strategy], f"train-classifier ({strategy})")
-
-    def analyze_results(self) -> None:
-        self.analysis = analyze(self.run, self.analyzer, self.dataset, self.synthetic, self.checkpoint)
+    def run(self, step: PlannedStep) -> None:
+        run, config = self.experiment, step.config
+        if step.step == "gan":
+            self.checkpoint = train_gan(run, self.trainer, self.dataset, config)
+        elif step.step == "generate":
+            self.synthetic = generate_synthetic(run, self.generator, self.checkpoint, config)
+        elif step.step == "classifier":
+            # The first strategy's step queues every strategy's job; each step follows its own job to its end.
+            if not self.started:
+                self.started = start_classifiers(run, self.trainer, self.dataset, self.synthetic, self.classifiers)
+            self.jobs[config.strategy] = watch_job(self.trainer, self.started[step.name], step.name)
+        elif step.step == "analyze":
+            self.analysis = analyze(run, self.analyzer, self.dataset, self.synthetic, self.checkpoint, config)
+        else:
+            raise PneumoniaError(f"no service runs the step {step.name!r}")
 
     def steps_after(self) -> Sequence[Step]:
         return [("serve", self.serve)]
 
     def serve(self) -> None:
         """Serve the strategy with the best cross-validation AUROC and ask it about a few hold-out images."""
-        download_prefix(
-            self.run.store, self.run.buckets.results, f"{self.run.prefix}/classifiers/metrics/", self.metrics_dir()
-        )
-        self.best = best_strategy(self.run, self.metrics_dir())
-        self.answers = serve_and_ask(self.run, self.jobs[self.best].model_archive)
+        run = self.experiment
+        download_prefix(run.store, run.buckets.results, f"{run.prefix}/classifiers/metrics/", self.metrics_dir())
+        self.best = best_strategy(run, self.metrics_dir())
+        self.answers = serve_and_ask(run, self.jobs[self.best].model_archive)
 
     def save_timings(self, timings: dict[str, float]) -> None:
-        self.run.store.put_bytes(self.run.buckets.results, f"{self.run.prefix}/{TIMINGS_FILE}", timings_json(timings))
+        run = self.experiment
+        run.store.put_bytes(run.buckets.results, f"{run.prefix}/{TIMINGS_FILE}", timings_json(timings))
 
     def metrics_dir(self) -> Path:
-        return Path(self.run.args.work_dir) / "results" / self.run.run_id / "metrics"
+        return Path(self.experiment.args.work_dir) / "results" / self.run_id / "metrics"
 
     def notes(self) -> list[str]:
         lines = [
             f"\nServed by TorchServe as {MODEL_NAME!r}: the {self.best} model (best cross-validation AUROC).",
             self.answers,
         ]
-        if self.analysis is not None and self.analysis.skipped:
+        if self.analysis.skipped:
             lines.append("Skipped in the analysis: " + "; ".join(self.analysis.skipped))
         return lines
 
     def report(self) -> str:
-        assert self.analysis is not None, "report() before analyze_results()"
-        return report_location(self.run, self.analysis)
+        return report_location(self.experiment, self.analysis)
 
 
 def run_through_services(args: argparse.Namespace, endpoints: ServiceEndpoints) -> int:
     """The whole experiment through the services; prints the hold-out table, served answers and the report."""
+    planned = plan(args)  # a flag the steps do not accept fails here, before anything is stored
     run = Run(
         args=args,
         store=open_store(),
@@ -417,11 +376,11 @@ def run_through_services(args: argparse.Namespace, endpoints: ServiceEndpoints) 
         channel(endpoints.generator) as generator,
         channel(endpoints.analyzer) as analyzer,
     ):
-        return run_steps(
-            ServicesDriver(
-                run,
-                trainer_pb2_grpc.TrainerServiceStub(trainer),
-                generator_pb2_grpc.GeneratorServiceStub(generator),
-                analyzer_pb2_grpc.AnalyzerServiceStub(analyzer),
-            )
+        driver = ServicesDriver(
+            run,
+            planned,
+            trainer_pb2_grpc.TrainerServiceStub(trainer),
+            generator_pb2_grpc.GeneratorServiceStub(generator),
+            analyzer_pb2_grpc.AnalyzerServiceStub(analyzer),
         )
+        return run_steps(driver, planned)

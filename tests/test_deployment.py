@@ -168,9 +168,9 @@ def container_env(container: dict[str, Any], config_maps: dict[str, dict[str, st
 
 
 def experiment_plan(profile: str) -> dict[str, list[str]]:
-    """pipeline.in_process.plan for the layout the Jobs use (work volume at /work)."""
+    """pipeline.plan.plan for the layout the Jobs use (work volume at /work)."""
     from pipeline.experiment import add_arguments
-    from pipeline.in_process import plan
+    from pipeline.plan import plan
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -178,7 +178,7 @@ def experiment_plan(profile: str) -> dict[str, list[str]]:
         ["--profile", profile, "--dataset", "pneumoniamnist", "--data-dir", "/work/data/pneumoniamnist"]
         + ["--work-dir", "/work"]
     )
-    return {name.replace(" (", "-").rstrip(")"): argv for name, argv in plan(args)}
+    return {step.name.replace(" (", "-").rstrip(")"): step.argv for step in plan(args)}
 
 
 def parsed_step(argv: list[str]) -> tuple[dict[str, Any], list[str]]:

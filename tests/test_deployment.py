@@ -377,7 +377,7 @@ def test_dockerignore_is_an_allowlist() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in lines
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "proto/gen", "shared", "services"}
+    assert allowed == {"pyproject.toml", "README.md", "proto/gen", "shared", "services", "pipeline"}
 
 
 # ---------------------------------------------------------------------------------------------------- compose

@@ -38,10 +38,10 @@ def run(step: str, flags: list[str], out: Path, processes: int) -> None:
     outputs = ["--model-dir", str(out / "models"), "--results-dir", str(out / "metrics"), "--figures-dir", str(out)]
     if step == "train-gan":
         outputs += ["--output-dir", str(out)]
-    launcher = [sys.executable, "-m", "services.cli"]
+    launcher = [sys.executable, "-m", "pipeline.cli"]
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        launcher += ["-m", "services.cli"]
+        launcher += ["-m", "pipeline.cli"]
     subprocess.run([*launcher, step, *flags, *outputs], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -58,11 +58,11 @@ def classifier_images_per_second(out: Path) -> list[float]:
 
 
 def gan_training_images(data_dir: Path) -> int:
-    from services.trainer.train_gan import add_arguments, training_config, training_images
+    from services.trainer.train_gan import training_config, training_images
+    from shared.configs import GanTrainingConfig
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return len(training_images(training_config(parser.parse_args([*GAN_FLAGS, "--data-dir", str(data_dir)]))))
+    options = GanTrainingConfig.from_argv([*GAN_FLAGS, "--data-dir", str(data_dir)])
+    return len(training_images(training_config(options)))
 
 
 def main() -> None:

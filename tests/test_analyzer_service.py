@@ -22,9 +22,9 @@ from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
 from service_process import assert_health_and_reflection, json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port
 
+from pipeline.cli import main as cli
 from services.analyzer.config import AnalyzerConfig
 from services.analyzer.service import SERVICE_NAME, SUMMARY_NAME, AnalysisService, AnalyzerServicer
-from services.cli import main as cli
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import ConfigError
 from shared.grpc_service import GrpcServer, Service
@@ -236,10 +236,11 @@ def test_a_too_short_deadline_stops_the_analysis_and_stores_nothing(
         ({"dataset": None}, "dataset.name is required"),
         ({"dataset": common_pb2.DatasetSource(name="mnist", data=common_pb2.ObjectPrefix(prefix="x/"))}, "'mnist'"),
         ({"dataset": common_pb2.DatasetSource(name="phantom")}, "dataset.data is required"),
-        ({"arch": "vgg16"}, "arch must be one of"),
-        ({"num_ssim_real": -3}, "--num-ssim-real must be at least 1, got -3"),
-        ({"num_reference_real": -1}, "--num-reference-real must be >= 0"),
-        ({"seed": -1}, "seed must be between 0 and"),
+        ({"arch": "vgg16"}, "arch: input should be 'resnet18'"),
+        ({"num_ssim_real": -3}, "num_ssim_real: input should be greater than or equal to 1, got -3"),
+        ({"num_reference_real": -1}, "num_reference_real: input should be greater than or equal to 0"),
+        ({"seed": -1}, "seed: input should be greater than or equal to 0"),
+        ({"memorization_threshold": 1.5}, "memorization_threshold: input should be less than or equal to 1"),
         ({"metrics": common_pb2.ObjectPrefix(prefix="runs/../x/")}, "metrics: invalid listing prefix"),
         ({"models": common_pb2.ObjectPrefix(bucket="Bad_Bucket", prefix=RUN)}, "models: invalid bucket name"),
         ({"generator": common_pb2.ObjectRef(bucket="models")}, "generator.key is required"),

@@ -184,8 +184,9 @@ def container_env(container: dict[str, Any], config_maps: dict[str, dict[str, st
 
 
 def experiment_plan(profile: str) -> dict[str, list[str]]:
-    """services.experiment.plan for the layout the Jobs use (work volume at /work)."""
-    from services.experiment import add_arguments, plan
+    """pipeline.plan.plan for the layout the Jobs use (work volume at /work)."""
+    from pipeline.experiment import add_arguments
+    from pipeline.plan import plan
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -193,12 +194,12 @@ def experiment_plan(profile: str) -> dict[str, list[str]]:
         ["--profile", profile, "--dataset", "pneumoniamnist", "--data-dir", "/work/data/pneumoniamnist"]
         + ["--work-dir", "/work"]
     )
-    return {name.replace(" (", "-").rstrip(")"): argv for name, argv in plan(args)}
+    return {step.name.replace(" (", "-").rstrip(")"): step.argv for step in plan(args)}
 
 
 def parsed_step(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """A `pneumonia` argv parsed by the CLI's own parser: (options, arguments it does not know)."""
-    from services.cli import build_parser
+    from pipeline.cli import build_parser
 
     namespace, unknown = build_parser().parse_known_args(argv)
     options = {key: value for key, value in vars(namespace).items() if key not in ("handler", "parser")}
@@ -487,13 +488,12 @@ def test_compose_start_order_is_health_gated(compose_models: dict[str, dict[str,
 
 
 def test_compose_orchestrator_reaches_every_service(compose_models: dict[str, dict[str, Any]]) -> None:
-    from services.orchestrator import ServiceEndpoints
+    from pipeline.endpoints import ServiceEndpoints
 
     services = compose_models["gpu"]["services"]
     spec = services["orchestrator"]
     env = spec["environment"]
-    known = set(VARIABLE.findall((ROOT / "services" / "orchestrator.py").read_text()))
-    known |= set(VARIABLE.findall((ROOT / "services" / "experiment.py").read_text()))
+    known = {name for path in (ROOT / "pipeline").glob("*.py") for name in VARIABLE.findall(path.read_text())}
     known |= documented_variables(STORAGE_CONFIG) | BUCKET_VARIABLES
     assert set(env) <= known, set(env) - known
     endpoints = ServiceEndpoints.from_env(env)

@@ -13,12 +13,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from storage_server import free_port
-from test_train_classifier import FAST
-from test_train_gan import gan_argv, parse
+from training_helpers import FAST, classifier_options, gan_argv, gan_options
 
-from services.cli import build_parser
 from services.trainer import train_gan
-from services.trainer.train_classifier import check_args
+from services.trainer.train_classifier import check_environment
 from shared import distributed
 from shared.checkpoints import load_checkpoint
 from shared.datasets.phantom import write_phantom_dataset
@@ -68,13 +66,13 @@ def test_options_the_processes_cannot_share_are_refused_before_they_start(
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="--batch-size 8 must be divisible by the 3 training processes"):
-        train_gan.check_arguments(parse(gan_argv(tmp_path, tmp_path)))
+        train_gan.check_environment(gan_options(gan_argv(tmp_path, tmp_path)))
     classifier = ["train-classifier", *FAST, "--batch-size", "21"]
-    check_args(build_parser().parse_args(classifier))  # 7 images per process
+    check_environment(classifier_options(classifier))  # 7 images per process
     with pytest.raises(ConfigError, match="--class-balance sampler .* with torchrun use weighted-loss"):
-        check_args(build_parser().parse_args([*classifier, "--class-balance", "sampler"]))
+        check_environment(classifier_options([*classifier, "--class-balance", "sampler"]))
     with pytest.raises(ConfigError, match="--batch-size 20 must be divisible by the 3 training processes"):
-        check_args(build_parser().parse_args(["train-classifier", *FAST]))
+        check_environment(classifier_options(["train-classifier", *FAST]))
 
 
 def test_gradients_averaged_over_processes_equal_the_whole_batch_gradient() -> None:
@@ -85,7 +83,7 @@ def torchrun(*argv: str) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc-per-node 2 pneumonia ARGV` on the CPU (gloo)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     result = subprocess.run(
-        [*command, "-m", "services.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
+        [*command, "-m", "pipeline.cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -115,7 +113,7 @@ def test_gan_trained_by_two_processes_resumes_exactly(blob_npz: Path, tmp_path: 
     assert sorted(p.name for p in (straight / "results/gan_images").iterdir()) == ["epoch_001.png", "epoch_002.png"]
 
     with pytest.raises(CheckpointError, match="world_size: 2 in the checkpoint, None now"):
-        train_gan.train(parse(gan_argv(blob_npz, resumed, *wgan, "--epochs", "3", "--resume")))
+        train_gan.train(gan_options(gan_argv(blob_npz, resumed, *wgan, "--epochs", "3", "--resume")))
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services import cli
+from pipeline import cli
 from shared.datasets import download as download_command
 from shared.datasets import load_dataset
 from shared.datasets.download import install_archive, kaggle_credentials_found

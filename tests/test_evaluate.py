@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.cli import main as pneumonia
+from pipeline.cli import main as pneumonia
 from shared.datasets.phantom import write_phantom_dataset
 
 NUM_PATIENTS = 80

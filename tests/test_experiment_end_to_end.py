@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from services.cli import main as pneumonia
+from pipeline.cli import main as pneumonia
 from shared.datasets import load_dataset
 from shared.splits import develop_and_holdout
 

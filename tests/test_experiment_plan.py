@@ -1,28 +1,52 @@
-"""The experiment's profiles only use flags the subcommands really have, and keep evaluation data clean."""
+"""The experiment's plan: profiles only set options the step configs have, each step's argv parses to the same
+config, and evaluation data stays clean."""
 
 import pytest
 
-from services.cli import build_parser
-from services.experiment import PROFILES, STRATEGY_FLAGS, plan
+from pipeline.cli import build_parser
+from pipeline.plan import plan
+from pipeline.profiles import PROFILES, STEP_CONFIGS, STRATEGIES
+
+
+def experiment_args(*argv: str):
+    return build_parser(["experiment"]).parse_args(["experiment", "--data-dir", "/data", "--work-dir", "/w", *argv])
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
-def test_every_step_of_every_profile_parses(profile):
+def test_profiles_set_valid_options_and_no_paths(profile: str) -> None:
+    for step, config in STEP_CONFIGS.items():
+        values = dict(PROFILES[profile].defaults(step))
+        assert set(values) <= set(config.model_fields), step
+        assert not set(values) & set(config.fields_of("layout")), f"{step}: paths and dataset are the driver's"
+        assert not set(values) & {name for switches in STRATEGIES.values() for name in switches}
+        parsed = config.from_argv([], **values, **({"model_path": "-"} if step == "generate" else {}))
+        assert {name: getattr(parsed, name) for name in values} == values  # validated, kept as given
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_step_of_every_profile_parses(profile: str) -> None:
     parser = build_parser()
-    args = parser.parse_args(["experiment", "--profile", profile, "--data-dir", "/data", "--work-dir", "/w"])
-    steps = plan(args)
-    assert [name for name, _ in steps][:2] == ["train-gan", "generate-synthetic"]
-    assert steps[-1][0] == "analyze-results"
-    for name, argv in steps:
-        parsed = parser.parse_args(argv)  # SystemExit here means the profile names a flag that does not exist
-        assert parsed.command == argv[0], name
+    steps = plan(experiment_args("--profile", profile))
+    assert [step.name for step in steps][:2] == ["train-gan", "generate-synthetic"]
+    assert steps[-1].name == "analyze-results"
+    for step in steps:
+        parsed = parser.parse_args(step.argv)  # SystemExit here means the argv names a flag that does not exist
+        assert parsed.command == step.command, step.name
+        assert type(step.config).from_argv(step.argv[1:]) == step.config, step.name  # the argv gives it back
+
+
+def test_the_quick_profile_reaches_the_argv() -> None:
+    gan = next(step for step in plan(experiment_args("--seed", "4", "--cpu")) if step.step == "gan")
+    assert gan.argv[0] == "train-gan"
+    assert {"--image-size=32", "--epochs=8", "--workers=0", "--seed=4", "--cpu", "--model-dir=/w/models"} <= set(
+        gan.argv
+    )
 
 
 def test_strategies_differ_only_in_synthetic_flags():
-    parser = build_parser()
-    args = parser.parse_args(["experiment", "--data-dir", "/data", "--work-dir", "/w"])
-    parsed = {name: parser.parse_args(argv) for name, argv in plan(args) if name.startswith("train-classifier")}
-    assert len(parsed) == len(STRATEGY_FLAGS)
+    parser = build_parser(["train-classifier"])
+    parsed = {step.name: parser.parse_args(step.argv) for step in plan(experiment_args()) if step.step == "classifier"}
+    assert len(parsed) == len(STRATEGIES)
     base = vars(parsed["train-classifier (baseline)"])
     assert base["use_synthetic"] is False and base["use_curriculum"] is False
     curriculum = vars(parsed["train-classifier (curriculum)"])

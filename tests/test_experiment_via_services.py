@@ -32,7 +32,7 @@ SERVICES = ("trainer", "generator", "analyzer", "classifier")
 
 def experiment(phantom_dir: Path, work: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "services.cli", "experiment", "--via-services", "--local-services",
+        sys.executable, "-m", "pipeline.cli", "experiment", "--via-services", "--local-services",
         "--data-dir", str(phantom_dir), "--work-dir", str(work), *TINY, *extra,
     ]  # fmt: skip
 
@@ -53,7 +53,7 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
 
     # Every step's result is in storage, under the run's prefix.
     storage = work / "storage"
-    assert (storage / "models/runs/e2e/gan/gan/generator_final.pth").is_file()
+    assert (storage / "models/runs/e2e/gan/generator_final.pth").is_file()
     metrics = storage / "results/runs/e2e/classifiers/metrics"
     develop, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
     for strategy in ("baseline", "augmented", "curriculum"):

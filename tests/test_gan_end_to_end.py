@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from services.cli import main as pneumonia
+from pipeline.cli import main as pneumonia
 from services.generator.generate_synthetic import load_generator
 from shared.checkpoints import load_checkpoint
 from shared.datasets import PNEUMONIA, load_dataset

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from services import cli
+from pipeline import cli
 from services.generator import generate_synthetic
 from services.generator.generate_synthetic import generate_images, latent_batch
 from services.trainer import train_gan
 from shared.checkpoints import save_checkpoint
+from shared.configs import GanTrainingConfig
 from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.images import sha256_file
 from shared.models.dcgan import Discriminator, Generator, for_inference
@@ -31,7 +32,7 @@ def make_generator(path: Path, *train_options: str, channels: int = 1) -> Path:
         ["--image-size", "16", "--num-channels", str(channels), "--latent-dim", "8", "--feature-maps-g", "4"]
         + list(train_options)
     )
-    config = train_gan.training_config(args)
+    config = train_gan.training_config(GanTrainingConfig.from_args(args))
     torch.manual_seed(0)
     generator = Generator(8, 4, channels, 16, config["num_classes"])
     save_checkpoint(path, "dcgan-generator", config, state_dict=for_inference(generator).state_dict())

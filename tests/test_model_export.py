@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.cli import main as pneumonia
+from pipeline.cli import main as pneumonia
 from shared.datasets import load_dataset
 from shared.errors import CheckpointError
 from shared.models.classifier import (

@@ -1,45 +1,56 @@
-"""The orchestrator's requests mean what the same profile means in-process: flags -> proto fields, or a refusal."""
+"""The through-services driver's requests mean what the same profile means in-process: config -> proto fields,
+or a refusal."""
 
 from __future__ import annotations
 
 import pytest
-from pneumonia.v1 import analyzer_pb2, trainer_pb2
+from pneumonia.v1 import analyzer_pb2, common_pb2, generator_pb2, trainer_pb2
 
-from services.cli import build_parser
-from services.experiment import PROFILES
-from services.orchestrator import ServiceEndpoints, profile_flags, request_from_flags
+from pipeline.cli import build_parser
+from pipeline.endpoints import ServiceEndpoints
+from pipeline.experiment import main as experiment
+from pipeline.plan import plan, step_config
+from pipeline.profiles import PROFILES
+from pipeline.through_services import request
 from shared.errors import ConfigError
 from shared.storage.config import BucketNames
 
 
 def experiment_args(*argv: str):
-    return build_parser().parse_args(["experiment", "--data-dir", "/data", *argv])
+    return build_parser(["experiment"]).parse_args(["experiment", "--data-dir", "/data", *argv])
+
+
+def requests(args) -> dict[str, object]:
+    """Each planned step's request, by step name."""
+    messages = {
+        "gan": trainer_pb2.StartGanJobRequest,
+        "generate": generator_pb2.GenerateRequest,
+        "classifier": trainer_pb2.StartClassifierJobRequest,
+        "analyze": analyzer_pb2.AnalyzeRequest,
+    }
+    return {step.name: request(step.config, messages[step.step]()) for step in plan(args)}
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_every_profile_step_becomes_a_request(profile: str) -> None:
-    args = experiment_args("--profile", profile, "--seed", "7")
-    gan = request_from_flags(trainer_pb2.StartGanJobRequest(), "train-gan", profile_flags(args, "gan"))
-    classifier = request_from_flags(
-        trainer_pb2.StartClassifierJobRequest(), "train-classifier", profile_flags(args, "classifier")
-    )
-    analyze = request_from_flags(analyzer_pb2.AnalyzeRequest(), "analyze-results", profile_flags(args, "analyze"))
-    assert gan.seed == classifier.seed == analyze.seed == 7
-    assert gan.epochs > 0 and gan.batch_size > 0 and gan.image_size >= 16  # CLI defaults fill unset flags
+    sent = requests(experiment_args("--profile", profile, "--seed", "7"))
+    gan, analyze = sent["train-gan"], sent["analyze-results"]
+    classifier = sent["train-classifier (curriculum)"]
+    assert gan.seed == classifier.seed == analyze.seed == sent["generate-synthetic"].seed == 7
+    assert gan.epochs > 0 and gan.batch_size > 0 and gan.image_size >= 16  # config defaults fill unset options
     assert classifier.k_folds > 0 and classifier.arch.startswith("resnet")
+    assert (
+        classifier.use_synthetic and classifier.use_curriculum and not sent["train-classifier (baseline)"].use_synthetic
+    )
 
 
 def test_quick_profile_values_reach_the_request_fields() -> None:
-    args = experiment_args("--profile", "quick", "--cpu")
-    gan = request_from_flags(trainer_pb2.StartGanJobRequest(), "train-gan", profile_flags(args, "gan"))
+    sent = requests(experiment_args("--profile", "quick", "--cpu"))
+    gan = sent["train-gan"]
     assert (gan.image_size, gan.num_channels, gan.feature_maps_g, gan.epochs, gan.batch_size) == (32, 1, 32, 8, 64)
     assert gan.loss == trainer_pb2.GAN_LOSS_BCE and gan.cpu
     assert not gan.HasField("max_images")
-    classifier = request_from_flags(
-        trainer_pb2.StartClassifierJobRequest(),
-        "train-classifier",
-        [*profile_flags(args, "classifier"), "--use-synthetic", "--use-curriculum"],
-    )
+    classifier = sent["train-classifier (curriculum)"]
     assert (classifier.arch, classifier.weights, classifier.image_size, classifier.k_folds) == (
         "resnet18",
         "none",
@@ -50,26 +61,51 @@ def test_quick_profile_values_reach_the_request_fields() -> None:
     assert classifier.scheduler == trainer_pb2.LR_SCHEDULER_ONECYCLE
     assert classifier.curriculum_schedule == "0:0.0, 1:0.2, 2:0.33"
     assert classifier.class_balance == trainer_pb2.CLASS_BALANCE_WEIGHTED_LOSS
+    generate = sent["generate-synthetic"]
+    assert (generate.count, generate.batch_size) == (300, 100)
+    assert sent["analyze-results"].num_reference_real == 1000
 
 
 def test_user_overrides_win_over_the_profile() -> None:
     args = experiment_args("--profile", "quick", "--gan-args", "--epochs 2 --loss wgan-gp --max-images 50")
-    gan = request_from_flags(trainer_pb2.StartGanJobRequest(), "train-gan", profile_flags(args, "gan"))
+    gan = request(step_config(args, "gan"), trainer_pb2.StartGanJobRequest())
     assert gan.epochs == 2 and gan.loss == trainer_pb2.GAN_LOSS_WGAN_GP and gan.max_images == 50
+    assert gan.image_size == 32  # the rest of the profile stays
 
 
-def test_a_flag_the_request_cannot_carry_is_refused() -> None:
-    args = experiment_args("--analyze-args=--skip-gradcam")
-    with pytest.raises(ConfigError, match="--skip-gradcam cannot be sent"):
-        request_from_flags(analyzer_pb2.AnalyzeRequest(), "analyze-results", profile_flags(args, "analyze"))
+def test_the_experiment_seed_wins_over_a_step_flag() -> None:
+    args = experiment_args("--seed", "3", "--analyze-args", "--seed 9 --skip-gradcam")
+    analyze = request(step_config(args, "analyze"), analyzer_pb2.AnalyzeRequest())
+    assert analyze.seed == 3 and analyze.skip_gradcam
+
+
+def test_a_local_option_no_request_carries_is_refused() -> None:
+    args = experiment_args("--classifier-args=--resume")
+    with pytest.raises(ConfigError, match="--resume cannot be sent"):
+        request(step_config(args, "classifier"), trainer_pb2.StartClassifierJobRequest())
+    args = experiment_args("--generate-args=--latent-dim 50")
+    with pytest.raises(ConfigError, match="--latent-dim cannot be sent"):
+        request(step_config(args, "generate", model_path="-"), generator_pb2.GenerateRequest())
+
+
+def test_what_the_services_decide_for_themselves_is_accepted() -> None:
+    args = experiment_args("--cpu", "--generate-args", "--label normal", "--classifier-args", "--workers 2")
+    generate = request(step_config(args, "generate", model_path="-"), generator_pb2.GenerateRequest())
+    assert generate.label == common_pb2.LABEL_NORMAL
+    assert request(step_config(args, "classifier"), trainer_pb2.StartClassifierJobRequest()).cpu
+
+
+def test_an_unknown_or_invalid_step_flag_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="--no-such-flag"):
+        plan(experiment_args("--gan-args", "--no-such-flag 1"))
+    with pytest.raises(ConfigError, match="--epochs"):
+        plan(experiment_args("--classifier-args", "--epochs 0"))
 
 
 def test_a_weights_file_is_refused_through_the_services() -> None:
     args = experiment_args("--classifier-args", "--weights /tmp/some.pth")
     with pytest.raises(ConfigError, match="--weights PATH"):
-        request_from_flags(
-            trainer_pb2.StartClassifierJobRequest(), "train-classifier", profile_flags(args, "classifier")
-        )
+        request(step_config(args, "classifier"), trainer_pb2.StartClassifierJobRequest())
 
 
 def test_endpoints_come_from_the_environment() -> None:
@@ -81,10 +117,8 @@ def test_endpoints_come_from_the_environment() -> None:
 
 
 def test_local_services_needs_via_services() -> None:
-    from services.experiment import main
-
     with pytest.raises(ConfigError, match="--local-services needs --via-services"):
-        main(experiment_args("--local-services"))
+        experiment(experiment_args("--local-services"))
 
 
 def test_bucket_names_come_from_the_environment_and_are_checked() -> None:

@@ -3,7 +3,6 @@ images reach training folds only, and bad options fail with a clear message."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,18 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_helpers import FAST, MAX_IMAGES, classifier_options, write_synthetic_folder
 
-from services.cli import build_parser
-from services.cli import main as pneumonia
+from pipeline.cli import main as pneumonia
 from services.trainer.hooks import TrainingStopped
 from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
+from shared.configs import ClassifierTrainingConfig
 from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import CheckpointError, ConfigError
-from shared.images import save_png
 from shared.models.classifier import load_classifier
 from shared.splits import develop_and_holdout
-from shared.synthetic import ManifestRow, write_manifest
 
 STRATEGY_FLAGS = {  # one epoch where a second shows nothing new (CPU time is precious)
     "baseline": ["--epochs", "1"],
@@ -30,24 +28,6 @@ STRATEGY_FLAGS = {  # one epoch where a second shows nothing new (CPU time is pr
     "curriculum": ["--use-synthetic", "--use-curriculum", "--curriculum-schedule", "0:0.0, 1:0.5"],
 }
 NUM_SYNTHETIC = 12
-MAX_IMAGES = 40
-FAST = [
-    "--dataset", "phantom", "--arch", "resnet18", "--weights", "none", "--unfreeze", "--image-size", "16",
-    "--channels", "1", "--epochs", "2", "--batch-size", "20", "--max-images", str(MAX_IMAGES), "--workers", "0",
-    "--cpu",
-]  # fmt: skip
-
-
-def write_synthetic_folder(directory: Path, count: int) -> Path:
-    """PNGs plus manifest.csv, the layout `pneumonia generate-synthetic` writes; half of each class."""
-    rng = np.random.default_rng(3)
-    rows = []
-    for index in range(count):
-        name = f"synthetic_{index:04d}.png"
-        save_png(rng.integers(0, 256, (32, 32), dtype=np.uint8), directory / name)
-        rows.append(ManifestRow(file=name, label=index % 2, seed=3, index=index, generator_sha256="0" * 64))
-    write_manifest(directory, rows)
-    return directory
 
 
 def output_args(root: Path) -> list[str]:
@@ -176,7 +156,7 @@ def test_subsample_is_stratified_by_patient_and_seeded(phantom_dir: Path) -> Non
 
 
 def test_one_split_run_reports_progress(phantom_dir: Path, tmp_path: Path) -> None:
-    args = build_parser().parse_args(
+    args = classifier_options(
         ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "1"]
         + ["--epochs", "1", "--scheduler", "onecycle", "--class-balance", "sampler"]
     )
@@ -224,8 +204,8 @@ class Interrupted(Exception):
     """Raised from the progress hook to kill a run at a chosen epoch."""
 
 
-def parse_classifier_args(phantom_dir: Path, root: Path, *extra: str) -> argparse.Namespace:
-    return build_parser().parse_args(
+def parse_classifier_args(phantom_dir: Path, root: Path, *extra: str) -> ClassifierTrainingConfig:
+    return classifier_options(
         ["train-classifier", "--data-dir", str(phantom_dir), *output_args(root), *FAST, *RESUME_FLAGS, *extra]
     )
 
@@ -307,7 +287,7 @@ def test_folds_trained_in_separate_runs_add_up_to_the_whole_cross_validation(
 
 
 def test_should_stop_stops_at_an_epoch_boundary_and_the_run_resumes(phantom_dir: Path, tmp_path: Path) -> None:
-    args = build_parser().parse_args(
+    args = classifier_options(
         ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "2"]
         + ["--epochs", "1", "--image-size", "8"]
     )
@@ -316,7 +296,7 @@ def test_should_stop_stops_at_an_epoch_boundary_and_the_run_resumes(phantom_dir:
         train_strategy(args, progress=events.append, should_stop=lambda: len(events) == 1)
     assert [(e["fold"], e["epoch"]) for e in events] == [(1, 0)]
     assert (tmp_path / "models" / "fold_1_baseline_resnet18.pth").is_file()
-    args.resume = True
+    args = args.model_copy(update={"resume": True})
     final = train_strategy(args, progress=events.append)
     assert [(e["fold"], e["epoch"]) for e in events] == [(1, 0), (2, 0)]
     assert len(final["holdout_per_fold"]) == 2
@@ -326,13 +306,13 @@ def test_resume_refuses_other_options_and_a_missing_state(phantom_dir: Path, tmp
     argv = ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "2"]
     argv += ["--epochs", "1", "--image-size", "8"]
     with pytest.raises(CheckpointError, match="checkpoint not found"):
-        train_strategy(build_parser().parse_args([*argv, "--resume"]))
+        train_strategy(classifier_options([*argv, "--resume"]))
     with pytest.raises(Interrupted):
-        train_strategy(build_parser().parse_args(argv), progress=interrupt_at(2, 0))
+        train_strategy(classifier_options(argv), progress=interrupt_at(2, 0))
     with pytest.raises(CheckpointError, match=r"lr: 0\.001 in the checkpoint, 0\.002 now"):
-        train_strategy(build_parser().parse_args([*argv, "--resume", "--lr", "0.002"]))
+        train_strategy(classifier_options([*argv, "--resume", "--lr", "0.002"]))
     # A finished fold's model that was replaced is detected, not silently reused.
     fold_model = tmp_path / "models" / "fold_1_baseline_resnet18.pth"
     fold_model.write_bytes(fold_model.read_bytes() + b"\0")
     with pytest.raises(CheckpointError, match="fold 1's model .* is missing or was replaced"):
-        train_strategy(build_parser().parse_args([*argv, "--resume", "--workers", "0"]))
+        train_strategy(classifier_options([*argv, "--resume", "--workers", "0"]))

@@ -10,41 +10,29 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from training_helpers import SIZE, gan_argv, gan_options
 
-from services import cli
+from pipeline import cli
 from services.generator.generate_synthetic import generate_images
 from services.trainer import train_gan
 from services.trainer.hooks import TrainingStopped
 from shared.checkpoints import load_checkpoint, save_checkpoint
+from shared.configs import GanTrainingConfig
 from shared.diversity import collapse_suspected, mean_pairwise_ms_ssim
 from shared.errors import CheckpointError, ConfigError
 from shared.models.dcgan import Generator
 from shared.quality import pixel_frechet_distance
 from shared.synthetic import load_synthetic
 
-SIZE = 16
 
-
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse_cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     train_gan.add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def gan_argv(npz: Path, work: Path, *extra: str) -> list[str]:
-    """A tiny run: 16 px, one channel, narrow networks, in-process loading, on the CPU."""
-    return [
-        "--dataset", "pneumoniamnist", "--data-dir", str(npz),
-        "--model-dir", str(work / "models"), "--output-dir", str(work / "results"),
-        "--results-dir", str(work / "results/metrics"), "--figures-dir", str(work / "results/figures"),
-        "--image-size", str(SIZE), "--num-channels", "1", "--feature-maps-g", "8", "--feature-maps-d", "8",
-        "--latent-dim", "16", "--batch-size", "8", "--vis-batch-size", "8", "--workers", "0", "--cpu",
-        *extra,
-    ]  # fmt: skip
-
-
 def train(npz: Path, work: Path, *extra: str) -> int:
-    return train_gan.main(parse(gan_argv(npz, work, *extra)))
+    return train_gan.main(parse_cli(gan_argv(npz, work, *extra)))
 
 
 DIVERSITY_KEYS = {"ms_ssim_synthetic", "ms_ssim_synthetic_se", "ms_ssim_real"}
@@ -94,7 +82,7 @@ def test_train_gan_writes_every_output(blob_npz: Path, tmp_path: Path) -> None:
 
 def test_a_collapsed_generator_is_flagged_against_the_real_sample(blob_npz: Path, tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(["train-gan", *gan_argv(blob_npz, tmp_path, "--epochs", "1")])
-    config = train_gan.training_config(args)
+    config = train_gan.training_config(GanTrainingConfig.from_args(args))
     real = mean_pairwise_ms_ssim(train_gan.diversity_sample(train_gan.training_images(config), config, 8), 28)
     generator = Generator(16, 8, 1, SIZE)
     for parameter in generator.parameters():  # every latent gives the same (constant) image
@@ -109,19 +97,19 @@ def test_gan_learns_from_development_images_only(blob_npz: Path) -> None:
     data = np.load(blob_npz)
     train_val_labels = np.concatenate([data["train_labels"], data["val_labels"]]).ravel()
 
-    positive = train_gan.training_images(train_gan.training_config(parse(gan_argv(blob_npz, Path("w")))))
+    positive = train_gan.training_images(train_gan.training_config(gan_options(gan_argv(blob_npz, Path("w")))))
     assert len(positive) == int(train_val_labels.sum())
     assert (positive.labels == 1).all()
     assert not any(pid.startswith("test-") for pid in positive.patient_ids)  # the hold-out is never seen
 
     everything = train_gan.training_images(
-        train_gan.training_config(parse(gan_argv(blob_npz, Path("w"), "--train-on", "all")))
+        train_gan.training_config(gan_options(gan_argv(blob_npz, Path("w"), "--train-on", "all")))
     )
     assert len(everything) == len(train_val_labels)
     assert not any(pid.startswith("test-") for pid in everything.patient_ids)
 
     subset = train_gan.training_images(
-        train_gan.training_config(parse(gan_argv(blob_npz, Path("w"), "--conditional", "--max-images", "36")))
+        train_gan.training_config(gan_options(gan_argv(blob_npz, Path("w"), "--conditional", "--max-images", "36")))
     )
     assert len(subset) == 36
     assert subset.class_counts() == {"normal": 13, "pneumonia": 23}  # half of train + val's 26 and 46
@@ -171,7 +159,7 @@ def test_progress_after_each_epoch_and_a_stop_that_leaves_the_run_resumable(blob
     events: list[dict] = []
     with pytest.raises(TrainingStopped, match="before epoch 2"):
         train_gan.train(
-            parse(gan_argv(blob_npz, tmp_path, "--epochs", "3")),
+            gan_options(gan_argv(blob_npz, tmp_path, "--epochs", "3")),
             progress=events.append,
             should_stop=lambda: len(events) == 1,
         )
@@ -180,7 +168,9 @@ def test_progress_after_each_epoch_and_a_stop_that_leaves_the_run_resumable(blob
     assert (tmp_path / "models/gan/checkpoint_last.pth").is_file()
     assert not (tmp_path / "models/gan/generator_final.pth").exists()
 
-    path = train_gan.train(parse(gan_argv(blob_npz, tmp_path, "--epochs", "3", "--resume")), progress=events.append)
+    path = train_gan.train(
+        gan_options(gan_argv(blob_npz, tmp_path, "--epochs", "3", "--resume")), progress=events.append
+    )
     assert [e["epoch"] for e in events] == [1, 2, 3]
     assert path == tmp_path / "models/gan/generator_final.pth" and path.is_file()
 
@@ -207,8 +197,8 @@ def test_cli_reports_a_refused_option(blob_npz: Path, tmp_path: Path, capsys: py
     [
         (["--conditional", "--train-on", "positive"], "cannot use --train-on positive"),
         (["--image-size", "48"], "--image-size: image_size must be a power of two"),
-        (["--epochs", "0"], "--epochs must be positive"),
-        (["--max-images", "0"], "--max-images must be positive"),
+        (["--epochs", "0"], "--epochs: input should be greater than 0"),
+        (["--max-images", "0"], "--max-images: input should be greater than 0"),
     ],
 )
 def test_unworkable_options_are_refused(blob_npz: Path, tmp_path: Path, options: list[str], message: str) -> None:
@@ -219,9 +209,9 @@ def test_unworkable_options_are_refused(blob_npz: Path, tmp_path: Path, options:
 
 def test_briefly_trained_generator_is_closer_to_the_data_than_an_untrained_one(blob_npz: Path, tmp_path: Path) -> None:
     argv = gan_argv(blob_npz, tmp_path, "--epochs", "8", "--batch-size", "4", "--lr", "0.001", "--feature-maps-g", "16")
-    args = parse(argv)
-    train_gan.main(args)
-    config = train_gan.training_config(args)
+    options = gan_options(argv)
+    train_gan.train(options)
+    config = train_gan.training_config(options)
     untrained = tmp_path / "untrained.pth"
     torch.manual_seed(1)
     save_checkpoint(untrained, "dcgan-generator", config, state_dict=Generator(16, 16, 1, SIZE).state_dict())

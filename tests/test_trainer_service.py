@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from pneumonia.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from service_process import json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
-from test_train_classifier import write_synthetic_folder
+from training_helpers import write_synthetic_folder
 
 from services.trainer.config import TrainerConfig
 from services.trainer.jobs import RECORDS_PREFIX, JobManager
@@ -166,9 +166,9 @@ def test_gan_job_streams_its_epochs_and_stores_every_output(
 
     stored = {(ref.bucket, ref.key): ref for ref in final.outputs}
     for bucket, key in [
-        ("models", "runs/r1/gan/gan/generator_final.pth"),
-        ("models", "runs/r1/gan/gan/discriminator_final.pth"),
-        ("models", "runs/r1/gan/gan/checkpoint_last.pth"),
+        ("models", "runs/r1/gan/generator_final.pth"),
+        ("models", "runs/r1/gan/discriminator_final.pth"),
+        ("models", "runs/r1/gan/checkpoint_last.pth"),
         ("results", "runs/r1/gan/metrics/gan_training_history.json"),
         ("results", "runs/r1/gan/figures/gan_loss_curve.png"),
         ("results", "runs/r1/gan/figures/gan_real_vs_synthetic.png"),
@@ -248,14 +248,14 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_at_its_next_checkpoint(lo
 
 BAD_REQUESTS = [
     ("gan", {"dataset": common_pb2.DatasetSource(name="mnist")}, "INVALID_ARGUMENT", "dataset.name must be one of"),
-    ("gan", {"epochs": -1}, "INVALID_ARGUMENT", "epochs must be a finite number >= 0"),
-    ("gan", {"lr": float("nan")}, "INVALID_ARGUMENT", "lr must be a finite number"),
-    ("gan", {"image_size": 48}, "INVALID_ARGUMENT", "--image-size"),
+    ("gan", {"epochs": -1}, "INVALID_ARGUMENT", "epochs: input should be greater than 0"),
+    ("gan", {"lr": float("nan")}, "INVALID_ARGUMENT", "lr: input should be a finite number"),
+    ("gan", {"image_size": 48}, "INVALID_ARGUMENT", "image_size: image_size must be a power of two"),
     ("gan", {"loss": 7}, "INVALID_ARGUMENT", "loss: unknown value 7"),
     ("gan", {"conditional": True, "train_on": trainer_pb2.GAN_TRAIN_ON_POSITIVE}, "INVALID_ARGUMENT", "--conditional"),
     ("gan", {"output_prefix": "../escape"}, "INVALID_ARGUMENT", "invalid object key"),
     ("gan", {"output_prefix": "trainer-jobs/x"}, "INVALID_ARGUMENT", "reserved"),
-    ("gan", {"seed": 2**40}, "INVALID_ARGUMENT", "seed must be at most"),
+    ("gan", {"seed": 2**40}, "INVALID_ARGUMENT", "seed: input should be less than or equal to 2147483647"),
     ("gan", {"resume": True, "output_prefix": "runs/none"}, "NOT_FOUND", "no GAN run to continue"),
     (
         "gan",
@@ -271,10 +271,10 @@ BAD_REQUESTS = [
         "--curriculum-schedule",
     ),
     ("classifier", {"model_archive_name": "no spaces"}, "INVALID_ARGUMENT", "invalid model name"),
-    ("classifier", {"arch": "resnet9"}, "INVALID_ARGUMENT", "invalid choice: 'resnet9'"),
+    ("classifier", {"arch": "resnet9"}, "INVALID_ARGUMENT", "arch: input should be 'resnet18'"),
     ("classifier", {"weights": "/etc/passwd"}, "INVALID_ARGUMENT", "weights must be 'imagenet' or 'none'"),
     ("classifier", {"unfreeze": False}, "INVALID_ARGUMENT", "frozen randomly initialised backbone"),
-    ("classifier", {"k_folds": 1, "val_fraction": 1.5}, "INVALID_ARGUMENT", "--val-fraction"),
+    ("classifier", {"k_folds": 1, "val_fraction": 1.5}, "INVALID_ARGUMENT", "val_fraction: input should be less"),
     (
         "classifier",
         {"use_synthetic": True, "synthetic": common_pb2.ObjectPrefix(prefix="gen/none/")},
@@ -330,8 +330,13 @@ def test_a_watch_ends_at_its_deadline(local: Running) -> None:
         assert local.wait(job)[-1].state == common_pb2.JOB_STATE_CANCELLED
 
 
+@pytest.mark.parametrize("stored_before_the_fix", [False, True], ids=["checkpoint", "legacy-gan-gan-checkpoint"])
 def test_a_restarted_service_resumes_the_job_from_its_last_checkpoint(
-    small_phantom: Path, tmp_path: Path, local: Running, gan_job: tuple[trainer_pb2.Job, list[trainer_pb2.Job]]
+    small_phantom: Path,
+    tmp_path: Path,
+    local: Running,
+    gan_job: tuple[trainer_pb2.Job, list[trainer_pb2.Job]],
+    stored_before_the_fix: bool,
 ) -> None:
     store = LocalStore(tmp_path / "storage")
     put_inputs(store, small_phantom)
@@ -347,6 +352,10 @@ def test_a_restarted_service_resumes_the_job_from_its_last_checkpoint(
     stopped_at = record["job"]["epoch"]
     assert 1 <= stopped_at < 4
     shutil.rmtree(work_dir)  # a fresh machine: the state has to come from storage
+    if stored_before_the_fix:  # a job stored before the gan/gan/ fix kept its state under P/gan/
+        state = store.get_bytes("models", "runs/r1/gan/checkpoint_last.pth")
+        store.put_bytes("models", "runs/r1/gan/gan/checkpoint_last.pth", state)
+        store.delete("models", "runs/r1/gan/checkpoint_last.pth")
 
     with running_trainer(store, work_dir) as second:
         assert second.stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id)).state in (
@@ -362,10 +371,10 @@ def test_a_restarted_service_resumes_the_job_from_its_last_checkpoint(
     history = json.loads(store.get_bytes("results", "runs/r1/gan/metrics/gan_training_history.json"))
     assert [row["epoch"] for row in history["epochs"]] == [1, 2, 3, 4]
     keys = {ref.key for ref in final.outputs}
-    assert {"runs/r1/gan/gan/checkpoint_last.pth", "runs/r1/gan/gan_images/epoch_004.png"} <= keys
+    assert {"runs/r1/gan/checkpoint_last.pth", "runs/r1/gan/gan_images/epoch_004.png"} <= keys
     # Exactly the weights of the uninterrupted job with the same options.
     assert gan_job[1][-1].state == common_pb2.JOB_STATE_SUCCEEDED
-    key = "runs/r1/gan/gan/generator_final.pth"
+    key = "runs/r1/gan/generator_final.pth"
     straight = generator_weights(local.store, key, tmp_path / "a")
     resumed = generator_weights(store, key, tmp_path / "b")
     assert all(torch.equal(tensor, resumed[name]) for name, tensor in straight.items())
@@ -380,7 +389,7 @@ def test_gan_job_on_the_s3_server(small_phantom: Path, tmp_path: Path, s3_server
         assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.message
         for ref in final.outputs:
             assert store.stat(ref.bucket, ref.key).sha256 == ref.sha256
-        assert any(ref.key == "runs/s3/gan/gan/generator_final.pth" for ref in final.outputs)
+        assert any(ref.key == "runs/s3/gan/generator_final.pth" for ref in final.outputs)
         assert s3.record(job.job_id)["job"]["state"] == "JOB_STATE_SUCCEEDED"
 
 
@@ -452,4 +461,4 @@ def test_service_process_answers_health_and_sigterm_leaves_the_running_job_resum
     record = json.loads(store.get_bytes("models", f"{RECORDS_PREFIX}{job.job_id}.json"))
     assert record["job"]["state"] == "JOB_STATE_RUNNING" and record["resumable"]
     assert 1 <= record["job"]["epoch"] < 300
-    assert store.exists("models", "runs/process/gan/checkpoint_last.pth")
+    assert store.exists("models", "runs/process/checkpoint_last.pth")

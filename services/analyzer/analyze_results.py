@@ -33,12 +33,13 @@ from services.analyzer.report import (
     overall_verdict,
     render_report,
 )
+from shared import layout
 from shared.checkpoints import load_checkpoint
-from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, load_dataset
+from shared.configs import AnalysisConfig
+from shared.datasets import PNEUMONIA, LabelledImages, load_dataset
 from shared.diversity import compare_diversity
-from shared.errors import ConfigError
 from shared.images import atomic_write_bytes, atomic_write_json
-from shared.models.classifier import ARCHS, classifier_transform, load_classifier
+from shared.models.classifier import classifier_transform, load_classifier
 from shared.runtime import seed_everything, select_device
 from shared.splits import develop_and_holdout
 from shared.synthetic import load_synthetic
@@ -51,63 +52,7 @@ NUM_CLOSEST_PAIRS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # The seed's flags and defaults.
-    parser.add_argument("--metrics-dir", default="./results/metrics", help="train-classifier's metrics JSON files")
-    parser.add_argument("--analysis-dir", default="./results/analysis", help="where the report and figures go")
-    parser.add_argument("--model-dir", default="./models", help="classifier checkpoints {strategy}_{arch}.pth")
-    parser.add_argument("--data-dir", default="./data/processed", help="dataset location")
-    parser.add_argument("--synthetic-dir", default="./data/synthetic", help="synthetic images (generate-synthetic)")
-    parser.add_argument(
-        "--num-ssim-real", type=int, default=100, help="real development-set pneumonia images for the SSIM distribution"
-    )
-    parser.add_argument(
-        "--num-ssim-synth", type=int, default=500, help="synthetic images for SSIM, Fréchet distances and memorization"
-    )
-    parser.add_argument("--num-gradcam-samples", type=int, default=3, help="Grad-CAM samples of each kind per model")
-    parser.add_argument("--cpu", action="store_true", help="force CPU even where CUDA is available")
-    parser.add_argument("--skip-plots", action="store_true", help="no training-curve and cross-validation figures")
-    parser.add_argument("--skip-ssim", action="store_true", help="no SSIM distribution")
-    parser.add_argument("--skip-gradcam", action="store_true", help="no Grad-CAM figure")
-    # Additions.
-    parser.add_argument("--dataset", choices=DATASETS, default="rsna", help="dataset source")
-    parser.add_argument("--arch", choices=ARCHS, default="resnet50", help="architecture in the model file names")
-    parser.add_argument(
-        "--gan-model-path", default="./models/gan/generator_final.pth", help="generator checkpoint (for TSTR)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for every sample drawn here")
-    parser.add_argument(
-        "--memorization-threshold",
-        type=float,
-        default=0.95,
-        help="SSIM to its nearest real image at or above which a synthetic image counts as a near-copy. 0.95: X-rays "
-        "of different patients stay well below it (the report prints how close distinct real images come), while a "
-        "copy blurred or shifted a little by the generator stays above it",
-    )
-    parser.add_argument(
-        "--num-reference-real",
-        type=int,
-        default=0,
-        help="development-set real images searched for near-copies and used for the Fréchet distances; 0 = all "
-        "(a sample can miss a copy of an image outside it)",
-    )
-    parser.add_argument("--tstr-images", type=int, default=1000, help="balanced training images for TSTR and TRTR")
-    parser.add_argument("--tstr-epochs", type=int, default=5, help="training epochs for TSTR and TRTR")
-    parser.add_argument("--tstr-image-size", type=int, default=32, help="input size of the TSTR/TRTR classifier")
-    parser.add_argument("--skip-fidelity", action="store_true", help="no Fréchet distances or Inception FID")
-    parser.add_argument("--skip-memorization", action="store_true", help="no memorization check")
-    parser.add_argument("--skip-tstr", action="store_true", help="no train-on-synthetic / test-on-real")
-
-
-def check_args(args: argparse.Namespace) -> None:
-    for flag in ("num_ssim_real", "num_ssim_synth", "num_gradcam_samples", "tstr_images", "tstr_epochs"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.num_reference_real < 0:
-        raise ConfigError(f"--num-reference-real must be >= 0 (0 = all), got {args.num_reference_real}")
-    if not 0.0 < args.memorization_threshold <= 1.0:
-        raise ConfigError(f"--memorization-threshold must be in (0, 1], got {args.memorization_threshold}")
-    if args.tstr_image_size < 8:
-        raise ConfigError(f"--tstr-image-size must be at least 8, got {args.tstr_image_size}")
+    AnalysisConfig.add_arguments(parser)
 
 
 def strategy_table(results: dict[str, StrategyResults]) -> dict[str, dict[str, Any]]:
@@ -156,27 +101,27 @@ def plot_metrics(results: dict[str, StrategyResults], out: Path, skipped: list[s
     return written
 
 
-def load_splits(args: argparse.Namespace, skipped: list[str]) -> tuple[LabelledImages, LabelledImages] | None:
+def load_splits(options: AnalysisConfig, skipped: list[str]) -> tuple[LabelledImages, LabelledImages] | None:
     """(development, hold-out) images, or None when the data directory does not exist."""
-    if not Path(args.data_dir).exists():
-        note(skipped, f"dataset: {args.data_dir} not found; every analysis of images needs it")
+    if not Path(options.data_dir).exists():
+        note(skipped, f"dataset: {options.data_dir} not found; every analysis of images needs it")
         return None
-    return develop_and_holdout(load_dataset(args.dataset, args.data_dir))
+    return develop_and_holdout(load_dataset(options.dataset, options.data_dir))
 
 
-def load_synthetic_images(args: argparse.Namespace, skipped: list[str]) -> LabelledImages | None:
+def load_synthetic_images(options: AnalysisConfig, skipped: list[str]) -> LabelledImages | None:
     """The synthetic images, or None when the folder does not exist."""
-    if not Path(args.synthetic_dir).exists():
-        note(skipped, f"synthetic images: {args.synthetic_dir} not found; image quality and memorization need them")
+    if not Path(options.synthetic_dir).exists():
+        note(skipped, f"synthetic images: {options.synthetic_dir} not found; image quality and memorization need them")
         return None
-    return load_synthetic(args.synthetic_dir)
+    return load_synthetic(options.synthetic_dir)
 
 
 def load_model(
-    args: argparse.Namespace, strategy: str, device: torch.device, skipped: list[str], purpose: str
+    options: AnalysisConfig, strategy: str, device: torch.device, skipped: list[str], purpose: str
 ) -> tuple[torch.nn.Module, dict[str, Any]] | None:
     """(model, config) of `{model-dir}/{strategy}_{arch}.pth`, or None when the file does not exist."""
-    path = Path(args.model_dir) / f"{strategy}_{args.arch}.pth"
+    path = Path(options.model_dir) / layout.strategy_model_name(strategy, options.arch)
     if not path.is_file():
         note(skipped, f"{purpose}: model {path} not found")
         return None
@@ -213,18 +158,18 @@ class ImageSets:
         return self.synthetic.labels[self.synth_indices] == PNEUMONIA
 
 
-def draw_reference(args: argparse.Namespace, develop: LabelledImages, synthetic: LabelledImages) -> np.ndarray:
+def draw_reference(options: AnalysisConfig, develop: LabelledImages, synthetic: LabelledImages) -> np.ndarray:
     """Seeded indices of the real reference: the development images of the classes the synthetic set holds (all, or
     --num-reference-real), or only --num-ssim-real pneumonia images when the SSIM distribution is all that runs."""
-    rng = np.random.default_rng(args.seed)
-    if args.skip_fidelity and args.skip_memorization:
-        return rng.permutation(np.flatnonzero(develop.labels == PNEUMONIA))[: args.num_ssim_real]
+    rng = np.random.default_rng(options.seed)
+    if options.skip_fidelity and options.skip_memorization:
+        return rng.permutation(np.flatnonzero(develop.labels == PNEUMONIA))[: options.num_ssim_real]
     candidates = np.flatnonzero(np.isin(develop.labels, np.unique(synthetic.labels)))
-    return rng.permutation(candidates)[: args.num_reference_real or None]
+    return rng.permutation(candidates)[: options.num_reference_real or None]
 
 
 def describe_image_sets(
-    args: argparse.Namespace,
+    options: AnalysisConfig,
     develop: LabelledImages,
     synthetic: LabelledImages,
     reference: np.ndarray,
@@ -232,7 +177,7 @@ def describe_image_sets(
     device: torch.device,
 ) -> ImageSets:
     """Draw (seeded) up to --num-ssim-synth synthetic images; decode and describe them and the reference once."""
-    synth_indices = np.random.default_rng(args.seed + 1).permutation(len(synthetic))[: args.num_ssim_synth]
+    synth_indices = np.random.default_rng(options.seed + 1).permutation(len(synthetic))[: options.num_ssim_synth]
     size = synthetic.load(int(synth_indices[0])).size  # compare at the generator's resolution
     model, transform = (baseline[0], classifier_transform(baseline[1], train=False)) if baseline else (None, None)
     real_px, real_feat = image_quality.describe(develop, reference, size, model, transform, device, desc="real")
@@ -242,9 +187,9 @@ def describe_image_sets(
     return ImageSets(develop, synthetic, reference, synth_indices, size, real_px, synth_px, real_feat, synth_feat)
 
 
-def analyze_ssim(args: argparse.Namespace, sets: ImageSets, device: torch.device, out: Path) -> dict[str, Any]:
+def analyze_ssim(options: AnalysisConfig, sets: ImageSets, device: torch.device, out: Path) -> dict[str, Any]:
     """Synthetic pneumonia images' mean SSIM against --num-ssim-real real pneumonia images; ssim_distribution.png."""
-    real = sets.real_px[sets.real_pos][: args.num_ssim_real]
+    real = sets.real_px[sets.real_pos][: options.num_ssim_real]
     ssim = image_quality.ssim_distribution(sets.synth_px[sets.synth_pos], real, device)
     plots.plot_ssim_distribution(
         ssim.pop("synthetic_vs_real_values"), ssim.pop("real_vs_real_values"), out / "ssim_distribution.png"
@@ -252,12 +197,12 @@ def analyze_ssim(args: argparse.Namespace, sets: ImageSets, device: torch.device
     return ssim
 
 
-def analyze_diversity(args: argparse.Namespace, sets: ImageSets) -> dict[str, Any]:
+def analyze_diversity(options: AnalysisConfig, sets: ImageSets) -> dict[str, Any]:
     """Mean pairwise MS-SSIM among synthetic and among real pneumonia images at the generator's resolution; warns
     when the synthetic set is clearly less diverse (mode collapse)."""
     real = sets.real_px[sets.real_pos].astype(np.float64) / 255.0
     synthetic = sets.synth_px[sets.synth_pos].astype(np.float64) / 255.0
-    result = compare_diversity(real, synthetic, num_pairs=DIVERSITY_PAIRS, seed=args.seed).to_dict()
+    result = compare_diversity(real, synthetic, num_pairs=DIVERSITY_PAIRS, seed=options.seed).to_dict()
     if result["mode_collapse"]:
         log.warning(
             "possible mode collapse: synthetic mean pairwise MS-SSIM %.3f vs real %.3f",
@@ -268,7 +213,7 @@ def analyze_diversity(args: argparse.Namespace, sets: ImageSets) -> dict[str, An
 
 
 def analyze_fidelity(
-    args: argparse.Namespace, sets: ImageSets, device: torch.device, skipped: list[str]
+    options: AnalysisConfig, sets: ImageSets, device: torch.device, skipped: list[str]
 ) -> dict[str, Any]:
     """Fréchet distances between real and synthetic pneumonia images, each beside its real-vs-real floor: in the
     baseline classifier's feature space (when there is a baseline model) and, where torch-fidelity's weights are
@@ -281,7 +226,7 @@ def analyze_fidelity(
         return found
     if sets.real_feat is not None and sets.synth_feat is not None:
         found["frechet_classifier"] = {
-            "model": f"{REFERENCE}_{args.arch}",
+            "model": f"{REFERENCE}_{options.arch}",
             **image_quality.frechet_with_floor(sets.real_feat[sets.real_pos], sets.synth_feat[sets.synth_pos]),
         }
     weights, why = image_quality.inception_weights()
@@ -295,10 +240,10 @@ def analyze_fidelity(
     return found
 
 
-def analyze_memorization(args: argparse.Namespace, sets: ImageSets, device: torch.device, out: Path) -> dict[str, Any]:
+def analyze_memorization(options: AnalysisConfig, sets: ImageSets, device: torch.device, out: Path) -> dict[str, Any]:
     """Each synthetic image's nearest real reference image; near-copies named; memorization_closest_pairs.png."""
     memo = image_quality.memorization_check(
-        sets.synth_px, sets.real_px, args.memorization_threshold, sets.synth_feat, sets.real_feat, device
+        sets.synth_px, sets.real_px, options.memorization_threshold, sets.synth_feat, sets.real_feat, device
     )
     ssim_values, nearest = memo["nearest_ssim_values"], memo["nearest_real"]
 
@@ -312,7 +257,7 @@ def analyze_memorization(args: argparse.Namespace, sets: ImageSets, device: torc
     closest = [int(i) for i in np.argsort(-np.asarray(ssim_values), kind="stable")[:NUM_CLOSEST_PAIRS]]
     pictures = []
     for i in closest:
-        flag = " NEAR-COPY" if ssim_values[i] >= args.memorization_threshold else ""
+        flag = " NEAR-COPY" if ssim_values[i] >= options.memorization_threshold else ""
         pictures.append((sets.synth_px[i], sets.real_px[nearest[i]], f"SSIM {ssim_values[i]:.3f}{flag}"))
     plots.plot_image_pairs(pictures, out / "memorization_closest_pairs.png")
     features = memo["feature_distance"]
@@ -327,7 +272,7 @@ def analyze_memorization(args: argparse.Namespace, sets: ImageSets, device: torc
 
 
 def analyze_images(
-    args: argparse.Namespace,
+    options: AnalysisConfig,
     develop: LabelledImages,
     synthetic: LabelledImages,
     device: torch.device,
@@ -339,36 +284,38 @@ def analyze_images(
     figures written."""
     written: list[str] = []
     baseline = None
-    if not (args.skip_fidelity and args.skip_memorization):
-        baseline = load_model(args, REFERENCE, device, skipped, "classifier-feature distances")
-    reference = draw_reference(args, develop, synthetic)
+    if not (options.skip_fidelity and options.skip_memorization):
+        baseline = load_model(options, REFERENCE, device, skipped, "classifier-feature distances")
+    reference = draw_reference(options, develop, synthetic)
     if len(reference) < 2:
         note(skipped, "image quality and memorization: fewer than 2 development images of the synthetic classes")
         return written
     log.info(
-        "describing %d synthetic and %d real reference images", min(len(synthetic), args.num_ssim_synth), len(reference)
+        "describing %d synthetic and %d real reference images",
+        min(len(synthetic), options.num_ssim_synth),
+        len(reference),
     )
-    sets = describe_image_sets(args, develop, synthetic, reference, baseline, device)
+    sets = describe_image_sets(options, develop, synthetic, reference, baseline, device)
     enough_pneumonia = sets.real_pos.sum() >= 2 and sets.synth_pos.sum() >= 1
-    if args.skip_ssim:
+    if options.skip_ssim:
         note(skipped, "SSIM distribution: --skip-ssim")
     elif not enough_pneumonia:
         note(skipped, "SSIM distribution: needs at least 2 real and 1 synthetic pneumonia images")
     else:
-        summary["ssim"] = analyze_ssim(args, sets, device, out)
+        summary["ssim"] = analyze_ssim(options, sets, device, out)
         written.append("ssim_distribution.png")
     if sets.real_pos.sum() >= 2 and sets.synth_pos.sum() >= 2:
-        summary["diversity"] = analyze_diversity(args, sets)
+        summary["diversity"] = analyze_diversity(options, sets)
     else:
         note(skipped, "diversity (MS-SSIM): needs at least 2 real and 2 synthetic pneumonia images")
-    if args.skip_fidelity:
+    if options.skip_fidelity:
         note(skipped, "Fréchet distances and Inception FID: --skip-fidelity")
     else:
-        summary.update(analyze_fidelity(args, sets, device, skipped))
-    if args.skip_memorization:
+        summary.update(analyze_fidelity(options, sets, device, skipped))
+    if options.skip_memorization:
         note(skipped, "memorization check: --skip-memorization")
     else:
-        summary["memorization"] = analyze_memorization(args, sets, device, out)
+        summary["memorization"] = analyze_memorization(options, sets, device, out)
         log.info(
             "memorization: %d near-copies among %d synthetic images",
             summary["memorization"]["n_flagged"],
@@ -379,10 +326,10 @@ def analyze_images(
 
 
 def analyze_tstr(
-    args: argparse.Namespace, develop: LabelledImages, holdout: LabelledImages, device: torch.device, skipped: list[str]
+    options: AnalysisConfig, develop: LabelledImages, holdout: LabelledImages, device: torch.device, skipped: list[str]
 ) -> dict[str, Any] | None:
     """Train-on-synthetic / test-on-real for a conditional generator; None (with a reason) otherwise."""
-    path = Path(args.gan_model_path)
+    path = Path(options.gan_model_path)
     if not path.is_file():
         note(skipped, f"TSTR: generator {path} not found")
         return None
@@ -392,12 +339,19 @@ def analyze_tstr(
     from services.analyzer.tstr import run_tstr  # imported here: it pulls in the trainer and the generator
 
     return run_tstr(
-        str(path), develop, holdout, args.tstr_images, args.tstr_epochs, args.tstr_image_size, args.seed, device
+        str(path),
+        develop,
+        holdout,
+        options.tstr_images,
+        options.tstr_epochs,
+        options.tstr_image_size,
+        options.seed,
+        device,
     )
 
 
 def analyze_gradcam(
-    args: argparse.Namespace,
+    options: AnalysisConfig,
     holdout: LabelledImages,
     synthetic: LabelledImages | None,
     device: torch.device,
@@ -408,8 +362,8 @@ def analyze_gradcam(
     synthetic images; returns the samples used and each model's P(pneumonia) for them."""
     from shared.gradcam import gradcam_samples  # imported here: pytorch-grad-cam is slow to import
 
-    rng = np.random.default_rng(args.seed)
-    k = args.num_gradcam_samples
+    rng = np.random.default_rng(options.seed)
+    k = options.num_gradcam_samples
     kinds = [("real pneumonia", holdout, np.flatnonzero(holdout.labels == PNEUMONIA))]
     kinds.append(("real normal", holdout, np.flatnonzero(holdout.labels != PNEUMONIA)))
     if synthetic is not None:
@@ -419,7 +373,7 @@ def analyze_gradcam(
     rows, record = [], {"figure": "gradcam_comparison.png", "samples": [], "models": {}}
     record["samples"] = [{"kind": kind, "image": image_name(images, i)} for kind, images, i in samples]
     for strategy in STRATEGIES:
-        loaded = load_model(args, strategy, device, skipped, "Grad-CAM")
+        loaded = load_model(options, strategy, device, skipped, "Grad-CAM")
         if loaded is None:
             continue
         results = gradcam_samples(*loaded, pictures, device)
@@ -439,24 +393,23 @@ def _no_check() -> None:
     """The default `check` of analyze: nobody can stop the analysis."""
 
 
-def analyze(args: argparse.Namespace, check: Callable[[], None] = _no_check) -> dict[str, Any]:
+def analyze(options: AnalysisConfig, check: Callable[[], None] = _no_check) -> dict[str, Any]:
     """Run every analysis the inputs allow; write the figures, analysis_summary.json and comparison_report.txt.
 
     `check` runs between the phases (metrics, figures, data, image quality, TSTR, Grad-CAM, writing); raising
     there stops the analysis before the report is written (the analyzer service stops on a passed deadline).
     """
-    check_args(args)
-    seed_everything(args.seed)
-    device = select_device(args.cpu)
-    out = Path(args.analysis_dir)
+    seed_everything(options.seed)
+    device = select_device(options.cpu)
+    out = Path(options.analysis_dir)
     out.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
     written: list[str] = []
 
-    results = load_results(Path(args.metrics_dir), skipped)
+    results = load_results(Path(options.metrics_dir), skipped)
     check()
     summary: dict[str, Any] = {
-        "inputs": {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))},
+        "inputs": options.model_dump(mode="json"),
         "strategies": strategy_table(results),
         "comparisons": compare_strategies(results, skipped),
         "ssim": None,
@@ -466,44 +419,46 @@ def analyze(args: argparse.Namespace, check: Callable[[], None] = _no_check) -> 
         "tstr": None,
         "gradcam": None,
     }
-    if args.skip_plots:
+    if options.skip_plots:
         note(skipped, "training-curve and cross-validation figures: --skip-plots")
     else:
         written += plot_metrics(results, out, skipped)
 
     check()
-    splits = load_splits(args, skipped)
-    needs_images = not (args.skip_ssim and args.skip_fidelity and args.skip_memorization)
-    synthetic = load_synthetic_images(args, skipped) if needs_images or not args.skip_gradcam else None
+    splits = load_splits(options, skipped)
+    needs_images = not (options.skip_ssim and options.skip_fidelity and options.skip_memorization)
+    synthetic = load_synthetic_images(options, skipped) if needs_images or not options.skip_gradcam else None
     if splits is not None:
         develop, holdout = splits
         if needs_images and synthetic is not None:
-            written += analyze_images(args, develop, synthetic, device, out, summary, skipped)
+            written += analyze_images(options, develop, synthetic, device, out, summary, skipped)
             check()
-        if args.skip_tstr:
+        if options.skip_tstr:
             note(skipped, "TSTR: --skip-tstr")
         else:
-            summary["tstr"] = analyze_tstr(args, develop, holdout, device, skipped)
+            summary["tstr"] = analyze_tstr(options, develop, holdout, device, skipped)
             check()
-        if args.skip_gradcam:
+        if options.skip_gradcam:
             note(skipped, "Grad-CAM: --skip-gradcam")
         else:
-            summary["gradcam"] = analyze_gradcam(args, holdout, synthetic, device, out, skipped)
+            summary["gradcam"] = analyze_gradcam(options, holdout, synthetic, device, out, skipped)
             if summary["gradcam"] is not None:
                 written.append(summary["gradcam"]["figure"])
 
     check()
     summary["skipped"] = skipped
-    summary["outputs"] = [*written, "analysis_summary.json", "comparison_report.txt"]
-    atomic_write_json(out / "analysis_summary.json", summary)
-    atomic_write_bytes(out / "comparison_report.txt", render_report(summary).encode())
+    summary["outputs"] = [*written, layout.ANALYSIS_SUMMARY, layout.COMPARISON_REPORT]
+    atomic_write_json(out / layout.ANALYSIS_SUMMARY, summary)
+    atomic_write_bytes(out / layout.COMPARISON_REPORT, render_report(summary).encode())
     log.info("wrote %s to %s", ", ".join(summary["outputs"]), out)
     return summary
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = analyze(args)
+    options = AnalysisConfig.from_args(args)
+    summary = analyze(options)
     for strategy in CANDIDATES:
         print(overall_verdict(summary["comparisons"], strategy))
-    print(f"{len(summary['skipped'])} analyses skipped; report: {Path(args.analysis_dir) / 'comparison_report.txt'}")
+    report = Path(options.analysis_dir) / layout.COMPARISON_REPORT
+    print(f"{len(summary['skipped'])} analyses skipped; report: {report}")
     return 0

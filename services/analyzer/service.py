@@ -1,8 +1,8 @@
 """The analyzer service: `pneumonia analyze-results` behind gRPC, its inputs and its report in object storage.
 
 One Analyze call
-  1. validates the request (INVALID_ARGUMENT naming the field) and parses its options with analyze-results' own
-     parser, so that a zero field keeps the CLI's default;
+  1. validates the request (INVALID_ARGUMENT naming the field) and builds analyze-results' config from it
+     (AnalysisConfig.from_proto: a zero field keeps the CLI's default);
   2. waits for the analysis slot: analyses are CPU-heavy, so one runs at a time; a waiting call still stops on
      its deadline or cancellation;
   3. downloads into a per-request work dir (removed afterwards): the metrics prefix, from the models prefix only
@@ -25,7 +25,6 @@ an input the request left out by a note such as "(no models prefix in the reques
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import threading
@@ -33,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
@@ -41,11 +40,12 @@ from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
 from services.analyzer import analyze_results
 from services.analyzer.config import AnalyzerConfig
 from services.analyzer.report import STRATEGIES, render_report
+from shared import layout
+from shared.configs import AnalysisConfig
 from shared.datasets import DATASETS
 from shared.errors import CheckpointError, ConfigError, PneumoniaError
 from shared.grpc_service import ensure_active, rpc_method
 from shared.images import atomic_write_bytes, atomic_write_json
-from shared.models.classifier import ARCHS
 from shared.storage import InvalidKeyError, NotFoundError, ObjectRef, ObjectStore
 from shared.storage.base import object_uri, validate_bucket, validate_key, validate_prefix
 from shared.storage.proto import ref_to_proto
@@ -54,9 +54,8 @@ from shared.storage.sync import download_prefix, upload_dir
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = analyzer_pb2.DESCRIPTOR.services_by_name["AnalyzerService"].full_name
-SUMMARY_NAME = "analysis_summary.json"
-REPORT_NAME = "comparison_report.txt"
-MAX_SEED = 2**32 - 1  # analyze-results seeds numpy's global generator, which takes 32 bits
+SUMMARY_NAME = layout.ANALYSIS_SUMMARY
+REPORT_NAME = layout.COMPARISON_REPORT
 SLOT_POLL_S = 0.2  # how often a call waiting for the analysis slot checks its deadline
 
 Check = Callable[[], None]  # raises to stop the work (a passed deadline, a cancelled call)
@@ -88,8 +87,7 @@ class AnalysisPlan:
     models: Location | None  # None: analyses that need a classifier are skipped
     synthetic: Location | None  # None: image quality and memorization are skipped
     generator: ObjectRef | None  # sha256 '' / size 0: not checked; None: TSTR is skipped
-    arch: str
-    options: tuple[str, ...]  # every analyze-results flag except the directories and --gan-model-path
+    options: AnalysisConfig  # analyze-results' options; its paths are filled in by Workspace.options
 
 
 @dataclass(frozen=True)
@@ -102,22 +100,6 @@ class AnalysisResult:
 
 
 # ---------------------------------------------------------------- the request
-
-
-class _RequestOptionParser(argparse.ArgumentParser):
-    """analyze-results' parser, raising ConfigError instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"analysis options: {message}")
-
-
-def parse_analysis_args(argv: list[str]) -> argparse.Namespace:
-    """analyze-results' Namespace for `argv`, checked as the CLI checks it; ConfigError when it cannot work."""
-    parser = _RequestOptionParser(prog="analyze-results", add_help=False)
-    analyze_results.add_arguments(parser)
-    args = parser.parse_args(argv)
-    analyze_results.check_args(args)
-    return args
 
 
 def _is_set(message: Any) -> bool:
@@ -154,28 +136,6 @@ def _generator_ref(message: common_pb2.ObjectRef, default_bucket: str) -> Object
     return ObjectRef(bucket, message.key, message.sha256, message.size)
 
 
-def _option_flags(request: analyzer_pb2.AnalyzeRequest, force_cpu: bool) -> list[str]:
-    """analyze-results flags for the request's options; a zero field adds none (the CLI default holds)."""
-    if request.arch and request.arch not in ARCHS:
-        raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, got {request.arch!r}")
-    if not 0 <= request.seed <= MAX_SEED:
-        raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {request.seed}")
-    flags = ["--dataset", request.dataset.name]
-    for flag, value in (
-        ("--arch", request.arch),
-        ("--num-ssim-real", request.num_ssim_real),
-        ("--num-ssim-synth", request.num_ssim_synth),
-        ("--num-gradcam-samples", request.num_gradcam_samples),
-        ("--num-reference-real", request.num_reference_real),
-        ("--seed", request.seed),
-    ):
-        if value:
-            flags += [flag, str(value)]
-    if request.cpu or force_cpu:
-        flags.append("--cpu")
-    return flags
-
-
 def plan_from_request(request: analyzer_pb2.AnalyzeRequest, config: AnalyzerConfig) -> AnalysisPlan:
     """Validate the request; ConfigError or InvalidKeyError (INVALID_ARGUMENT) naming the first bad field."""
     if not _is_set(request.metrics):
@@ -194,9 +154,9 @@ def plan_from_request(request: analyzer_pb2.AnalyzeRequest, config: AnalyzerConf
     if _is_set(request.synthetic):
         synthetic = _location("synthetic", request.synthetic, config.synthetic_bucket)
     generator = _generator_ref(request.generator, config.models_bucket) if _is_set(request.generator) else None
-    options = _option_flags(request, config.force_cpu)
-    args = parse_analysis_args(options)  # bad values fail now, before anything is downloaded
-    return AnalysisPlan(metrics, output, dataset, models, synthetic, generator, args.arch, tuple(options))
+    # bad values fail now, before anything is downloaded; the paths are the work dir's, set by Workspace.options
+    options = AnalysisConfig.from_proto(request, dataset=request.dataset.name, cpu=request.cpu or config.force_cpu)
+    return AnalysisPlan(metrics, output, dataset, models, synthetic, generator, options)
 
 
 # ---------------------------------------------------------------- the work dir
@@ -254,17 +214,18 @@ class Workspace:
             return {key: self.rename(item) for key, item in value.items()}
         return value
 
-    def argv(self, plan: AnalysisPlan) -> list[str]:
-        """analyze-results' full command line for `plan` in this work dir."""
-        return [
-            "--metrics-dir", str(self.metrics),
-            "--model-dir", str(self.models),
-            "--synthetic-dir", str(self.synthetic),
-            "--data-dir", str(self.data),
-            "--analysis-dir", str(self.analysis),
-            "--gan-model-path", str(self.generator(plan.generator)),
-            *plan.options,
-        ]  # fmt: skip
+    def options(self, plan: AnalysisPlan) -> AnalysisConfig:
+        """analyze-results' options for `plan`, with this work dir's paths."""
+        return plan.options.model_copy(
+            update={
+                "metrics_dir": str(self.metrics),
+                "model_dir": str(self.models),
+                "synthetic_dir": str(self.synthetic),
+                "data_dir": str(self.data),
+                "analysis_dir": str(self.analysis),
+                "gan_model_path": str(self.generator(plan.generator)),
+            }
+        )
 
 
 def _renamed(exc: Exception, workspace: Workspace) -> Exception:
@@ -310,7 +271,7 @@ class AnalysisService:
             try:
                 log.info("analysis started", extra={"output": plan.output.uri, "metrics": plan.metrics.uri})
                 self._fetch_inputs(plan, workspace, check)
-                summary = analyze_results.analyze(parse_analysis_args(workspace.argv(plan)), check)
+                summary = analyze_results.analyze(workspace.options(plan), check)
                 summary = self._rename_report(workspace, summary)
                 result = self._store_report(plan.output, workspace, summary, check)
             except (PneumoniaError, ValueError) as exc:
@@ -351,7 +312,7 @@ class AnalysisService:
 
         self._download("metrics", plan.metrics, workspace.metrics, check)
         if plan.models is not None:
-            self._download_models(plan.models, plan.arch, workspace.models, check)
+            self._download_models(plan.models, plan.options.arch, workspace.models, check)
         if plan.generator is not None:
             self._download_generator(plan.generator, generator_path, check)
         if plan.synthetic is not None:
@@ -367,7 +328,7 @@ class AnalysisService:
 
     def _download_models(self, location: Location, arch: str, dest: Path, check: Check) -> None:
         """The strategies' `{strategy}_{arch}.pth` right under the prefix; NotFoundError when it holds nothing."""
-        wanted = {f"{location.prefix}{strategy}_{arch}.pth" for strategy in STRATEGIES}
+        wanted = {location.prefix + layout.strategy_model_name(strategy, arch) for strategy in STRATEGIES}
         try:
             refs = list(self.store.list(location.bucket, location.prefix))
         except NotFoundError as exc:

@@ -15,14 +15,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from services.generator.generate_synthetic import generate_images
-from services.trainer.train_classifier import predict, train_one_epoch
 from shared.datasets.base import NORMAL, PNEUMONIA, LabelledImages, TorchImageDataset
 from shared.errors import ConfigError
+from shared.generation import generate_images
 from shared.metrics import binary_metrics
 from shared.models.classifier import build_classifier, classifier_config, classifier_transform
 from shared.runtime import seed_everything
 from shared.synthetic import load_synthetic
+from shared.training.loop import predict, train_one_epoch
 
 log = logging.getLogger(__name__)
 

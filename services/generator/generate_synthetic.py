@@ -13,164 +13,51 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from shared.checkpoints import load_checkpoint
+from shared.configs import GenerationConfig
 from shared.datasets import CLASS_NAMES
-from shared.errors import CheckpointError, ConfigError
-from shared.images import save_png, sha256_file
-from shared.models.dcgan import Generator
+from shared.errors import CheckpointError
+from shared.generation import LABELS, generate_images, latent_batch, load_generator, resolve_label
 from shared.runtime import select_device
-from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest, write_manifest
-from shared.transforms import to_uint8
+from shared.synthetic import MANIFEST_NAME, ManifestRow
+
+__all__ = ["LABELS", "generate", "generate_images", "latent_batch", "load_generator", "resolve_label"]
 
 log = logging.getLogger(__name__)
 
-LABELS = {name: label for label, name in CLASS_NAMES.items()}  # "normal" -> 0, "pneumonia" -> 1
-CHECKED_OPTIONS = {"latent_dim": "--latent-dim", "feature_maps_g": "--feature-maps-g"}
-
-
-class StoreExplicit(argparse.Action):
-    """Store the value and note in `namespace.explicit` that the user gave this option on the command line."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, values)
-        namespace.explicit = frozenset(getattr(namespace, "explicit", frozenset()) | {self.dest})
+CHECKED_OPTIONS = ("latent_dim", "feature_maps_g")  # given: must match the checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-path", required=True, help="generator checkpoint (MODEL_DIR/gan/generator_final.pth)")
-    parser.add_argument("--output-dir", default="./data/synthetic", help="where the PNGs and manifest.csv go")
-    parser.add_argument("--num-images", type=int, default=5000, help="how many images to generate")
-    parser.add_argument(
-        "--latent-dim",
-        type=int,
-        default=100,
-        action=StoreExplicit,
-        help="latent size: read from the checkpoint; if given, it must match",
-    )
-    parser.add_argument(
-        "--feature-maps-g",
-        type=int,
-        default=64,
-        action=StoreExplicit,
-        help="generator width: read from the checkpoint; if given, it must match",
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per generator forward pass")
-    parser.add_argument("--cpu", action="store_true", help="generate on the CPU even when CUDA is available")
-    parser.add_argument(
-        "--label",
-        choices=tuple(LABELS),
-        default=None,
-        help="class to generate: required for a conditional generator; an unconditional one has its own label",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the per-image latents")
-    parser.set_defaults(explicit=frozenset())
+    GenerationConfig.add_arguments(parser)
 
 
-def resolve_label(config: dict[str, Any], label: int | None, path: Path) -> int:
-    """The class to generate: the requested one for a conditional generator, else the generator's own."""
-    if config["conditional"]:
-        if label is None:
-            raise ConfigError(f"{path} is a conditional generator: choose the class with --label normal|pneumonia")
-        return label
-    if config["label"] is None:
-        raise CheckpointError(
-            f"{path} is an unconditional generator trained on all classes: its images have no label; "
-            "train with --train-on positive or --conditional"
-        )
-    if label is not None and label != config["label"]:
-        raise CheckpointError(
-            f"{path} only generates {CLASS_NAMES[config['label']]} images, not {CLASS_NAMES[label]} (--label)"
-        )
-    return config["label"]
-
-
-def latent_batch(seed: int, indices: range, latent_dim: int) -> torch.Tensor:
-    """len(indices) x latent_dim; row i from its own RNG seeded by (seed, index), so it never depends on batching."""
-    rows = [np.random.default_rng(np.random.SeedSequence([seed, i])).standard_normal(latent_dim) for i in indices]
-    return torch.from_numpy(np.stack(rows).astype(np.float32))
-
-
-def load_generator(checkpoint_path: str | Path, device: torch.device) -> tuple[Generator, dict[str, Any]]:
-    """The generator from a `dcgan-generator` checkpoint, in eval mode, and its config."""
-    checkpoint = load_checkpoint(checkpoint_path, "dcgan-generator")
-    config = checkpoint["config"]
-    generator = Generator.from_config(config)
-    try:
-        generator.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint_path}: weights do not match its config ({exc})") from exc
-    return generator.to(device).eval(), config
-
-
-@torch.no_grad()
-def generate_images(
-    checkpoint_path: str | Path,
-    output_dir: str | Path,
-    num_images: int,
-    label: int | None,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[ManifestRow]:
-    """Write `num_images` PNGs of class `label` (None: the generator's own) and merge them into manifest.csv.
-
-    `on_batch(images written so far)` runs after each batch (progress reports); if it raises, generation stops
-    before the manifest is written.
-    """
-    if num_images <= 0 or batch_size <= 0:
-        raise ConfigError(f"--num-images and --batch-size must be positive, got {num_images} and {batch_size}")
-    checkpoint_path, output_dir = Path(checkpoint_path), Path(output_dir)
-    generator, config = load_generator(checkpoint_path, device)
-    label = resolve_label(config, label, checkpoint_path)
-    digest = sha256_file(checkpoint_path)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    rows: list[ManifestRow] = []
-    for start in tqdm(range(0, num_images, batch_size), desc="generating", unit="batch"):
-        indices = range(start, min(start + batch_size, num_images))
-        noise = latent_batch(seed, indices, config["latent_dim"]).to(device)
-        labels = torch.full((len(indices),), label, device=device) if config["conditional"] else None
-        pixels = to_uint8(generator(noise, labels))  # N x H x W (gray) or N x H x W x 3 (RGB)
-        for index, image in zip(indices, pixels, strict=True):
-            name = f"synthetic_{CLASS_NAMES[label]}_{index:06d}.png"
-            save_png(image, output_dir / name)
-            rows.append(ManifestRow(name, label, seed, index, digest))
-        if on_batch is not None:
-            on_batch(len(rows))
-
-    merged = {row.file: row for row in read_manifest(output_dir)} if (output_dir / MANIFEST_NAME).is_file() else {}
-    merged.update((row.file, row) for row in rows)
-    write_manifest(output_dir, sorted(merged.values(), key=lambda row: row.file))
-    return rows
-
-
-def check_explicit_options(args: argparse.Namespace, config: dict[str, Any], path: Path) -> None:
-    """Refuse an option the user passed explicitly whose value contradicts the checkpoint."""
-    for key, flag in CHECKED_OPTIONS.items():
-        if key in args.explicit and getattr(args, key) != config[key]:
+def check_options(options: GenerationConfig, config: dict[str, Any], path: Path) -> None:
+    """Refuse an option the user gave whose value contradicts the checkpoint."""
+    for key in CHECKED_OPTIONS:
+        value = getattr(options, key)
+        if value is not None and value != config[key]:
+            flag = GenerationConfig.flag(key)
             raise CheckpointError(
-                f"{flag} {getattr(args, key)} contradicts {path}, trained with {key} = {config[key]}; "
+                f"{flag} {value} contradicts {path}, trained with {key} = {config[key]}; "
                 f"omit {flag} to use the checkpoint's value"
             )
 
 
+def generate(options: GenerationConfig, on_batch: Callable[[int], None] | None = None) -> list[ManifestRow]:
+    """Write the images and manifest.csv the options ask for; the rows written."""
+    device = select_device(options.cpu)
+    path = Path(options.model_path)
+    check_options(options, load_checkpoint(path, "dcgan-generator")["config"], path)
+    label = None if options.label is None else LABELS[options.label]
+    return generate_images(
+        path, options.output_dir, options.num_images, label, options.seed, options.batch_size, device, on_batch
+    )
+
+
 def main(args: argparse.Namespace) -> int:
-    device = select_device(args.cpu)
-    path = Path(args.model_path)
-    check_explicit_options(args, load_checkpoint(path, "dcgan-generator")["config"], path)
-    label = None if args.label is None else LABELS[args.label]
-    rows = generate_images(path, args.output_dir, args.num_images, label, args.seed, args.batch_size, device)
+    options = GenerationConfig.from_args(args)
+    rows = generate(options)
     log.info("wrote %d images with generator sha256 %s", len(rows), rows[0].generator_sha256[:12])
-    print(f"{len(rows)} {CLASS_NAMES[rows[0].label]} images and {MANIFEST_NAME} in {args.output_dir}")
+    print(f"{len(rows)} {CLASS_NAMES[rows[0].label]} images and {MANIFEST_NAME} in {options.output_dir}")
     return 0

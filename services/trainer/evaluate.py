@@ -14,7 +14,6 @@ from typing import Any
 
 from torch.utils.data import ConcatDataset, DataLoader
 
-from services.trainer.train_classifier import predict_logits
 from shared.calibration import (
     Calibration,
     calibrated_probability,
@@ -29,6 +28,7 @@ from shared.metrics import binary_metrics
 from shared.models.classifier import classifier_transform, load_classifier
 from shared.runtime import select_device
 from shared.splits import develop_and_holdout
+from shared.training.loop import predict_logits
 
 log = logging.getLogger(__name__)
 

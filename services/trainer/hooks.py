@@ -1,7 +1,7 @@
 """Hooks a caller (the trainer service) passes to a training entry point: progress after every epoch, and a stop check.
 
-    train_gan.train(args, progress=on_epoch, should_stop=lambda: cancelled.is_set())
-    train_classifier.train_strategy(args, progress=on_epoch, should_stop=lambda: cancelled.is_set())
+    train_gan.train(options, progress=on_epoch, should_stop=lambda: cancelled.is_set())
+    train_classifier.train_strategy(options, progress=on_epoch, should_stop=lambda: cancelled.is_set())
 
 `progress` runs after each epoch's resumable checkpoint is written (raising there stops the run, which can then be
 resumed with --resume). `should_stop` is asked before every epoch, i.e. at the safe point after the previous

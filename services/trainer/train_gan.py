@@ -29,8 +29,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.utils import make_grid
 
 from services.trainer.hooks import Progress, StopCheck, stop_if_asked
+from shared import layout
 from shared.checkpoints import load_checkpoint, save_checkpoint
-from shared.datasets import DATASETS, PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
+from shared.configs import GanTrainingConfig
+from shared.datasets import PNEUMONIA, LabelledImages, TorchImageDataset, load_dataset
 from shared.distributed import Distributed, from_env
 from shared.distributed import start as start_distributed
 from shared.distributed import stop as stop_distributed
@@ -38,7 +40,7 @@ from shared.diversity import PairwiseMsSsim, collapse_suspected, mean_pairwise_m
 from shared.errors import CheckpointError, ConfigError, DatasetError
 from shared.figures import save_figure
 from shared.images import atomic_write_json, save_png
-from shared.models.dcgan import Discriminator, Generator, for_inference, num_resolution_steps
+from shared.models.dcgan import Discriminator, Generator, for_inference
 from shared.runtime import seed_everything, set_rng_state
 from shared.splits import develop_and_holdout
 from shared.transforms import gan_transform
@@ -48,118 +50,44 @@ log = logging.getLogger(__name__)
 REAL_TARGET = 0.9  # one-sided label smoothing for the BCE discriminator
 TRAINING_STATE = "gan-training-state"
 RESUME_MAY_CHANGE = {"epochs"}  # config keys a resumed run may change
-COMPARISON_FIGURE = "gan_real_vs_synthetic.png"
-DIVERSITY_FIGURE = "gan_diversity.png"
 DIVERSITY_PAIRS = 200  # random distinct pairs of the fixed-latent samples per epoch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="rsna", help="dataset source to train on")
-    parser.add_argument("--data-dir", default="./data/processed", help="where the dataset lies")
-    parser.add_argument("--model-dir", default="./models", help="checkpoints go to MODEL_DIR/gan/")
-    parser.add_argument("--output-dir", default="./results", help="sample grids go to OUTPUT_DIR/gan_images/")
-    parser.add_argument("--results-dir", default="./results/metrics", help="where gan_training_history.json goes")
-    parser.add_argument("--figures-dir", default="./results/figures", help="where gan_loss_curve.png goes")
-    parser.add_argument("--epochs", type=int, default=50, help="total number of epochs (a resumed run may raise it)")
-    parser.add_argument("--batch-size", type=int, default=128, help="images per training step")
-    parser.add_argument("--lr", type=float, default=0.0002, help="Adam learning rate of both networks")
-    parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 of both networks")
-    parser.add_argument("--latent-dim", type=int, default=100, help="size of the latent vector z")
-    parser.add_argument("--num-channels", type=int, choices=(1, 3), default=3, help="image channels (3 = gray x3)")
-    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels, a power of two >= 16")
-    parser.add_argument("--feature-maps-g", type=int, default=64, help="generator width (ngf)")
-    parser.add_argument("--feature-maps-d", type=int, default=64, help="discriminator width (ndf)")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (0 = load in-process)")
-    parser.add_argument("--vis-batch-size", type=int, default=64, help="images in each epoch's sample grid")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
-    parser.add_argument(
-        "--train-on",
-        choices=("positive", "all"),
-        default=None,
-        help="images the GAN learns from: positive = pneumonia only (an unconditional GAN's images are labelled "
-        "pneumonia), all = both classes (its images then carry no label). Unset: positive, or all with --conditional",
-    )
-    parser.add_argument(
-        "--conditional", action="store_true", help="one class-conditional generator for both classes (trains on all)"
-    )
-    parser.add_argument(
-        "--loss",
-        choices=("bce", "wgan-gp"),
-        default="bce",
-        help="bce: DCGAN with a batch-norm discriminator; wgan-gp: Wasserstein loss with gradient penalty and an "
-        "instance-norm critic, Adam betas (beta1, 0.9) (Gulrajani et al. 2017)",
-    )
-    parser.add_argument("--gp-weight", type=float, default=10.0, help="gradient penalty weight (wgan-gp)")
-    parser.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step (wgan-gp)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling, noise and --max-images")
-    parser.add_argument(
-        "--max-images", type=int, default=None, help="train on a seeded, class-stratified subset of this many images"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from MODEL_DIR/gan/checkpoint_last.pth (same options)"
-    )
-    parser.add_argument("--sample-every", type=int, default=1, help="write a sample grid every this many epochs")
+    GanTrainingConfig.add_arguments(parser)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """Raise ConfigError naming the first option that cannot work."""
-    positive = {
-        "--epochs": args.epochs,
-        "--batch-size": args.batch_size,
-        "--lr": args.lr,
-        "--latent-dim": args.latent_dim,
-        "--feature-maps-g": args.feature_maps_g,
-        "--feature-maps-d": args.feature_maps_d,
-        "--vis-batch-size": args.vis_batch_size,
-        "--n-critic": args.n_critic,
-        "--sample-every": args.sample_every,
-    }
-    if args.max_images is not None:
-        positive["--max-images"] = args.max_images
-    for flag, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{flag} must be positive, got {value}")
-    if args.workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {args.workers}")
-    if args.gp_weight < 0:
-        raise ConfigError(f"--gp-weight must be >= 0, got {args.gp_weight}")
-    if not 0.0 <= args.beta1 < 1.0:
-        raise ConfigError(f"--beta1 must be in [0, 1), got {args.beta1}")
-    try:
-        num_resolution_steps(args.image_size)
-    except ValueError as exc:
-        raise ConfigError(f"--image-size: {exc}") from exc
-    if args.conditional and args.train_on == "positive":
-        raise ConfigError("--conditional learns both classes; it cannot use --train-on positive")
-    from_env().per_rank_batch_size(args.batch_size)  # under torchrun: refused before the processes wait
+def check_environment(options: GanTrainingConfig) -> None:
+    """Refuse under torchrun, before the processes wait for each other, a batch the processes cannot share."""
+    from_env().per_rank_batch_size(options.batch_size)
 
 
-def training_config(args: argparse.Namespace) -> dict[str, Any]:
+def training_config(options: GanTrainingConfig) -> dict[str, Any]:
     """Everything that defines the trained networks; stored in every checkpoint and in the history."""
-    train_on = args.train_on or ("all" if args.conditional else "positive")
+    train_on = options.effective_train_on
     config: dict[str, Any] = {
-        "dataset": args.dataset,
-        "data_dir": str(Path(args.data_dir).resolve()),
-        "image_size": args.image_size,
-        "num_channels": args.num_channels,
-        "latent_dim": args.latent_dim,
-        "feature_maps_g": args.feature_maps_g,
-        "feature_maps_d": args.feature_maps_d,
-        "conditional": args.conditional,
-        "num_classes": 2 if args.conditional else 0,
+        "dataset": options.dataset,
+        "data_dir": str(Path(options.data_dir).resolve()),
+        "image_size": options.image_size,
+        "num_channels": options.num_channels,
+        "latent_dim": options.latent_dim,
+        "feature_maps_g": options.feature_maps_g,
+        "feature_maps_d": options.feature_maps_d,
+        "conditional": options.conditional,
+        "num_classes": 2 if options.conditional else 0,
         "train_on": train_on,
         # what an unconditional generator's images are: pneumonia, or nothing if it learnt from both classes
-        "label": PNEUMONIA if not args.conditional and train_on == "positive" else None,
-        "max_images": args.max_images,
-        "loss": args.loss,
-        "lr": args.lr,
-        "beta1": args.beta1,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "epochs": args.epochs,
+        "label": PNEUMONIA if not options.conditional and train_on == "positive" else None,
+        "max_images": options.max_images,
+        "loss": options.loss,
+        "lr": options.lr,
+        "beta1": options.beta1,
+        "batch_size": options.batch_size,
+        "seed": options.seed,
+        "epochs": options.epochs,
     }
-    if args.loss == "wgan-gp":
-        config.update(gp_weight=args.gp_weight, n_critic=args.n_critic)
+    if options.loss == "wgan-gp":
+        config.update(gp_weight=options.gp_weight, n_critic=options.n_critic)
     return config
 
 
@@ -499,23 +427,21 @@ def resume(
     return state["history"]
 
 
-def train(args: argparse.Namespace, progress: Progress | None = None, should_stop: StopCheck | None = None) -> Path:
+def train(options: GanTrainingConfig, progress: Progress | None = None, should_stop: StopCheck | None = None) -> Path:
     """Train the GAN and write every output; return the path of generator_final.pth.
 
     `progress`, when given, is called after every epoch's checkpoint with the epoch's history entry (1-based
     "epoch", "loss_d", "loss_g", "d_real", "d_fake", "seconds") and "epochs" (the total). `should_stop` is asked
     before every epoch; True raises TrainingStopped, leaving checkpoint_last.pth for --resume.
     """
-    check_arguments(args)
-    ctx, device = start_distributed(args.cpu)
-    config = training_config(args)
+    check_environment(options)
+    ctx, device = start_distributed(options.cpu)
+    config = training_config(options)
     if ctx.enabled:  # a resume must use as many processes: the per-rank batches and RNG streams depend on it
         config["world_size"] = ctx.world_size
     rank_batch_size = ctx.per_rank_batch_size(config["batch_size"])
-    gan_dir = Path(args.model_dir) / "gan"
-    checkpoint_path = gan_dir / "checkpoint_last.pth"
-    samples_dir = Path(args.output_dir) / "gan_images"
-    history_path = Path(args.results_dir) / "gan_training_history.json"
+    checkpoint_path = layout.gan_dir(options.model_dir) / layout.GAN_CHECKPOINT
+    history_path = Path(options.results_dir) / layout.GAN_HISTORY
 
     seed_everything(config["seed"])
     images = training_images(config)
@@ -535,21 +461,21 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
         batch_size=rank_batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        num_workers=args.workers,
+        num_workers=options.workers,
         worker_init_fn=seed_worker,
         generator=loader_rng,
         pin_memory=device.type == "cuda",
     )
-    noise, noise_labels = fixed_latents(config, args.vis_batch_size, device)
+    noise, noise_labels = fixed_latents(config, options.vis_batch_size, device)
     real_diversity = None
-    if args.vis_batch_size >= 2 and ctx.is_main:  # the yardstick for the per-epoch diversity of the samples
+    if options.vis_batch_size >= 2 and ctx.is_main:  # the yardstick for the per-epoch diversity of the samples
         real_diversity = mean_pairwise_ms_ssim(
-            diversity_sample(images, config, args.vis_batch_size), DIVERSITY_PAIRS, config["seed"]
+            diversity_sample(images, config, options.vis_batch_size), DIVERSITY_PAIRS, config["seed"]
         )
 
     history: list[dict[str, Any]] = []
     start_epoch = 1
-    if args.resume:
+    if options.resume:
         history = resume(checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng, ctx.rank)
         start_epoch = len(history) + 1
     elif checkpoint_path.exists() and ctx.is_main:
@@ -594,8 +520,10 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
             stats["d_fake"],
             len(images) / stats["seconds"],
         )
-        if epoch % args.sample_every == 0 or epoch == config["epochs"]:
-            save_samples(generator, noise, noise_labels, samples_dir / f"epoch_{epoch:03d}.png", config["seed"])
+        if epoch % options.sample_every == 0 or epoch == config["epochs"]:
+            save_samples(
+                generator, noise, noise_labels, layout.gan_samples_path(options.output_dir, epoch), config["seed"]
+            )
         rank_rng_states = ctx.rng_states()
         save_training_state(
             checkpoint_path, config, generator, discriminator, opt_g, opt_d, loader_rng, history, rank_rng_states
@@ -606,13 +534,13 @@ def train(args: argparse.Namespace, progress: Progress | None = None, should_sto
         ctx.barrier()
 
     if ctx.is_main:
-        write_final_outputs(args, config, images, generator, discriminator, history)
+        write_final_outputs(options, config, images, generator, discriminator, history)
     ctx.barrier()
-    return gan_dir / "generator_final.pth"
+    return layout.generator_path(options.model_dir)
 
 
 def write_final_outputs(
-    args: argparse.Namespace,
+    options: GanTrainingConfig,
     config: dict[str, Any],
     images: LabelledImages,
     generator: Generator,
@@ -620,35 +548,35 @@ def write_final_outputs(
     history: list[dict[str, Any]],
 ) -> None:
     """The final generator (eval-ready batch-norm statistics) and discriminator, the history and the figures."""
-    gan_dir, figures_dir = Path(args.model_dir) / "gan", Path(args.figures_dir)
-    history_path = Path(args.results_dir) / "gan_training_history.json"
+    gan_dir, figures_dir = layout.gan_dir(options.model_dir), Path(options.figures_dir)
+    history_path = Path(options.results_dir) / layout.GAN_HISTORY
     final = for_inference(generator, config["seed"])
-    save_checkpoint(gan_dir / "generator_final.pth", "dcgan-generator", config, state_dict=final.state_dict())
+    save_checkpoint(gan_dir / layout.GENERATOR_FINAL, "dcgan-generator", config, state_dict=final.state_dict())
     save_checkpoint(
-        gan_dir / "discriminator_final.pth", "dcgan-discriminator", config, state_dict=discriminator.state_dict()
+        gan_dir / layout.DISCRIMINATOR_FINAL, "dcgan-discriminator", config, state_dict=discriminator.state_dict()
     )
     save_history(config, history, history_path)
-    plot_losses(history, figures_dir / "gan_loss_curve.png")
-    plot_diversity(history, figures_dir / DIVERSITY_FIGURE)
-    plot_real_vs_synthetic(images, config, final, args.vis_batch_size, figures_dir / COMPARISON_FIGURE)
+    plot_losses(history, figures_dir / layout.GAN_LOSS_FIGURE)
+    plot_diversity(history, figures_dir / layout.GAN_DIVERSITY_FIGURE)
+    plot_real_vs_synthetic(images, config, final, options.vis_batch_size, figures_dir / layout.GAN_COMPARISON_FIGURE)
     log.info(
         "history: %s  loss curve: %s  samples: %s",
         history_path,
-        figures_dir / "gan_loss_curve.png",
-        Path(args.output_dir) / "gan_images",
+        figures_dir / layout.GAN_LOSS_FIGURE,
+        Path(options.output_dir) / layout.GAN_SAMPLES_DIR,
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    options = GanTrainingConfig.from_args(args)
     try:
-        generator_path = train(args)
+        generator_path = train(options)
     finally:
         stop_distributed()
     if not from_env().is_main:
         return 0
     print(f"generator: {generator_path}")
-    print(
-        f"history: {Path(args.results_dir) / 'gan_training_history.json'}  loss curve: "
-        f"{Path(args.figures_dir) / 'gan_loss_curve.png'}  samples: {Path(args.output_dir) / 'gan_images'}"
-    )
+    history, figures = Path(options.results_dir) / layout.GAN_HISTORY, Path(options.figures_dir)
+    samples = Path(options.output_dir) / layout.GAN_SAMPLES_DIR
+    print(f"history: {history}  loss curve: {figures / layout.GAN_LOSS_FIGURE}  samples: {samples}")
     return 0

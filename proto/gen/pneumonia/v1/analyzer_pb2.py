@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pneumonia.v1 import common_pb2 as pneumonia_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpneumonia/v1/analyzer.proto\x12\x0cpneumonia.v1\x1a\x19pneumonia/v1/common.proto\"\xaf\x03\n\x0e\x41nalyzeRequest\x12+\n\x07metrics\x18\x01 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12*\n\x06models\x18\x02 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12-\n\tsynthetic\x18\x03 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12*\n\x06output\x18\x04 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12,\n\x07\x64\x61taset\x18\x05 \x01(\x0b\x32\x1b.pneumonia.v1.DatasetSource\x12*\n\tgenerator\x18\x06 \x01(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12\x0c\n\x04\x61rch\x18\x07 \x01(\t\x12\x15\n\rnum_ssim_real\x18\x08 \x01(\x05\x12\x16\n\x0enum_ssim_synth\x18\t \x01(\x05\x12\x1b\n\x13num_gradcam_samples\x18\n \x01(\x05\x12\x1a\n\x12num_reference_real\x18\x0b \x01(\x05\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x0b\n\x03\x63pu\x18\r \x01(\x08\"v\n\x0f\x41nalyzeResponse\x12(\n\x07reports\x18\x01 \x03(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12\x0f\n\x07skipped\x18\x03 \x03(\t2Y\n\x0f\x41nalyzerService\x12\x46\n\x07\x41nalyze\x12\x1c.pneumonia.v1.AnalyzeRequest\x1a\x1d.pneumonia.v1.AnalyzeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpneumonia/v1/analyzer.proto\x12\x0cpneumonia.v1\x1a\x19pneumonia/v1/common.proto\"\x94\x05\n\x0e\x41nalyzeRequest\x12+\n\x07metrics\x18\x01 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12*\n\x06models\x18\x02 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12-\n\tsynthetic\x18\x03 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12*\n\x06output\x18\x04 \x01(\x0b\x32\x1a.pneumonia.v1.ObjectPrefix\x12,\n\x07\x64\x61taset\x18\x05 \x01(\x0b\x32\x1b.pneumonia.v1.DatasetSource\x12*\n\tgenerator\x18\x06 \x01(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12\x0c\n\x04\x61rch\x18\x07 \x01(\t\x12\x15\n\rnum_ssim_real\x18\x08 \x01(\x05\x12\x16\n\x0enum_ssim_synth\x18\t \x01(\x05\x12\x1b\n\x13num_gradcam_samples\x18\n \x01(\x05\x12\x1a\n\x12num_reference_real\x18\x0b \x01(\x05\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x0b\n\x03\x63pu\x18\r \x01(\x08\x12\x1e\n\x16memorization_threshold\x18\x0e \x01(\x01\x12\x13\n\x0btstr_images\x18\x0f \x01(\x05\x12\x13\n\x0btstr_epochs\x18\x10 \x01(\x05\x12\x17\n\x0ftstr_image_size\x18\x11 \x01(\x05\x12\x12\n\nskip_plots\x18\x12 \x01(\x08\x12\x11\n\tskip_ssim\x18\x13 \x01(\x08\x12\x14\n\x0cskip_gradcam\x18\x14 \x01(\x08\x12\x15\n\rskip_fidelity\x18\x15 \x01(\x08\x12\x19\n\x11skip_memorization\x18\x16 \x01(\x08\x12\x11\n\tskip_tstr\x18\x17 \x01(\x08\"v\n\x0f\x41nalyzeResponse\x12(\n\x07reports\x18\x01 \x03(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x17.pneumonia.v1.ObjectRef\x12\x0f\n\x07skipped\x18\x03 \x03(\t2Y\n\x0f\x41nalyzerService\x12\x46\n\x07\x41nalyze\x12\x1c.pneumonia.v1.AnalyzeRequest\x1a\x1d.pneumonia.v1.AnalyzeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pneumonia.v1.analyzer_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ANALYZEREQUEST']._serialized_start=73
-  _globals['_ANALYZEREQUEST']._serialized_end=504
-  _globals['_ANALYZERESPONSE']._serialized_start=506
-  _globals['_ANALYZERESPONSE']._serialized_end=624
-  _globals['_ANALYZERSERVICE']._serialized_start=626
-  _globals['_ANALYZERSERVICE']._serialized_end=715
+  _globals['_ANALYZEREQUEST']._serialized_end=733
+  _globals['_ANALYZERESPONSE']._serialized_start=735
+  _globals['_ANALYZERESPONSE']._serialized_end=853
+  _globals['_ANALYZERSERVICE']._serialized_start=855
+  _globals['_ANALYZERSERVICE']._serialized_end=944
 # @@protoc_insertion_point(module_scope)

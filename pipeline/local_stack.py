@@ -1,7 +1,7 @@
 """Every service as a local process on 127.0.0.1: the embedded stack behind `make experiment-local`.
 
     with LocalStack(work_dir) as endpoints:      # trainer, generator, analyzer, TorchServe; all healthy
-        run_experiment(endpoints)                # the orchestrator talks to them like to remote services
+        run_through_services(args, endpoints)    # the driver talks to them like to remote services
     # every process got SIGTERM and finished (or was killed after its grace period), also after Ctrl-C
 
 Each service listens on a free port and shares one LocalStore directory (work_dir/storage); its JSON log goes to
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.orchestrator import ServiceEndpoints
+from pipeline.endpoints import ServiceEndpoints
 from shared.errors import PneumoniaError
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ class ServiceStartError(PneumoniaError):
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nothing listens on now."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -91,7 +90,7 @@ class ServiceProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the orchestrator, which stops the services in order
+                start_new_session=True,  # Ctrl-C reaches the driver, which stops the services in order
             )
         log.info("started %s (pid %d), log %s", self.name, self.process.pid, self.log_path)
 

@@ -1,0 +1,59 @@
+"""The experiment in this process: each planned step is the `pneumonia` subcommand a user would run by hand.
+
+The subcommand runs through the CLI's registry, which imports a step's module only when that step runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.cli import main as pneumonia
+from pipeline.plan import PlannedStep, WorkDir, plan
+from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
+from shared import layout
+from shared.errors import PneumoniaError
+from shared.images import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+class InProcessDriver:
+    """Runs each planned step as `pneumonia <argv>` in this process; outputs in the seed's layout under work-dir."""
+
+    run_id = None
+
+    def __init__(self, work: WorkDir) -> None:
+        self.work = work
+
+    def steps_before(self) -> Sequence[Step]:
+        return []
+
+    def run(self, step: PlannedStep) -> None:
+        argv = step.argv
+        log.info("experiment step %s: pneumonia %s", step.name, shlex.join(argv))
+        if pneumonia(argv) != 0:
+            raise PneumoniaError(f"experiment step {step.name!r} failed; see the messages above")
+
+    def steps_after(self) -> Sequence[Step]:
+        return []
+
+    def save_timings(self, timings: dict[str, float]) -> None:
+        atomic_write_bytes(self.work.results / TIMINGS_FILE, timings_json(timings))
+
+    def metrics_dir(self) -> Path:
+        return self.work.metrics
+
+    def notes(self) -> list[str]:
+        return []
+
+    def report(self) -> str:
+        return str(self.work.analysis / layout.COMPARISON_REPORT)
+
+
+def run_in_process(args: argparse.Namespace) -> int:
+    """Each step as the `pneumonia` subcommand, called in this process."""
+    return run_steps(InProcessDriver(WorkDir(Path(args.work_dir))), plan(args))

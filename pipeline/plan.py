@@ -1,0 +1,117 @@
+"""The experiment as a list of steps, each with its typed config, in the seed's directory layout under --work-dir.
+
+A step's config starts from its config class's defaults, replaced by the profile's values, then by the driver's
+layout (paths, dataset) and the strategy's switches; the user's --<step>-args flags win over those, and the
+experiment's own --seed and --cpu over everything. The in-process driver runs `pneumonia <step.argv>`, the
+Kubernetes Jobs run the same argv (tests/test_deployment.py compares them), and the through-services driver sends
+the config's request fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.profiles import PROFILES, STEP_COMMANDS, STEP_CONFIGS, STRATEGIES
+from shared import layout
+from shared.configs import StepConfig
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step of the experiment: its name in the logs and timings, which step it is, and its config."""
+
+    name: str  # "train-gan", "train-classifier (baseline)", ...
+    step: str  # a key of STEP_CONFIGS: gan, generate, classifier, analyze
+    config: Any  # an instance of STEP_CONFIGS[step]
+
+    @property
+    def command(self) -> str:
+        return STEP_COMMANDS[self.step]
+
+    @property
+    def argv(self) -> list[str]:
+        """The `pneumonia` command line that runs this step."""
+        return [self.command, *self.config.to_argv()]
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """The seed's directory layout under --work-dir, where the in-process experiment reads and writes."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.root / "data" / "synthetic"
+
+    @property
+    def metrics(self) -> Path:
+        return self.results / "metrics"
+
+    @property
+    def figures(self) -> Path:
+        return self.results / "figures"
+
+    @property
+    def analysis(self) -> Path:
+        return self.results / "analysis"
+
+    @property
+    def generator(self) -> Path:
+        return layout.generator_path(self.models)
+
+
+def step_config(args: argparse.Namespace, step: str, **values: Any) -> StepConfig:
+    """`step`'s config for the experiment `args`: the profile's values, then `values` (layout, strategy), then the
+    user's --<step>-args, then --seed and --cpu. ConfigError for a flag or value the step does not accept."""
+    user = [*shlex.split(getattr(args, f"{step}_args")), "--seed", str(args.seed), *(["--cpu"] if args.cpu else [])]
+    return STEP_CONFIGS[step].from_argv(user, **{**PROFILES[args.profile].defaults(step), **values})
+
+
+def plan(args: argparse.Namespace) -> list[PlannedStep]:
+    """The experiment's steps in their order: GAN, synthetic images, one classifier per strategy, analysis."""
+    work = WorkDir(Path(args.work_dir))
+    data = {"dataset": args.dataset, "data_dir": str(args.data_dir)}
+    outputs = {"model_dir": str(work.models), "results_dir": str(work.metrics), "figures_dir": str(work.figures)}
+    return [
+        PlannedStep("train-gan", "gan", step_config(args, "gan", **data, **outputs, output_dir=str(work.results))),
+        PlannedStep(
+            "generate-synthetic",
+            "generate",
+            step_config(args, "generate", model_path=str(work.generator), output_dir=str(work.synthetic)),
+        ),
+        *[
+            PlannedStep(
+                f"train-classifier ({strategy})",
+                "classifier",
+                step_config(args, "classifier", **data, **outputs, synthetic_dir=str(work.synthetic), **switches),
+            )
+            for strategy, switches in STRATEGIES.items()
+        ],
+        PlannedStep(
+            "analyze-results",
+            "analyze",
+            step_config(
+                args,
+                "analyze",
+                **data,
+                metrics_dir=str(work.metrics),
+                analysis_dir=str(work.analysis),
+                model_dir=str(work.models),
+                synthetic_dir=str(work.synthetic),
+                gan_model_path=str(work.generator),
+            ),
+        ),
+    ]

@@ -1,0 +1,102 @@
+"""The experiment's profiles (how much compute each step gets) and its three classifier strategies.
+
+A profile gives each step's typed config (shared.configs) its own defaults; paths, dataset, seed and device come from
+the driver, and the user's --<step>-args flags win over both (pipeline.plan).
+`quick` fits in about 15 minutes on 2 CPU cores with PneumoniaMNIST (small images, subsets, few epochs, ResNet-18);
+`full` keeps the seed's defaults (64 px GAN for 50 epochs, ResNet-50 at 224 px, 15 epochs, 5 folds) for GPU machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.configs import AnalysisConfig, ClassifierTrainingConfig, GanTrainingConfig, GenerationConfig, StepConfig
+
+# The experiment's steps, by the name of their --<step>-args flag: the subcommand and the config each one runs.
+STEP_COMMANDS: dict[str, str] = {
+    "gan": "train-gan",
+    "generate": "generate-synthetic",
+    "classifier": "train-classifier",
+    "analyze": "analyze-results",
+}
+STEP_CONFIGS: dict[str, type[StepConfig]] = {
+    "gan": GanTrainingConfig,
+    "generate": GenerationConfig,
+    "classifier": ClassifierTrainingConfig,
+    "analyze": AnalysisConfig,
+}
+STEP_OVERRIDES = tuple(STEP_COMMANDS)
+
+# The three classifier strategies: what each one changes in the classifier config.
+STRATEGIES: dict[str, dict[str, bool]] = {
+    "baseline": {},
+    "augmented": {"use_synthetic": True},
+    "curriculum": {"use_synthetic": True, "use_curriculum": True},
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Values per step config that replace its field defaults (paths, dataset and seed are the driver's)."""
+
+    gan: Mapping[str, Any] = field(default_factory=dict)
+    generate: Mapping[str, Any] = field(default_factory=dict)
+    classifier: Mapping[str, Any] = field(default_factory=dict)
+    analyze: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for step, config in STEP_CONFIGS.items():
+            unknown = set(self.defaults(step)) - set(config.model_fields)
+            if unknown:
+                raise ValueError(f"{config.__name__} has no option(s) {', '.join(sorted(unknown))}")
+
+    def defaults(self, step: str) -> Mapping[str, Any]:
+        """The profile's values for `step` (a key of STEP_CONFIGS)."""
+        return getattr(self, step)
+
+
+PROFILES: dict[str, Profile] = {
+    # Sized from measured CPU costs (README, "Results: the quick profile"): ResNet-18 with the small-input stem
+    # trains at roughly 30 images/s on 2 cores at 28 px, so every classifier pass is a seeded subset of the data;
+    # the whole profile took 14 minutes there.
+    "quick": Profile(
+        gan={
+            "image_size": 32,
+            "num_channels": 1,
+            "feature_maps_g": 32,
+            "feature_maps_d": 32,
+            "epochs": 8,
+            "batch_size": 64,
+            "workers": 0,
+            "vis_batch_size": 64,
+        },
+        generate={"num_images": 300, "batch_size": 100},
+        classifier={
+            "arch": "resnet18",
+            "weights": "none",
+            "unfreeze": True,
+            "image_size": 28,
+            "channels": 1,
+            "epochs": 3,
+            # Small batches: on the CPU they cost the same per image and give 4x the optimizer steps of batch 64.
+            "batch_size": 16,
+            "lr": 0.002,
+            "scheduler": "onecycle",
+            "k_folds": 3,
+            "max_images": 680,
+            "workers": 0,
+            "curriculum_schedule": "0:0.0, 1:0.2, 2:0.33",
+        },
+        analyze={
+            "arch": "resnet18",
+            "num_ssim_real": 50,
+            "num_ssim_synth": 100,
+            "num_gradcam_samples": 2,
+            "num_reference_real": 1000,
+        },
+    ),
+    # The seed's defaults (each step config's own defaults) for GPU machines.
+    "full": Profile(),
+}

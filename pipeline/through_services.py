@@ -1,0 +1,386 @@
+"""`pneumonia experiment --via-services`: the whole experiment driven through the services' APIs.
+
+The same steps as the in-process experiment (pipeline.in_process, both run by pipeline.steps.run_steps), each one a
+call to a service:
+
+    dataset      -> object storage (datasets bucket, <dataset>/)
+    TrainerService.StartGanJob            runs/<run>/gan            WatchJob until it ends
+    GeneratorService.GenerateStream       synthetic pneumonia images of that generator
+    TrainerService.StartClassifierJob x3  runs/<run>/classifiers    baseline, augmented, curriculum (+ .mar each),
+                                          queued together, followed one after the other
+    AnalyzerService.Analyze               runs/<run>/analysis       the report
+    TorchServe                            register the best strategy's .mar, classify a few hold-out images
+                                          over REST and gRPC
+
+Each step's typed config (pipeline.plan: the profile, the user's --<step>-args, --seed, --cpu) fills its request
+(`config.to_proto`), so a profile means the same thing in-process and through the services. A local option that
+no request carries is refused when set, except the data-loader workers and the generator's device, which each
+service decides for itself; paths and dataset come from the run's storage layout instead.
+Services are found through environment variables (ServiceEndpoints); `--local-services` starts them all first as
+local processes (pipeline.local_stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+from pneumonia.v1 import (
+    analyzer_pb2,
+    analyzer_pb2_grpc,
+    common_pb2,
+    generator_pb2,
+    generator_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from tqdm import tqdm
+
+from pipeline.endpoints import ServiceEndpoints
+from pipeline.plan import PlannedStep, plan
+from pipeline.profiles import STRATEGIES
+from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
+from services.classifier.client import ClassifierClient, register_from_store
+from shared import layout
+from shared.configs import ClassifierTrainingConfig, GenerationConfig, StepConfig
+from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, load_dataset
+from shared.errors import ConfigError, PneumoniaError
+from shared.splits import develop_and_holdout
+from shared.storage import ObjectRef, ObjectStore, open_store
+from shared.storage.config import BucketNames
+from shared.storage.sync import download_prefix, upload_dir
+
+log = logging.getLogger(__name__)
+
+# Local options a service decides for itself: accepted (the quick profile sets the workers), never sent.
+SERVICE_DECIDES = frozenset({"workers", "cpu"})
+PROGRESS_METRICS = ("loss_d", "loss_g", "train_loss", "val_loss", "val_auroc", "val_acc")  # shown when a job has them
+MODEL_NAME = "pneumonia"
+NUM_SAMPLE_PREDICTIONS = 4
+
+
+def request(config: StepConfig, message: Message) -> Message:
+    """`message` with the config's request fields; ConfigError for a local option set that no request carries."""
+    cls = type(config)
+    refused = [
+        cls.flag(name)
+        for name in cls.fields_of("local")
+        if name not in SERVICE_DECIDES and getattr(config, name) != cls.model_fields[name].default
+    ]
+    if refused:
+        raise ConfigError(f"{', '.join(refused)} cannot be sent to the service ({message.DESCRIPTOR.full_name})")
+    return config.to_proto(message)
+
+
+class JobFailedError(PneumoniaError):
+    """A trainer job ended in FAILED or CANCELLED."""
+
+
+def watch_job(stub: trainer_pb2_grpc.TrainerServiceStub, started: trainer_pb2.Job, title: str) -> trainer_pb2.Job:
+    """Follow a job's WatchJob stream with a progress bar (epochs over all folds) until it ends; return it."""
+    job = started
+    total = max(job.total_epochs, 1) * max(job.total_folds, 1)
+    with tqdm(total=total, desc=title, unit="epoch", leave=True) as bar:
+        for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=started.job_id)):
+            job = update
+            total = max(job.total_epochs, 1) * max(job.total_folds, 1)
+            done = max(job.fold - 1, 0) * job.total_epochs + job.epoch
+            bar.total = total
+            bar.n = min(done, total)
+            shown = [name for name in PROGRESS_METRICS if name in job.metrics]
+            bar.set_postfix({name: f"{job.metrics[name]:.3f}" for name in shown}, refresh=False)
+            bar.refresh()
+    if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+        state = common_pb2.JobState.Name(job.state)
+        raise JobFailedError(f"{title}: trainer job {job.job_id} ended {state}: {job.message}")
+    return job
+
+
+def output_ending(job: trainer_pb2.Job, suffix: str) -> common_pb2.ObjectRef:
+    """The job output whose key ends with `suffix`."""
+    for ref in job.outputs:
+        if ref.key.endswith(suffix):
+            return ref
+    raise JobFailedError(f"trainer job {job.job_id} stored no output ending in {suffix!r}")
+
+
+def generate(
+    stub: generator_pb2_grpc.GeneratorServiceStub, request: generator_pb2.GenerateRequest
+) -> generator_pb2.GenerateResponse:
+    """GenerateStream with a progress bar; the last message's result."""
+    with tqdm(total=request.count, desc="generate-synthetic", unit="img") as bar:
+        for progress in stub.GenerateStream(request):
+            if progress.phase == generator_pb2.GENERATE_PHASE_DONE:
+                return progress.result
+            phase = generator_pb2.GeneratePhase.Name(progress.phase).removeprefix("GENERATE_PHASE_").lower()
+            bar.set_description(f"generate-synthetic ({phase})")
+            bar.n = progress.images_done
+            bar.refresh()
+    raise PneumoniaError("the generator's stream ended without a result")
+
+
+@dataclass
+class Run:
+    """One experiment through the services: its id, storage layout and clients."""
+
+    args: argparse.Namespace
+    store: ObjectStore
+    buckets: BucketNames
+    endpoints: ServiceEndpoints
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.run_id}"
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+
+
+def upload_dataset(run: Run) -> common_pb2.DatasetSource:
+    """Put the local dataset into the datasets bucket under <dataset>/ (files already stored unchanged are skipped)."""
+    data_dir = Path(run.args.data_dir)
+    if not data_dir.is_dir():
+        raise ConfigError(f"--data-dir {data_dir} is not a directory")
+    prefix = f"{run.args.dataset}/"
+    refs = upload_dir(run.store, data_dir, run.buckets.datasets, prefix)
+    log.info("dataset %s: %d files in s3://%s/%s", run.args.dataset, len(refs), run.buckets.datasets, prefix)
+    return common_pb2.DatasetSource(
+        name=run.args.dataset, data=common_pb2.ObjectPrefix(bucket=run.buckets.datasets, prefix=prefix)
+    )
+
+
+def train_gan(
+    run: Run, trainer: trainer_pb2_grpc.TrainerServiceStub, dataset: common_pb2.DatasetSource, config: StepConfig
+) -> common_pb2.ObjectRef:
+    gan = request(config, trainer_pb2.StartGanJobRequest(dataset=dataset, output_prefix=f"{run.prefix}/gan"))
+    job = watch_job(trainer, trainer.StartGanJob(gan), "train-gan")
+    return output_ending(job, f"/{layout.GENERATOR_FINAL}")
+
+
+def generate_synthetic(
+    run: Run,
+    generator: generator_pb2_grpc.GeneratorServiceStub,
+    checkpoint: common_pb2.ObjectRef,
+    config: GenerationConfig,
+) -> generator_pb2.GenerateResponse:
+    generate_request = request(config, generator_pb2.GenerateRequest(checkpoint=checkpoint, output_prefix=run.prefix))
+    if config.label is None:  # the service needs a label: the unconditional GAN's own, pneumonia (--train-on positive)
+        generate_request.label = common_pb2.LABEL_PNEUMONIA
+    result = generate(generator, generate_request)
+    log.info("%d synthetic images in s3://%s/%s", len(result.images), result.manifest.bucket, result.prefix)
+    return result
+
+
+def start_classifiers(
+    run: Run,
+    trainer: trainer_pb2_grpc.TrainerServiceStub,
+    dataset: common_pb2.DatasetSource,
+    synthetic: generator_pb2.GenerateResponse,
+    configs: dict[str, ClassifierTrainingConfig],
+) -> dict[str, trainer_pb2.Job]:
+    """Queue every strategy's job at once (the trainer runs them one after the other); the started jobs by step."""
+    started = {}
+    for name, config in configs.items():
+        job_request = request(
+            config,
+            trainer_pb2.StartClassifierJobRequest(
+                dataset=dataset,
+                synthetic=common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix),
+                output_prefix=f"{run.prefix}/classifiers",
+                model_archive_name=f"{MODEL_NAME}-{config.strategy}",
+            ),
+        )
+        started[name] = trainer.StartClassifierJob(job_request)
+    return started
+
+
+def analyze(
+    run: Run,
+    analyzer: analyzer_pb2_grpc.AnalyzerServiceStub,
+    dataset: common_pb2.DatasetSource,
+    synthetic: generator_pb2.GenerateResponse,
+    generator_checkpoint: common_pb2.ObjectRef,
+    config: StepConfig,
+) -> analyzer_pb2.AnalyzeResponse:
+    prefix = run.prefix
+    analyze_request = request(
+        config,
+        analyzer_pb2.AnalyzeRequest(
+            metrics=common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{prefix}/classifiers/metrics/"),
+            models=common_pb2.ObjectPrefix(bucket=run.buckets.models, prefix=f"{prefix}/classifiers/"),
+            synthetic=common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix),
+            output=common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{prefix}/analysis/"),
+            dataset=dataset,
+            generator=generator_checkpoint,
+        ),
+    )
+    log.info("analyzing (one call; the analyzer logs its phases)")
+    return analyzer.Analyze(analyze_request)
+
+
+def holdout_samples(
+    args: argparse.Namespace, per_class: int = NUM_SAMPLE_PREDICTIONS // 2
+) -> list[tuple[str, str, bytes]]:
+    """(patient id, true class, PNG bytes) of a seeded few hold-out images of each class: images no model has seen."""
+    _, holdout = develop_and_holdout(load_dataset(args.dataset, args.data_dir))
+    rng = np.random.default_rng(args.seed)
+    samples = []
+    for label in (NORMAL, PNEUMONIA):
+        for index in rng.permutation(np.flatnonzero(holdout.labels == label))[:per_class]:
+            buffer = io.BytesIO()
+            holdout.load(int(index)).save(buffer, format="PNG")
+            samples.append((str(holdout.patient_ids[index]), CLASS_NAMES[label], buffer.getvalue()))
+    return samples
+
+
+def serve_and_ask(run: Run, archive: common_pb2.ObjectRef) -> str:
+    """Register the archive in TorchServe as MODEL_NAME and classify a few hold-out images over REST and gRPC."""
+    endpoints = run.endpoints
+    if endpoints.classifier_key_file is None:
+        raise ConfigError("PNEUMONIA_CLASSIFIER_KEY_FILE is not set: the orchestrator needs TorchServe's key_file.json")
+    client = ClassifierClient(
+        endpoints.classifier_inference_url,
+        endpoints.classifier_management_url,
+        endpoints.classifier_grpc,
+        key_file=endpoints.classifier_key_file,
+    )
+    ref = ObjectRef(archive.bucket, archive.key, archive.sha256, archive.size)
+    log.info("registering %s as %r: %s", ref.uri, MODEL_NAME, register_from_store(client, run.store, ref, MODEL_NAME))
+    rows = [f"{'hold-out image':<16} {'truth':<10} {'REST answer':<32} gRPC answer"]
+    for patient, truth, png in holdout_samples(run.args):
+        answers = [client.predict(MODEL_NAME, png), client.predict_grpc(MODEL_NAME, png)]
+        cells = [f"{a['label']} (p={a['pneumonia_probability']:.3f})" for a in answers]
+        rows.append(f"{patient:<16} {truth:<10} {cells[0]:<32} {cells[1]}")
+    rows.append(f"model_version {answers[0]['model_version']}")
+    return "\n".join(rows)
+
+
+def best_strategy(run: Run, metrics_dir: Path) -> str:
+    """The strategy with the highest mean cross-validation AUROC (validation folds only: the hold-out is never
+    used to choose)."""
+    scores = {}
+    for strategy in STRATEGIES:
+        summary = json.loads((metrics_dir / layout.cv_summary_name(strategy)).read_text())
+        scores[strategy] = summary["average"].get("auroc") or 0.0
+    best = max(scores, key=lambda s: scores[s])
+    log.info("cross-validation AUROC %s: serving %s", {s: round(v, 4) for s, v in scores.items()}, best)
+    return best
+
+
+def report_location(run: Run, response: analyzer_pb2.AnalyzeResponse) -> str:
+    """Where the text report is: a local path for the LocalStore, else its s3:// URI."""
+    report = next((ref for ref in response.reports if ref.key.endswith(layout.COMPARISON_REPORT)), response.summary)
+    root = getattr(run.store, "root", None)
+    return str(Path(root) / report.bucket / report.key) if root is not None else f"s3://{report.bucket}/{report.key}"
+
+
+class ServicesDriver:
+    """Runs each planned step as a call to a service over open channels; outputs in storage under runs/<run>/."""
+
+    def __init__(
+        self,
+        run: Run,
+        planned: Sequence[PlannedStep],
+        trainer: trainer_pb2_grpc.TrainerServiceStub,
+        generator: generator_pb2_grpc.GeneratorServiceStub,
+        analyzer: analyzer_pb2_grpc.AnalyzerServiceStub,
+    ) -> None:
+        self.run_id = run.run_id
+        self.experiment, self.trainer, self.generator, self.analyzer = run, trainer, generator, analyzer
+        self.classifiers = {step.name: step.config for step in planned if step.step == "classifier"}
+        self.dataset = common_pb2.DatasetSource()
+        self.checkpoint = common_pb2.ObjectRef()
+        self.synthetic = generator_pb2.GenerateResponse()
+        self.started: dict[str, trainer_pb2.Job] = {}
+        self.jobs: dict[str, trainer_pb2.Job] = {}  # by strategy
+        self.analysis = analyzer_pb2.AnalyzeResponse()
+        self.best, self.answers = "", ""
+
+    def steps_before(self) -> Sequence[Step]:
+        return [("upload-dataset", self.upload_dataset)]
+
+    def upload_dataset(self) -> None:
+        self.dataset = upload_dataset(self.experiment)
+
+    def run(self, step: PlannedStep) -> None:
+        run, config = self.experiment, step.config
+        if step.step == "gan":
+            self.checkpoint = train_gan(run, self.trainer, self.dataset, config)
+        elif step.step == "generate":
+            self.synthetic = generate_synthetic(run, self.generator, self.checkpoint, config)
+        elif step.step == "classifier":
+            # The first strategy's step queues every strategy's job; each step follows its own job to its end.
+            if not self.started:
+                self.started = start_classifiers(run, self.trainer, self.dataset, self.synthetic, self.classifiers)
+            self.jobs[config.strategy] = watch_job(self.trainer, self.started[step.name], step.name)
+        elif step.step == "analyze":
+            self.analysis = analyze(run, self.analyzer, self.dataset, self.synthetic, self.checkpoint, config)
+        else:
+            raise PneumoniaError(f"no service runs the step {step.name!r}")
+
+    def steps_after(self) -> Sequence[Step]:
+        return [("serve", self.serve)]
+
+    def serve(self) -> None:
+        """Serve the strategy with the best cross-validation AUROC and ask it about a few hold-out images."""
+        run = self.experiment
+        download_prefix(run.store, run.buckets.results, f"{run.prefix}/classifiers/metrics/", self.metrics_dir())
+        self.best = best_strategy(run, self.metrics_dir())
+        self.answers = serve_and_ask(run, self.jobs[self.best].model_archive)
+
+    def save_timings(self, timings: dict[str, float]) -> None:
+        run = self.experiment
+        run.store.put_bytes(run.buckets.results, f"{run.prefix}/{TIMINGS_FILE}", timings_json(timings))
+
+    def metrics_dir(self) -> Path:
+        return Path(self.experiment.args.work_dir) / "results" / self.run_id / "metrics"
+
+    def notes(self) -> list[str]:
+        lines = [
+            f"\nServed by TorchServe as {MODEL_NAME!r}: the {self.best} model (best cross-validation AUROC).",
+            self.answers,
+        ]
+        if self.analysis.skipped:
+            lines.append("Skipped in the analysis: " + "; ".join(self.analysis.skipped))
+        return lines
+
+    def report(self) -> str:
+        return report_location(self.experiment, self.analysis)
+
+
+def run_through_services(args: argparse.Namespace, endpoints: ServiceEndpoints) -> int:
+    """The whole experiment through the services; prints the hold-out table, served answers and the report."""
+    planned = plan(args)  # a flag the steps do not accept fails here, before anything is stored
+    run = Run(
+        args=args,
+        store=open_store(),
+        buckets=BucketNames.from_env(),
+        endpoints=endpoints,
+        run_id=args.run_id or datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{args.profile}",
+    )
+    for bucket in (run.buckets.datasets, run.buckets.synthetic, run.buckets.models, run.buckets.results):
+        run.store.ensure_bucket(bucket)
+    with (
+        channel(endpoints.trainer) as trainer,
+        channel(endpoints.generator) as generator,
+        channel(endpoints.analyzer) as analyzer,
+    ):
+        driver = ServicesDriver(
+            run,
+            planned,
+            trainer_pb2_grpc.TrainerServiceStub(trainer),
+            generator_pb2_grpc.GeneratorServiceStub(generator),
+            analyzer_pb2_grpc.AnalyzerServiceStub(analyzer),
+        )
+        return run_steps(driver, planned)

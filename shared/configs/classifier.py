@@ -1,0 +1,114 @@
+"""ClassifierTrainingConfig: the options of `pneumonia train-classifier` (services.trainer.train_classifier)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pneumonia.v1 import trainer_pb2
+from pydantic import model_validator
+
+from shared.configs.base import StepConfig, option
+from shared.configs.limits import MAX_SEED
+from shared.curriculum import Schedule, parse_schedule
+from shared.datasets import DATASETS
+from shared.errors import ConfigError
+from shared.models.classifier import ARCHS
+
+STRATEGIES = ("baseline", "augmented", "curriculum")
+
+
+class ClassifierTrainingConfig(StepConfig):
+    """Train the pneumonia classifier with one strategy and patient-level cross-validation."""
+
+    request_type: ClassVar = trainer_pb2.StartClassifierJobRequest
+    request_only: ClassVar = frozenset(
+        {"dataset", "synthetic", "output_prefix", "weights_checkpoint", "model_archive_name"}
+    )
+
+    data_dir: str = option("./data/processed", "dataset location", kind="layout")
+    synthetic_dir: str = option("./data/synthetic", "synthetic images (generate-synthetic)", kind="layout")
+    model_dir: str = option("./models", "where classifier checkpoints go", kind="layout")
+    results_dir: str = option("./results/metrics", "where the metrics JSON files go", kind="layout")
+    figures_dir: str = option("./results/figures", "where the plots go", kind="layout")
+    epochs: int = option(15, "training epochs per fold", ge=1)
+    batch_size: int = option(32, "mini-batch size", ge=1)
+    lr: float = option(0.001, "learning rate (max lr with --scheduler onecycle)", gt=0)
+    unfreeze: bool = option(False, "train the whole network, not only the head")
+    k_folds: int = option(5, "cross-validation folds (1: one train/val split)", ge=1)
+    workers: int = option(4, "data loader worker processes", kind="local", ge=0)
+    use_synthetic: bool = option(False, "add synthetic images to the training folds")
+    use_curriculum: bool = option(False, "raise the synthetic share per epoch (needs --use-synthetic)")
+    curriculum_schedule: str = option(
+        "0:0.0, 5:0.25, 10:0.5",
+        "EPOCH:RATIO, ...: share of an epoch's samples that are synthetic, from that 0-based epoch on",
+    )
+    cpu: bool = option(False, "force CPU even where CUDA is available")
+    dataset: Literal[DATASETS] = option("rsna", "dataset source", kind="layout")  # type: ignore[valid-type]
+    arch: Literal[ARCHS] = option("resnet50", "ResNet architecture")  # type: ignore[valid-type]
+    weights: str = option(
+        "imagenet", "'imagenet' (local torch hub cache only), 'none' or a checkpoint path (not through the services)"
+    )
+    image_size: int = option(224, "input size (<= 64: small-input stem)", ge=8)
+    channels: Literal[1, 3] = option(3, "input channels")
+    seed: int = option(0, "seed for folds, subsets, initialisation and sampling", ge=0, le=MAX_SEED)
+    max_images: int | None = option(None, "seeded stratified patient-level subset of the development set", ge=1)
+    val_fraction: float = option(0.15, "share of patients for validation when --k-folds 1", gt=0, lt=1)
+    class_balance: Literal["weighted-loss", "sampler", "none"] = option(
+        "weighted-loss", "counter class imbalance with inverse class frequencies of the real training fold"
+    )
+    weight_decay: float | None = option(
+        None,
+        "the optimizer's weight decay (Adam: L2 penalty; AdamW with --scheduler onecycle: decoupled decay); "
+        "unset: the optimizer's own default (Adam 0, AdamW 0.01)",
+        ge=0,
+    )
+    scheduler: Literal["none", "onecycle"] = option(
+        "none", "none: Adam at --lr (the seed); onecycle: AdamW + OneCycleLR with max lr --lr"
+    )
+    fold_index: int | None = option(
+        None,
+        "train only fold FOLD_INDEX + 1 (0-based, e.g. a Kubernetes Indexed Job's completion index); the "
+        "strategy's results are written by whichever fold finishes last",
+        kind="local",
+        ge=0,
+    )
+    target_sensitivity: float | None = option(
+        None,
+        "choose the decision threshold on validation data as the highest reaching this sensitivity "
+        "(default: Youden's J)",
+        gt=0,
+        le=1,
+    )
+    resume: bool = option(
+        False,
+        "continue the run in --model-dir from its last epoch (same options): finished folds are not retrained",
+        kind="local",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassifierTrainingConfig:
+        if self.use_curriculum and not self.use_synthetic:
+            raise ConfigError("--use-curriculum schedules synthetic images: add --use-synthetic")
+        if self.fold_index is not None and not self.fold_index < self.k_folds:
+            raise ConfigError(
+                f"--fold-index must be in 0..{self.k_folds - 1} (--k-folds {self.k_folds}), got {self.fold_index}"
+            )
+        self.schedule()  # a malformed schedule fails now
+        return self
+
+    @property
+    def strategy(self) -> str:
+        """baseline, augmented (--use-synthetic) or curriculum (--use-curriculum)."""
+        if self.use_curriculum:
+            return "curriculum"
+        return "augmented" if self.use_synthetic else "baseline"
+
+    def schedule(self) -> Schedule | None:
+        """The curriculum schedule (None without --use-curriculum)."""
+        return parse_schedule(self.curriculum_schedule) if self.use_curriculum else None
+
+    def to_proto(self, message):  # type: ignore[no-untyped-def]
+        """As StepConfig.to_proto; a --weights path cannot travel (send weights_checkpoint instead)."""
+        if self.weights not in ("imagenet", "none"):
+            raise ConfigError("--weights PATH is not supported through the services; use imagenet or none")
+        return super().to_proto(message)

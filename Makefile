@@ -21,7 +21,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Regenerate the gRPC stubs in proto/gen from proto/pneumonia/v1/*.proto (commit both; a test checks they agree).
+# Regenerate the gRPC stubs in proto/gen from proto/pneumonia_proto/v1/*.proto (commit both; a test checks they agree).
 proto: install
 	$(BIN)/python scripts/gen_proto.py
 

@@ -20,7 +20,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import grpc  # noqa: E402
 import torch  # noqa: E402
-from pneumonia.v1 import common_pb2, generator_pb2, generator_pb2_grpc  # noqa: E402
+from pneumonia_proto.v1 import common_pb2, generator_pb2, generator_pb2_grpc  # noqa: E402
 
 from services.generator.config import GeneratorConfig  # noqa: E402
 from services.generator.generate_synthetic import latent_batch, load_generator  # noqa: E402

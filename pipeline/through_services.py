@@ -34,7 +34,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from google.protobuf.message import Message
-from pneumonia.v1 import (
+from pneumonia_proto.v1 import (
     analyzer_pb2,
     analyzer_pb2_grpc,
     common_pb2,

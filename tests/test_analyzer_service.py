@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
+from pneumonia_proto.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
 from service_process import assert_health_and_reflection, json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 import urllib3
 from PIL import Image
-from pneumonia.torchserve import inference_pb2, inference_pb2_grpc
+from pneumonia_proto.torchserve import inference_pb2, inference_pb2_grpc
 from storage_server import S3TestServer, s3_server  # noqa: F401 (fixture)
 from test_classifier_handler import dicom_bytes, encode, png_claiming_size, truncated_png
 

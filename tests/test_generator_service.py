@@ -21,7 +21,7 @@ import torch
 from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from pneumonia.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from pneumonia_proto.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from service_process import assert_health_and_reflection, json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
 

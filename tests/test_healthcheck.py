@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from grpc_health.v1 import health_pb2
-from pneumonia.v1 import generator_pb2_grpc
+from pneumonia_proto.v1 import generator_pb2_grpc
 
 from shared.grpc_service import GrpcServer, Service
 from shared.healthcheck import check, main

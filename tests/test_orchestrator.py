@@ -4,7 +4,7 @@ or a refusal."""
 from __future__ import annotations
 
 import pytest
-from pneumonia.v1 import analyzer_pb2, common_pb2, generator_pb2, trainer_pb2
+from pneumonia_proto.v1 import analyzer_pb2, common_pb2, generator_pb2, trainer_pb2
 
 from pipeline.cli import build_parser
 from pipeline.endpoints import ServiceEndpoints

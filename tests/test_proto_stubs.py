@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
-from pneumonia.v1 import (
+from pneumonia_proto.v1 import (
     analyzer_pb2,
     analyzer_pb2_grpc,
     generator_pb2,
@@ -20,7 +20,7 @@ from pneumonia.v1 import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-GENERATED = PROTO_ROOT / "gen" / "pneumonia"
+GENERATED = PROTO_ROOT / "gen" / "pneumonia_proto"
 
 
 def package_files(root: Path) -> dict[str, bytes]:
@@ -40,7 +40,7 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    fresh, committed = package_files(tmp_path / "pneumonia"), package_files(GENERATED)
+    fresh, committed = package_files(tmp_path / "pneumonia_proto"), package_files(GENERATED)
     assert sorted(fresh) == sorted(committed), "proto/gen is stale: run `make proto`"
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"proto/gen is stale ({', '.join(stale)}): run `make proto`"
@@ -83,7 +83,9 @@ def test_stubs_and_servicers_are_importable_by_package_name() -> None:
 def compiled_with_comments(tmp_path: Path) -> descriptor_pb2.FileDescriptorSet:
     """Our protos as descriptors with their source comments."""
     out = tmp_path / "descriptors.pb"
-    protos = sorted(path.relative_to(PROTO_ROOT).as_posix() for path in (PROTO_ROOT / "pneumonia/v1").glob("*.proto"))
+    protos = sorted(
+        path.relative_to(PROTO_ROOT).as_posix() for path in (PROTO_ROOT / "pneumonia_proto/v1").glob("*.proto")
+    )
     well_known = Path(protoc.__file__).parent / "_proto"
     args = ["protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", "--include_source_info", f"--descriptor_set_out={out}"]
     assert protoc.main([*args, *protos]) == 0
@@ -120,7 +122,7 @@ def documented_elements(proto: descriptor_pb2.FileDescriptorProto) -> dict[tuple
 def test_every_message_field_and_method_is_commented(tmp_path: Path) -> None:
     protos = [proto for proto in compiled_with_comments(tmp_path).file if proto.package == "pneumonia.v1"]
     assert {proto.name for proto in protos} == {
-        f"pneumonia/v1/{name}.proto" for name in ("common", "generator", "trainer", "analyzer")
+        f"pneumonia_proto/v1/{name}.proto" for name in ("common", "generator", "trainer", "analyzer")
     }
     undocumented = []
     for proto in protos:

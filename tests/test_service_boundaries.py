@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 SERVICES = sorted(path.parent.name for path in (ROOT / "services").glob("*/__init__.py"))
 # Our own top-level packages: the code a service may import from is `shared`, `pneumonia` (proto/gen) and itself.
-FIRST_PARTY = {"services", "shared", "pneumonia", "pipeline", "bench", "scripts", "tests"}
-PACKAGE_DIRS = {"shared": ROOT / "shared", "pneumonia": ROOT / "proto" / "gen" / "pneumonia"}
+FIRST_PARTY = {"services", "shared", "pneumonia_proto", "pipeline", "bench", "scripts", "tests"}
+PACKAGE_DIRS = {"shared": ROOT / "shared", "pneumonia_proto": ROOT / "proto" / "gen" / "pneumonia_proto"}
 # The image that runs the `pneumonia` command (the drivers of the experiment and every step in-process): all of it.
 PIPELINE_EXTRA = "pipeline"
 # What a service's image runs beyond its folder: TorchServe loads the handler packed into each .mar.
@@ -113,7 +113,7 @@ def boundary_violations(root: Path) -> list[str]:
                 parts = imported.module.split(".")
                 if parts[0] == "services" and len(parts) > 1 and parts[1] != service:
                     violations.append(f"{imported.where(root)} imports services.{parts[1]}")
-                elif parts[0] in FIRST_PARTY - {"services", "shared", "pneumonia"}:
+                elif parts[0] in FIRST_PARTY - {"services", "shared", "pneumonia_proto"}:
                     violations.append(f"{imported.where(root)} imports {parts[0]}")
     return sorted(set(violations))
 
@@ -125,7 +125,7 @@ def shared_violations(root: Path) -> list[str]:
             f"{imported.where(root)} imports {imported.module.split('.')[0]}"
             for path in sorted((root / "shared").rglob("*.py"))
             for imported in module_imports(path, root)
-            if imported.module.split(".")[0] in FIRST_PARTY - {"shared", "pneumonia"}
+            if imported.module.split(".")[0] in FIRST_PARTY - {"shared", "pneumonia_proto"}
         }
     )
 

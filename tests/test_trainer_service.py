@@ -14,7 +14,7 @@ import grpc
 import pytest
 import torch
 from google.protobuf import json_format
-from pneumonia.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from pneumonia_proto.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from service_process import json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
 from training_helpers import write_synthetic_folder

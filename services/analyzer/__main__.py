@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from pneumonia.v1 import analyzer_pb2_grpc
+from pneumonia_proto.v1 import analyzer_pb2_grpc
 
 # tqdm reads TQDM_* once, when the analysis code below imports it: its progress bars would break the JSON log.
 os.environ.setdefault("TQDM_DISABLE", "1")

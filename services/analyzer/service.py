@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from pneumonia.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
+from pneumonia_proto.v1 import analyzer_pb2, analyzer_pb2_grpc, common_pb2
 
 from services.analyzer import analyze_results
 from services.analyzer.config import AnalyzerConfig

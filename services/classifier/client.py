@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import grpc
 import urllib3
-from pneumonia.torchserve import inference_pb2, inference_pb2_grpc
+from pneumonia_proto.torchserve import inference_pb2, inference_pb2_grpc
 
 from services.classifier.config import batching_from_env
 from shared.errors import ConfigError, PneumoniaError

@@ -17,7 +17,7 @@ import threading
 import time
 
 import uvicorn
-from pneumonia.v1 import generator_pb2_grpc
+from pneumonia_proto.v1 import generator_pb2_grpc
 
 # tqdm reads TQDM_* once, when the generator code below imports it: its progress bars would break the JSON log.
 os.environ.setdefault("TQDM_DISABLE", "1")

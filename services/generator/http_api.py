@@ -43,7 +43,7 @@ class CheckpointRef(BaseModel):
 
 
 class GenerateBody(BaseModel):
-    """What to generate (GenerateRequest in proto/pneumonia/v1/generator.proto)."""
+    """What to generate (GenerateRequest in proto/pneumonia_proto/v1/generator.proto)."""
 
     model_config = ConfigDict(extra="forbid")
 

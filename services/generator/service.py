@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from pneumonia.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from pneumonia_proto.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 from services.generator.config import GeneratorConfig
 from services.generator.generate_synthetic import generate_images

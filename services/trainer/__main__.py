@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from pneumonia.v1 import trainer_pb2_grpc
+from pneumonia_proto.v1 import trainer_pb2_grpc
 
 # tqdm reads TQDM_* once, when the training code below imports it: its progress bars would break the JSON log.
 os.environ.setdefault("TQDM_DISABLE", "1")

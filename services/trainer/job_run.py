@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from pneumonia.v1 import trainer_pb2
+from pneumonia_proto.v1 import trainer_pb2
 
 from services.trainer import train_classifier, train_gan
 from services.trainer.config import TrainerConfig

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from google.protobuf import json_format
-from pneumonia.v1 import common_pb2, trainer_pb2
+from pneumonia_proto.v1 import common_pb2, trainer_pb2
 
 from services.trainer.config import TrainerConfig
 from services.trainer.hooks import TrainingStopped

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumonia.v1 import trainer_pb2
+from pneumonia_proto.v1 import trainer_pb2
 
 from services.trainer.config import TrainerConfig
 from services.trainer.sync import as_folder

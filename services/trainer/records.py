@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 from google.protobuf import json_format
-from pneumonia.v1 import trainer_pb2
+from pneumonia_proto.v1 import trainer_pb2
 
 from services.trainer.plan import ClassifierRequest, GanRequest, Request
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
-from pneumonia.v1 import trainer_pb2, trainer_pb2_grpc
+from pneumonia_proto.v1 import trainer_pb2, trainer_pb2_grpc
 
 from services.trainer.jobs import JobManager, ShuttingDownError
 from shared.grpc_service import ensure_active, rpc_method

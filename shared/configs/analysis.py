@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pneumonia.v1 import analyzer_pb2
+from pneumonia_proto.v1 import analyzer_pb2
 
 from shared.configs.base import StepConfig, option
 from shared.configs.limits import MAX_SEED

@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Literal
 
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticUndefined
 
 from shared.errors import ConfigError
 
@@ -33,7 +32,7 @@ KINDS: tuple[Kind, ...] = ("wire", "layout", "local")
 
 
 def option(
-    default: Any = PydanticUndefined,
+    default: Any = ...,  # ...: required
     description: str = "",
     *,
     kind: Kind = "wire",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pneumonia.v1 import trainer_pb2
+from pneumonia_proto.v1 import trainer_pb2
 from pydantic import field_validator, model_validator
 
 from shared.configs.base import StepConfig, option

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pneumonia.v1 import common_pb2
+from pneumonia_proto.v1 import common_pb2
 
 from shared.storage.base import ObjectRef
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from pneumonia.v1 import generator_pb2 as pneumonia_dot_v1_dot_generator__pb2
+from pneumonia_proto.v1 import generator_pb2 as pneumonia__proto_dot_v1_dot_generator__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in pneumonia/v1/generator_pb2_grpc.py depends on'
+        + ' but the generated code in pneumonia_proto/v1/generator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -41,13 +41,13 @@ class GeneratorServiceStub:
         """
         self.Generate = channel.unary_unary(
                 '/pneumonia.v1.GeneratorService/Generate',
-                request_serializer=pneumonia_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.GenerateStream = channel.unary_stream(
                 '/pneumonia.v1.GeneratorService/GenerateStream',
-                request_serializer=pneumonia_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_generator__pb2.GenerateProgress.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateProgress.FromString,
                 _registered_method=True)
 
 
@@ -78,13 +78,13 @@ def add_GeneratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_unary_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=pneumonia_dot_v1_dot_generator__pb2.GenerateRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_generator__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateResponse.SerializeToString,
             ),
             'GenerateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateStream,
-                    request_deserializer=pneumonia_dot_v1_dot_generator__pb2.GenerateRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_generator__pb2.GenerateProgress.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_generator__pb2.GenerateProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -117,8 +117,8 @@ class GeneratorService:
             request,
             target,
             '/pneumonia.v1.GeneratorService/Generate',
-            pneumonia_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
-            pneumonia_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
+            pneumonia__proto_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_generator__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -144,8 +144,8 @@ class GeneratorService:
             request,
             target,
             '/pneumonia.v1.GeneratorService/GenerateStream',
-            pneumonia_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
-            pneumonia_dot_v1_dot_generator__pb2.GenerateProgress.FromString,
+            pneumonia__proto_dot_v1_dot_generator__pb2.GenerateRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_generator__pb2.GenerateProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
-from pneumonia.torchserve import inference_pb2 as pneumonia_dot_torchserve_dot_inference__pb2
+from pneumonia_proto.torchserve import inference_pb2 as pneumonia__proto_dot_torchserve_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in pneumonia/torchserve/inference_pb2_grpc.py depends on'
+        + ' but the generated code in pneumonia_proto/torchserve/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -39,12 +39,12 @@ class InferenceAPIsServiceStub:
         self.Ping = channel.unary_unary(
                 '/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping',
                 request_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
-                response_deserializer=pneumonia_dot_torchserve_dot_inference__pb2.TorchServeHealthResponse.FromString,
+                response_deserializer=pneumonia__proto_dot_torchserve_dot_inference__pb2.TorchServeHealthResponse.FromString,
                 _registered_method=True)
         self.Predictions = channel.unary_unary(
                 '/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions',
-                request_serializer=pneumonia_dot_torchserve_dot_inference__pb2.PredictionsRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_torchserve_dot_inference__pb2.PredictionResponse.FromString,
+                request_serializer=pneumonia__proto_dot_torchserve_dot_inference__pb2.PredictionsRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_torchserve_dot_inference__pb2.PredictionResponse.FromString,
                 _registered_method=True)
 
 
@@ -72,12 +72,12 @@ def add_InferenceAPIsServiceServicer_to_server(servicer, server):
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
                     request_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
-                    response_serializer=pneumonia_dot_torchserve_dot_inference__pb2.TorchServeHealthResponse.SerializeToString,
+                    response_serializer=pneumonia__proto_dot_torchserve_dot_inference__pb2.TorchServeHealthResponse.SerializeToString,
             ),
             'Predictions': grpc.unary_unary_rpc_method_handler(
                     servicer.Predictions,
-                    request_deserializer=pneumonia_dot_torchserve_dot_inference__pb2.PredictionsRequest.FromString,
-                    response_serializer=pneumonia_dot_torchserve_dot_inference__pb2.PredictionResponse.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_torchserve_dot_inference__pb2.PredictionsRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_torchserve_dot_inference__pb2.PredictionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -107,7 +107,7 @@ class InferenceAPIsService:
             target,
             '/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping',
             google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
-            pneumonia_dot_torchserve_dot_inference__pb2.TorchServeHealthResponse.FromString,
+            pneumonia__proto_dot_torchserve_dot_inference__pb2.TorchServeHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -133,8 +133,8 @@ class InferenceAPIsService:
             request,
             target,
             '/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions',
-            pneumonia_dot_torchserve_dot_inference__pb2.PredictionsRequest.SerializeToString,
-            pneumonia_dot_torchserve_dot_inference__pb2.PredictionResponse.FromString,
+            pneumonia__proto_dot_torchserve_dot_inference__pb2.PredictionsRequest.SerializeToString,
+            pneumonia__proto_dot_torchserve_dot_inference__pb2.PredictionResponse.FromString,
             options,
             channel_credentials,
             insecure,

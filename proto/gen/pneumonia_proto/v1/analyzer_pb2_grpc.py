@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from pneumonia.v1 import analyzer_pb2 as pneumonia_dot_v1_dot_analyzer__pb2
+from pneumonia_proto.v1 import analyzer_pb2 as pneumonia__proto_dot_v1_dot_analyzer__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in pneumonia/v1/analyzer_pb2_grpc.py depends on'
+        + ' but the generated code in pneumonia_proto/v1/analyzer_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,8 +37,8 @@ class AnalyzerServiceStub:
         """
         self.Analyze = channel.unary_unary(
                 '/pneumonia.v1.AnalyzerService/Analyze',
-                request_serializer=pneumonia_dot_v1_dot_analyzer__pb2.AnalyzeRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_analyzer__pb2.AnalyzeResponse.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_analyzer__pb2.AnalyzeRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_analyzer__pb2.AnalyzeResponse.FromString,
                 _registered_method=True)
 
 
@@ -58,8 +58,8 @@ def add_AnalyzerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Analyze': grpc.unary_unary_rpc_method_handler(
                     servicer.Analyze,
-                    request_deserializer=pneumonia_dot_v1_dot_analyzer__pb2.AnalyzeRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_analyzer__pb2.AnalyzeResponse.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_analyzer__pb2.AnalyzeRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_analyzer__pb2.AnalyzeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,8 +88,8 @@ class AnalyzerService:
             request,
             target,
             '/pneumonia.v1.AnalyzerService/Analyze',
-            pneumonia_dot_v1_dot_analyzer__pb2.AnalyzeRequest.SerializeToString,
-            pneumonia_dot_v1_dot_analyzer__pb2.AnalyzeResponse.FromString,
+            pneumonia__proto_dot_v1_dot_analyzer__pb2.AnalyzeRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_analyzer__pb2.AnalyzeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from pneumonia.v1 import trainer_pb2 as pneumonia_dot_v1_dot_trainer__pb2
+from pneumonia_proto.v1 import trainer_pb2 as pneumonia__proto_dot_v1_dot_trainer__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in pneumonia/v1/trainer_pb2_grpc.py depends on'
+        + ' but the generated code in pneumonia_proto/v1/trainer_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,28 +38,28 @@ class TrainerServiceStub:
         """
         self.StartGanJob = channel.unary_unary(
                 '/pneumonia.v1.TrainerService/StartGanJob',
-                request_serializer=pneumonia_dot_v1_dot_trainer__pb2.StartGanJobRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.StartGanJobRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
                 _registered_method=True)
         self.StartClassifierJob = channel.unary_unary(
                 '/pneumonia.v1.TrainerService/StartClassifierJob',
-                request_serializer=pneumonia_dot_v1_dot_trainer__pb2.StartClassifierJobRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.StartClassifierJobRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/pneumonia.v1.TrainerService/GetJob',
-                request_serializer=pneumonia_dot_v1_dot_trainer__pb2.GetJobRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
                 _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/pneumonia.v1.TrainerService/WatchJob',
-                request_serializer=pneumonia_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
                 _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/pneumonia.v1.TrainerService/CancelJob',
-                request_serializer=pneumonia_dot_v1_dot_trainer__pb2.CancelJobRequest.SerializeToString,
-                response_deserializer=pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+                request_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
                 _registered_method=True)
 
 
@@ -108,28 +108,28 @@ def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'StartGanJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StartGanJob,
-                    request_deserializer=pneumonia_dot_v1_dot_trainer__pb2.StartGanJobRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.StartGanJobRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.SerializeToString,
             ),
             'StartClassifierJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StartClassifierJob,
-                    request_deserializer=pneumonia_dot_v1_dot_trainer__pb2.StartClassifierJobRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.StartClassifierJobRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=pneumonia_dot_v1_dot_trainer__pb2.GetJobRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.GetJobRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
-                    request_deserializer=pneumonia_dot_v1_dot_trainer__pb2.WatchJobRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.WatchJobRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
-                    request_deserializer=pneumonia_dot_v1_dot_trainer__pb2.CancelJobRequest.FromString,
-                    response_serializer=pneumonia_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+                    request_deserializer=pneumonia__proto_dot_v1_dot_trainer__pb2.CancelJobRequest.FromString,
+                    response_serializer=pneumonia__proto_dot_v1_dot_trainer__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -159,8 +159,8 @@ class TrainerService:
             request,
             target,
             '/pneumonia.v1.TrainerService/StartGanJob',
-            pneumonia_dot_v1_dot_trainer__pb2.StartGanJobRequest.SerializeToString,
-            pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.StartGanJobRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -186,8 +186,8 @@ class TrainerService:
             request,
             target,
             '/pneumonia.v1.TrainerService/StartClassifierJob',
-            pneumonia_dot_v1_dot_trainer__pb2.StartClassifierJobRequest.SerializeToString,
-            pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.StartClassifierJobRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -213,8 +213,8 @@ class TrainerService:
             request,
             target,
             '/pneumonia.v1.TrainerService/GetJob',
-            pneumonia_dot_v1_dot_trainer__pb2.GetJobRequest.SerializeToString,
-            pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.GetJobRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -240,8 +240,8 @@ class TrainerService:
             request,
             target,
             '/pneumonia.v1.TrainerService/WatchJob',
-            pneumonia_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
-            pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
@@ -267,8 +267,8 @@ class TrainerService:
             request,
             target,
             '/pneumonia.v1.TrainerService/CancelJob',
-            pneumonia_dot_v1_dot_trainer__pb2.CancelJobRequest.SerializeToString,
-            pneumonia_dot_v1_dot_trainer__pb2.Job.FromString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.CancelJobRequest.SerializeToString,
+            pneumonia__proto_dot_v1_dot_trainer__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

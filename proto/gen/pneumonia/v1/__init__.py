@@ -1,1 +1,0 @@
-"""pneumonia.v1 messages and stubs, generated from proto/pneumonia/v1 by scripts/gen_proto.py."""

@@ -299,7 +299,18 @@ def mde_paired_proportion(n: int, discordance: float, alpha: float = ALPHA, powe
     )
 
 
-# ---------------------------------------------------------------------------------------------- resampled t-test
+# ------------------------------------------------------------------------------------------ multiple tests, folds
+
+
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (Holm 1979, Scand J Statist 6:65; step-down, monotone, capped at 1), in the
+    input order."""
+    adjusted = [0.0] * len(pvalues)
+    running = 0.0
+    for rank, index in enumerate(np.argsort(pvalues, kind="stable")):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def corrected_resampled_ttest(differences: Sequence[float], n_train: int, n_test: int) -> dict[str, Any]:

@@ -48,6 +48,12 @@ def final_metrics_name(strategy: str) -> str:
     return f"{strategy}_final_metrics.json"
 
 
+def holdout_predictions_name(strategy: str) -> str:
+    """Per hold-out image: label, each fold model's and the fold-ensemble's probability and decision
+    (shared.predictions)."""
+    return f"{strategy}_holdout_predictions.csv"
+
+
 # train-classifier: FIGURES_DIR/
 def training_curves_name(strategy: str) -> str:
     return f"{strategy}_training_curves.png"

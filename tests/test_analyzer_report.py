@@ -11,10 +11,10 @@ from scipy import stats
 
 from services.analyzer.report import (
     compare_strategies,
+    fold_verdict,
     holm_adjust,
     load_results,
     mean_over_folds,
-    overall_verdict,
     paired_test,
     render_report,
 )
@@ -163,8 +163,8 @@ def test_compare_strategies_gives_the_known_verdict(metrics_dir: Path) -> None:
     assert by_key[("augmented", "auroc")]["outcome"] == "helped"
     assert by_key[("curriculum", "accuracy")]["outcome"] == "no significant difference"
     assert by_key[("curriculum", "auroc")]["outcome"] == "no significant difference"
-    assert overall_verdict(comparisons, "augmented").startswith("augmented HELPED")
-    assert "NO SIGNIFICANT DIFFERENCE" in overall_verdict(comparisons, "curriculum")
+    assert fold_verdict(comparisons, "augmented").startswith("augmented over fold models: better than the baseline")
+    assert "no significant difference" in fold_verdict(comparisons, "curriculum")
 
 
 def test_a_worse_strategy_is_reported_as_hurting(tmp_path: Path) -> None:
@@ -176,8 +176,8 @@ def test_a_worse_strategy_is_reported_as_hurting(tmp_path: Path) -> None:
     outcomes = {(c["strategy"], c["metric"]): c["outcome"] for c in comparisons}
     assert outcomes[("curriculum", "accuracy")] == "hurt"
     assert outcomes[("augmented", "accuracy")] == "untestable"
-    assert overall_verdict(comparisons, "curriculum").startswith("curriculum HURT")
-    assert overall_verdict(comparisons, "augmented").startswith("cannot tell")
+    assert fold_verdict(comparisons, "curriculum").startswith("curriculum over fold models: worse")
+    assert fold_verdict(comparisons, "augmented") == "augmented: no testable paired fold metrics"
 
 
 def minimal_summary(comparisons: list[dict], skipped: list[str]) -> dict:
@@ -194,8 +194,10 @@ def test_report_states_verdict_p_values_and_fold_caveats(metrics_dir: Path) -> N
     comparisons = compare_strategies(load_results(metrics_dir, skipped), skipped)
     text = render_report(minimal_summary(comparisons, skipped))
     augmented = next(c for c in comparisons if c["strategy"] == "augmented" and c["metric"] == "accuracy")
-    assert "- augmented HELPED" in text
-    assert "- curriculum made NO SIGNIFICANT DIFFERENCE" in text
+    assert "- augmented over fold models: better than the baseline" in text
+    assert "- curriculum over fold models: no significant difference" in text
+    # without per-image predictions there is no verdict, and the report says why
+    assert "- cannot tell whether augmented helped: no per-image hold-out predictions" in text
     assert "augmented vs baseline, accuracy (5 paired fold model(s)" in text
     assert f"paired t-test p = {augmented['t_test_p']:.3g}" in text
     assert "mean difference +0.049" in text
@@ -217,7 +219,7 @@ def test_too_few_folds_are_said_plainly(tmp_path: Path) -> None:
     assert all(c["outcome"] == "untestable" for c in comparisons)
     text = render_report(minimal_summary(comparisons, skipped))
     assert "too few folds to test anything" in text
-    assert "cannot tell whether augmented helped" in text
+    assert "augmented: no testable paired fold metrics" in text
 
     write_strategy(tmp_path, "baseline", [0.8, 0.82, 0.78], [0.85, 0.86, 0.84])
     skipped = []

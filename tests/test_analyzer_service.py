@@ -188,6 +188,8 @@ def test_analyze_stores_the_report_and_a_queued_call_keeps_its_deadline(
     assert set(summary["strategies"]) == {"baseline", "augmented"}
     assert summary["strategies"]["augmented"]["n_fold_models"] == 2
     assert {c["strategy"] for c in summary["comparisons"]} == {"augmented"}
+    pairs = {(c["strategy"], c["reference"]) for c in summary["holdout_tests"]["comparisons"]}
+    assert pairs == {("augmented", "baseline")}  # image by image, from the jobs' per-image predictions
     assert summary["ssim"]["n_synthetic"] == 20 and summary["memorization"]["n_synthetic"] == 20
     assert summary["frechet_classifier"]["model"] == "baseline_resnet18"
     assert set(summary["gradcam"]["models"]) == {"baseline", "augmented"}

@@ -20,7 +20,9 @@ from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import CheckpointError, ConfigError
 from shared.models.classifier import load_classifier
+from shared.predictions import read_holdout_predictions
 from shared.splits import develop_and_holdout
+from shared.synthetic import SYNTHETIC_PREFIX
 
 STRATEGY_FLAGS = {  # one epoch where a second shows nothing new (CPU time is precious)
     "baseline": ["--epochs", "1"],
@@ -117,6 +119,12 @@ def test_synthetic_images_never_reach_validation_or_holdout(runs: Path, phantom_
     assert sum(f["n_positive"] for f in cv["folds"]) == int(develop.labels.sum())
     for metrics in final["holdout_per_fold"]:
         assert (metrics["n"], metrics["n_positive"]) == (len(holdout), int(holdout.labels.sum()))
+    # The per-image predictions are the real hold-out's, in its order: no synthetic row.
+    predictions = read_holdout_predictions(runs / "metrics" / f"{strategy}_holdout_predictions.csv")
+    assert predictions.images.tolist() == holdout.patient_ids.tolist()
+    assert predictions.labels.tolist() == holdout.labels.tolist()
+    assert not any(name.startswith(SYNTHETIC_PREFIX) for name in predictions.images)
+    assert predictions.fold_models == [f"fold_{m['fold']}" for m in final["holdout_per_fold"]]
 
 
 @pytest.mark.slow
@@ -166,6 +174,14 @@ def test_one_split_run_reports_progress(phantom_dir: Path, tmp_path: Path) -> No
     assert final["selected_fold"] == 1 and len(final["holdout_per_fold"]) == 1
     assert final["holdout_summary"]["ci95"]["accuracy"] is None
     assert (tmp_path / "models" / "baseline_resnet18.pth").is_file()
+    # Per hold-out image: the fold model's calibrated probability and its decision at its operating point.
+    predictions = read_holdout_predictions(tmp_path / "metrics" / "baseline_holdout_predictions.csv")
+    op = final["holdout_operating_point"]
+    assert len(predictions.labels) == op["n"] and int(predictions.labels.sum()) == op["n_positive"]
+    decisions = predictions.decision["fold_1"]
+    assert decisions.tolist() == (predictions.probability["fold_1"] >= op["threshold"]).astype(int).tolist()
+    assert np.mean(decisions == predictions.labels) == pytest.approx(op["accuracy"])
+    assert predictions.probability["ensemble"].tolist() == predictions.probability["fold_1"].tolist()
 
 
 @pytest.mark.parametrize(

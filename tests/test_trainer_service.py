@@ -207,6 +207,7 @@ def test_classifier_job_stores_metrics_models_and_the_model_archive(local: Runni
         "runs/r1/classifiers/fold_2_augmented_resnet18.pth",
         "runs/r1/classifiers/metrics/augmented_final_metrics.json",
         "runs/r1/classifiers/metrics/augmented_cv_summary.json",
+        "runs/r1/classifiers/metrics/augmented_holdout_predictions.csv",
         "runs/r1/classifiers/figures/augmented_cv_metrics.png",
     } <= keys
     final_metrics = json.loads(

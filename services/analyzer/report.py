@@ -1,9 +1,11 @@
-"""The strategies' metrics side by side, paired significance tests across folds, and the report in plain words.
+"""The strategies' metrics side by side, the verdict and the report in plain words.
 
-Inputs are the classifier trainer's JSON files in the metrics directory, for each strategy:
-`{strategy}_training_history.json`, `{strategy}_cv_summary.json` and `{strategy}_final_metrics.json`.
-The significance tests pair the fold models' hold-out metrics (`holdout_per_fold`): fold i of a strategy is
-compared with fold i of the baseline, both scored on the same hold-out images.
+Inputs are the classifier trainer's files in the metrics directory, for each strategy:
+`{strategy}_training_history.json`, `{strategy}_cv_summary.json`, `{strategy}_final_metrics.json` and
+`{strategy}_holdout_predictions.csv`. The verdict rests on the image-by-image tests on the hold-out
+(services.analyzer.holdout_tests: DeLong, McNemar, bootstrap, minimum detectable effect). Beside them, the fold
+spread: the fold models' hold-out metrics (`holdout_per_fold`) paired by fold (fold i of a strategy with fold i of
+the baseline), a secondary view whose paired t-test is optimistic and has little power.
 """
 
 from __future__ import annotations
@@ -19,18 +21,25 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from services.analyzer.holdout_tests import render_holdout_tests, verdict
 from shared.errors import DatasetError
+from shared.stats import holm_adjust
 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("baseline", "augmented", "curriculum")
 REFERENCE = "baseline"
+MATCHED_REFERENCE = "baseline-matched"  # the matched-compute control, compared with when its files exist
+REFERENCES = (REFERENCE, MATCHED_REFERENCE)
 CANDIDATES = ("augmented", "curriculum")
 TESTED_METRICS = ("accuracy", "auroc")
+SECONDARY_METRICS = ("sensitivity", "specificity")
 CV_METRICS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
 ALPHA = 0.05
 # Below this many folds a verdict carries a warning; the seed runs 5-fold cross-validation.
 MIN_FOLDS_TO_CONCLUDE = 5
+# A smoke run (cannot decide the question): a classifier trained on a --max-images subset or for fewer epochs.
+MIN_EPOCHS_TO_DECIDE = 5
 METRIC_FILES = {
     "history": "{strategy}_training_history.json",
     "cv": "{strategy}_cv_summary.json",
@@ -121,15 +130,17 @@ def paired_test(reference: Sequence[float], candidate: Sequence[float]) -> dict[
     return result
 
 
-def holm_adjust(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
-    m = len(pvalues)
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, index in enumerate(np.argsort(pvalues, kind="stable")):
-        running = max(running, min(1.0, (m - rank) * pvalues[index]))
-        adjusted[index] = running
-    return adjusted
+def smoke_run(results: dict[str, StrategyResults]) -> str | None:
+    """Why this run is a smoke run that cannot decide the question, or None. The rule: some strategy's classifier
+    trained on a subset of the development images (--max-images) or for fewer than MIN_EPOCHS_TO_DECIDE epochs."""
+    reasons = []
+    for strategy, found in results.items():
+        config = (found.history or {}).get("config") or {}
+        if config.get("max_images") is not None:
+            reasons.append(f"{strategy} trained on a subset of {config['max_images']} development images")
+        if config.get("epochs") is not None and config["epochs"] < MIN_EPOCHS_TO_DECIDE:
+            reasons.append(f"{strategy} trained for {config['epochs']} epoch(s)")
+    return "; ".join(reasons) or None
 
 
 def compare_strategies(results: dict[str, StrategyResults], skipped: list[str]) -> list[dict[str, Any]]:
@@ -185,20 +196,29 @@ def outcome(comparison: dict[str, Any]) -> str:
     return "helped" if comparison["mean_difference"] > 0 else "hurt"
 
 
-def overall_verdict(comparisons: list[dict[str, Any]], strategy: str) -> str:
-    """One strategy's answer over its tested metrics, in plain words, with each metric's change and 95% CI."""
+def overall_verdict(holdout: dict[str, Any] | None, strategy: str) -> str:
+    """One strategy's answer in plain words, from the image-by-image tests on the hold-out: against each reference
+    compared, the primary metrics' changes with 95% CI and p-values, and the minimum detectable effect."""
+    mine = [c for c in (holdout or {}).get("comparisons", []) if c["strategy"] == strategy]
+    if not mine:
+        return f"cannot tell whether {strategy} helped: no per-image hold-out predictions to compare (see 'Skipped')"
+    return ".\n  ".join(verdict(c) for c in mine)
+
+
+def fold_verdict(comparisons: list[dict[str, Any]], strategy: str) -> str:
+    """One strategy's fold-paired summary (secondary): each metric's mean change and 95% CI over fold models."""
     mine = [c for c in comparisons if c["strategy"] == strategy]
     outcomes = {c["outcome"] for c in mine}
     if not outcomes or outcomes == {"untestable"}:
-        return f"cannot tell whether {strategy} helped: no testable paired fold metrics"
+        return f"{strategy}: no testable paired fold metrics"
     if "helped" in outcomes and "hurt" in outcomes:
-        verdict = f"{strategy} gave MIXED results: significantly better on one metric and worse on another"
+        verdict = f"{strategy} over fold models: mixed, better on one metric and worse on another"
     elif "helped" in outcomes:
-        verdict = f"{strategy} HELPED: significantly better than the {REFERENCE} on at least one metric, worse on none"
+        verdict = f"{strategy} over fold models: better than the {REFERENCE} on at least one metric, worse on none"
     elif "hurt" in outcomes:
-        verdict = f"{strategy} HURT: significantly worse than the {REFERENCE} on at least one metric, better on none"
+        verdict = f"{strategy} over fold models: worse than the {REFERENCE} on at least one metric, better on none"
     else:
-        verdict = f"{strategy} made NO SIGNIFICANT DIFFERENCE compared with the {REFERENCE}"
+        verdict = f"{strategy} over fold models: no significant difference from the {REFERENCE}"
     changes = ", ".join(
         f"{c['metric']} {c['mean_difference']:+.3f} (95% CI {_interval(c['ci95'], signed=True)})" for c in mine
     )
@@ -220,6 +240,13 @@ def _interval(ci: Sequence[float] | None, digits: int = 3, signed: bool = False)
         return "n/a"
     fmt = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
     return f"[{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def _spread(values: list[float | None]) -> str:
+    """'mean (min-max)' of the fold models' values, 'n/a' when any is undefined."""
+    if not values or any(v is None for v in values):
+        return "n/a"
+    return f"{np.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def _mean_ci(summary: dict[str, Any], metric: str) -> str:
@@ -262,19 +289,31 @@ def describe_comparison(c: dict[str, Any]) -> list[str]:
 
 def render_report(summary: dict[str, Any]) -> str:
     """comparison_report.txt from analysis_summary.json's content: every number it states is in the summary."""
-    lines = ["GAN-enhanced pneumonia classifier: analysis report", "=" * 52, ""]
+    lines = []
+    smoke = summary.get("smoke_run")
+    if smoke:
+        lines += [
+            f"SMOKE RUN: this run cannot decide whether the synthetic images help ({smoke}); it only shows that the "
+            "pipeline works. Run a profile that uses every development image for an answer.",
+            "",
+        ]
+    lines += ["GAN-enhanced pneumonia classifier: analysis report", "=" * 52, ""]
 
     lines += ["ANSWER", "------"]
-    comparisons = summary["comparisons"]
+    holdout = summary.get("holdout_tests")
     for strategy in CANDIDATES:
-        lines.append(f"- {overall_verdict(comparisons, strategy)}.")
-    n_tested = sum(c["t_test_p"] is not None for c in comparisons)
+        lines.append(f"- {overall_verdict(holdout, strategy)}.")
     lines += [
-        f"  (paired t-test over fold models, Holm-adjusted for {n_tested} comparisons, alpha = {ALPHA}; see below)",
+        "  (image by image on the hold-out: DeLong's test for AUROC, McNemar's for accuracy, Holm-adjusted, "
+        f"alpha = {ALPHA}; see below)",
         "",
     ]
+    lines += render_holdout_tests(holdout)
 
-    lines += ["Significance tests (hold-out set, fold models paired by fold)", "-" * 62]
+    comparisons = summary["comparisons"]
+    lines += ["Fold spread (secondary: fold models paired by fold on the hold-out set)", "-" * 71]
+    for strategy in CANDIDATES:
+        lines.append(f"- {fold_verdict(comparisons, strategy)}.")
     for comparison in comparisons:
         lines += describe_comparison(comparison)
     if not comparisons:
@@ -285,13 +324,13 @@ def render_report(summary: dict[str, Any]) -> str:
         "",
     ]
 
-    lines += ["Hold-out metrics of each strategy (mean over fold models, 95% CI)", "-" * 64]
+    lines += ["Hold-out metrics of each strategy's fold models (mean, min-max)", "-" * 63]
     for strategy, entry in summary["strategies"].items():
-        holdout = entry.get("holdout_summary")
-        if holdout is None:
+        per_fold = entry.get("holdout_per_fold")
+        if not per_fold:
             lines.append(f"{strategy:<11} no hold-out metrics")
             continue
-        cells = [f"{m} {_mean_ci(holdout, m)}" for m in TESTED_METRICS + ("sensitivity", "specificity")]
+        cells = [f"{m} {_spread([fold.get(m) for fold in per_fold])}" for m in TESTED_METRICS + SECONDARY_METRICS]
         lines.append(f"{strategy:<11} " + "; ".join(cells))
     lines.append("")
 

@@ -21,6 +21,7 @@ from shared.curriculum import Schedule
 from shared.datasets import LabelledImages
 from shared.images import atomic_write_bytes, atomic_write_json
 from shared.metrics import summarize_folds
+from shared.predictions import write_holdout_predictions
 
 
 def write_strategy_results(
@@ -75,6 +76,12 @@ def write_strategy_results(
     )
     atomic_write_json(results_dir / layout.cv_summary_name(strategy), cv_summary)
     atomic_write_json(results_dir / layout.final_metrics_name(strategy), final)
+    folds = [(r["fold"], r["holdout_probabilities"]["calibrated"], r["calibration"]["threshold"]) for r in folds_done]
+    if any(r["holdout_probabilities"]["labels"] != holdout.labels.tolist() for r in folds_done):
+        raise RuntimeError("a fold model's hold-out predictions are not in the hold-out's order")
+    write_holdout_predictions(
+        results_dir / layout.holdout_predictions_name(strategy), holdout.patient_ids, holdout.labels, folds
+    )
     plot_training_curves(strategy, fold_histories, figures_dir / layout.training_curves_name(strategy))
     if schedule is not None:
         plot_synthetic_ratio(strategy, fold_histories, schedule, figures_dir / layout.synthetic_ratio_name(strategy))

@@ -19,7 +19,7 @@ from pipeline.cli import main as pneumonia
 from services.trainer.classification.data import fold_indices, subsample
 from services.trainer.classification.operating_point import operating_calibrations
 from services.trainer.classification.results import format_summary
-from services.trainer.classification.state import TRAINING_STATE, training_state_path
+from services.trainer.classification.state import TRAINED_SHA256, TRAINING_STATE, training_state_path
 from services.trainer.train_classifier import train_strategy
 from shared.calibration import Calibration, calibrated_probability, choose_threshold, fit_calibration
 from shared.checkpoints import load_checkpoint
@@ -195,9 +195,17 @@ def test_folds_run_as_separate_jobs_pool_when_the_last_one_finishes(
     assert train_strategy(options(data, tmp_path, "--fold-index", "1")) is None
     # The fold finished first carries its own threshold until the last fold pools.
     assert stored_records(tmp_path, 2)[0]["validation_predictions"]["labels"]
-    first = load_classifier(fold_model(tmp_path, 2))[1]["calibration"]
-    assert first["threshold_rule"] == "per-fold"
+    before = load_checkpoint(fold_model(tmp_path, 2), "classifier")
+    assert before["config"]["calibration"]["threshold_rule"] == "per-fold"
     final = train_strategy(options(data, tmp_path, "--fold-index", "0"))
+    after = load_checkpoint(fold_model(tmp_path, 2), "classifier")  # only the calibration changed
+    assert after["config"]["calibration"]["threshold_rule"] == "pooled"
+    assert after["config"] == {
+        **before["config"],
+        "calibration": after["config"]["calibration"],
+        TRAINED_SHA256: stored_records(tmp_path, 2)[0]["model_sha256"],
+    }
+    assert all(torch.equal(t, after["state_dict"][k]) for k, t in before["state_dict"].items())
     for key in ("operating_point", "calibration", "holdout_operating_point_per_fold", "holdout_per_fold"):
         assert final[key] == straight[key], key
     for fold in (1, 2):

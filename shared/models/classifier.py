@@ -179,10 +179,10 @@ def save_classifier(path: str | Path, model: nn.Module, config: dict[str, Any]) 
     save_checkpoint(path, "classifier", config, state_dict=state_dict)
 
 
-def replace_classifier_config(path: str | Path, config: dict[str, Any]) -> None:
-    """Atomically rewrite a classifier checkpoint with `config`, its weights unchanged."""
+def update_classifier_config(path: str | Path, updates: dict[str, Any]) -> None:
+    """Atomically rewrite a classifier checkpoint with `updates` merged into its config, its weights unchanged."""
     checkpoint = load_checkpoint(path, "classifier")
-    save_checkpoint(path, "classifier", config, state_dict=checkpoint["state_dict"])
+    save_checkpoint(path, "classifier", {**checkpoint["config"], **updates}, state_dict=checkpoint["state_dict"])
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -31,14 +31,13 @@ from shared.calibration import (
     pneumonia_probability,
     pooled_calibration,
 )
-from shared.checkpoints import load_checkpoint
 from shared.configs import ClassifierTrainingConfig
 from shared.datasets import LabelledImages
 from shared.errors import CheckpointError, DatasetError
 from shared.metrics import binary_metrics
 from shared.models.classifier import (
     classifier_transform,
-    replace_classifier_config,
+    update_classifier_config,
 )
 from shared.plausibility import fit_gate
 from shared.training.loop import predict_logits
@@ -152,10 +151,7 @@ def apply_operating_point(
     updated, per_fold = [], []
     for record, calibration in zip(records, calibrations, strict=True):
         path = fold_model_path(model_dir, record["fold"], strategy, arch)
-        config = load_checkpoint(path, "classifier")["config"]
-        replace_classifier_config(
-            path, {**config, "calibration": calibration.to_dict(), TRAINED_SHA256: record["model_sha256"]}
-        )
+        update_classifier_config(path, {"calibration": calibration.to_dict(), TRAINED_SHA256: record["model_sha256"]})
         p = record["holdout_probabilities"]
         operating = operating_metrics(p["labels"], p["uncalibrated"], p["calibrated"], calibration.threshold)
         updated.append({**record, "calibration": calibration.to_dict(), "holdout_operating_point": operating})

@@ -12,11 +12,15 @@ the ROC point farthest above chance) by default, or the highest threshold that s
 the choice of a screening user who must not miss pneumonia. Both are saved with the model (its config's
 "calibration" entry) and used by evaluate and by the served handler. They are never fitted on test data: callers
 pass validation logits only.
+
+A cross-validated model's threshold may instead be chosen on the pooled out-of-fold validation predictions of all
+fold models (each after its own temperature): `pooled_calibration` gives a fold model's calibration with that
+threshold, its temperature untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,12 @@ class Calibration:
     val_specificity: float
     ece_before: float
     ece_after: float
-    n_val: int
+    n_val: int  # validation images the temperature was fitted on
+    # "per-fold": the threshold was chosen on the same n_val images; "pooled": on n_threshold pooled out-of-fold
+    # validation predictions of every fold model (val_sensitivity / val_specificity are then the pooled ones).
+    threshold_rule: str = "per-fold"
+    n_threshold: int | None = None
+    fold_threshold: float | None = None  # the threshold this fold's own validation data alone gives
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +171,29 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, target_sensitivity: 
         ece_before=expected_calibration_error(before, labels),
         ece_after=expected_calibration_error(after, labels),
         n_val=len(labels),
+        n_threshold=len(labels),
+        fold_threshold=threshold,
+    )
+
+
+def pooled_calibration(calibration: Calibration, probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
+    """`calibration` (its temperature kept) with the threshold chosen, by its method (Youden's J or its target
+    sensitivity), on pooled validation predictions: P(pneumonia) of every fold model on its own validation fold,
+    after that model's temperature. Never pass hold-out or test predictions."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise CalibrationError("a pooled threshold needs validation predictions of both classes")
+    threshold, sensitivity, specificity = choose_threshold(
+        np.asarray(probabilities), labels, calibration.target_sensitivity
+    )
+    return replace(
+        calibration,
+        threshold=threshold,
+        val_sensitivity=sensitivity,
+        val_specificity=specificity,
+        threshold_rule="pooled",
+        n_threshold=len(labels),
+        fold_threshold=calibration.threshold if calibration.fold_threshold is None else calibration.fold_threshold,
     )
 
 

@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from shared.datasets.base import DatasetSplits, LabelledImages
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DatasetError
 
 HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 42
@@ -47,8 +47,15 @@ def develop_and_holdout(
     """The development set (GAN training, CV) and the hold-out test set, fixed before anything else.
 
     A source's own labelled test split is the hold-out when it has one; otherwise a seeded patient-level
-    stratified share of the labelled images is carved off.
+    stratified share of the labelled images is carved off. A source with a test split only has no development set:
+    DatasetError.
     """
+    if len(splits.labelled) == 0:
+        test = "" if splits.official_test is None else f" (only a test split of {len(splits.official_test)} images)"
+        raise DatasetError(
+            f"{splits.name} has no labelled development images{test}: nothing to train, calibrate or hold out; "
+            "a test split can only be scored (pneumonia evaluate --split test)"
+        )
     if splits.official_test is not None and len(splits.official_test) > 0:
         return splits.labelled, splits.official_test
     develop, holdout = holdout_indices(splits.labelled.patient_ids, splits.labelled.labels, fraction, seed)

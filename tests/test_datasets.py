@@ -12,6 +12,7 @@ from shared.datasets import NORMAL, PNEUMONIA, ArrayImages, FileImages, load_dat
 from shared.datasets.pneumoniamnist import load_pneumoniamnist
 from shared.datasets.rsna import load_rsna
 from shared.errors import DatasetError
+from shared.splits import develop_and_holdout
 
 HEADER = "patientId,x,y,width,height,Target,class\n"
 ROWS = [  # patient b has two boxes: two rows, one image, one label
@@ -177,6 +178,21 @@ def test_pneumoniamnist_any_subset_of_splits(tmp_path: Path, present: tuple[str,
     assert (splits.official_test is not None) == ("test" in present)
 
 
+def test_pneumoniamnist_test_split_only(tmp_path: Path) -> None:
+    """What many MedMNIST users have: a file with the official test split alone. It loads (to be scored); anything
+    that needs development images says so."""
+    arrays = medmnist_arrays("test", 4, size=16)
+    np.savez(tmp_path / "test_only.npz", **arrays)
+
+    splits = load_pneumoniamnist(tmp_path / "test_only.npz")
+
+    assert len(splits.labelled) == 0 and splits.labelled.images.shape == (0, 16, 16)
+    assert splits.official_test is not None and list(splits.official_test.labels) == [0, 1, 0, 1]
+    np.testing.assert_array_equal(splits.official_test.images, arrays["test_images"])
+    with pytest.raises(DatasetError, match="no labelled development images .only a test split of 4 images."):
+        develop_and_holdout(splits)
+
+
 def test_pneumoniamnist_flat_labels_accepted(tmp_path: Path) -> None:
     arrays = medmnist_arrays("train", 4)
     arrays["train_labels"] = arrays["train_labels"].reshape(-1).astype(np.int64)
@@ -200,8 +216,8 @@ def bad_arrays(case: str) -> dict[str, np.ndarray]:
         arrays["train_labels"][2] = 2
     elif case == "float labels":
         arrays["train_labels"] = arrays["train_labels"].astype(np.float32)
-    elif case == "only test":
-        del arrays["train_images"], arrays["train_labels"]
+    elif case == "no split":
+        arrays = {"images": arrays["train_images"], "labels": arrays["train_labels"]}
     elif case == "sizes differ":
         arrays["test_images"] = np.zeros((2, 64, 64), np.uint8)
     return arrays
@@ -217,7 +233,7 @@ def bad_arrays(case: str) -> dict[str, np.ndarray]:
         ("label count", r"train_labels must be integers of shape \(4, 1\)"),
         ("label values", "must be 0 .normal. or 1"),
         ("float labels", "train_labels must be integers"),
-        ("only test", "no labelled split"),
+        ("no split", r"no labelled split \(train_images or val_images or test_images\)"),
         ("sizes differ", "differ in image size"),
     ],
 )

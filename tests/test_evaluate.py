@@ -87,6 +87,32 @@ def test_official_test_split_of_pneumoniamnist(trained: dict, tmp_path: Path) ->
     assert json.loads(output.read_text())["metrics"]["n"] == 22
 
 
+def test_npz_with_only_a_test_split(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MedMNIST users often have just the test split: it is scored; what needs development images says so."""
+    rng = np.random.default_rng(1)
+    test_labels = np.array([[1], [0], [1]] * 4, dtype=np.uint8)
+    np.savez(
+        tmp_path / "pneumoniamnist.npz",
+        test_images=rng.integers(0, 256, (12, 16, 16), dtype=np.uint8),
+        test_labels=test_labels,
+    )
+    output = tmp_path / "metrics.json"
+    flags = ["--dataset", "pneumoniamnist", "--data-dir", str(tmp_path), "--output", str(output)]
+    assert evaluate(trained, *flags, "--split", "test") == 0
+    result = json.loads(output.read_text())
+    assert (result["metrics"]["n"], result["metrics"]["n_positive"]) == (12, int(test_labels.sum()))
+    assert result["metrics"]["threshold"] == pytest.approx(trained["final"]["calibration"]["threshold"])
+    assert "(test, 12 images" in capsys.readouterr().out
+    assert evaluate(trained, *flags, "--split", "all") == 0
+    assert json.loads(output.read_text())["metrics"]["n"] == 12
+    assert evaluate(trained, *flags, "--split", "holdout") == 2
+    assert "no labelled development images (only a test split of 12 images)" in capsys.readouterr().err
+
+    np.savez(tmp_path / "pneumoniamnist.npz", images=rng.integers(0, 256, (4, 16, 16), dtype=np.uint8))
+    assert evaluate(trained, *flags, "--split", "test") == 2
+    assert "holds no labelled split (train_images or val_images or test_images)" in capsys.readouterr().err
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "none.pth"
     assert pneumonia(["evaluate", "--model", str(missing), "--dataset", "phantom", "--data-dir", str(tmp_path)]) == 2

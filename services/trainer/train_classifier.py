@@ -5,7 +5,10 @@ curriculum (--use-synthetic --use-curriculum: the synthetic share of each epoch'
 --curriculum-schedule). The hold-out test set is fixed first (patient-level, seeded); the rest is split into k
 patient-level folds (k = 1: one train/validation split). Synthetic images only ever enter training folds.
 Each fold model is evaluated on its validation fold and on the hold-out; the fold model with the best validation
-AUROC becomes the strategy's model.
+AUROC becomes the strategy's model. Each fold model's temperature is fitted on its validation fold; the decision
+threshold (--operating-point pooled, the default) is chosen once on the pooled out-of-fold validation predictions of
+all fold models and stored in every fold checkpoint, hence in the served model; the hold-out is reported at 0.5 and
+at that threshold.
 
 Every epoch writes a resumable training state (MODEL_DIR/<strategy>_<arch>_training_state.pth: model, optimizer,
 scheduler and every RNG of the fold in progress, plus the results of the folds already finished); --resume continues

@@ -79,6 +79,15 @@ class ClassifierTrainingConfig(StepConfig):
         gt=0,
         le=1,
     )
+    operating_point: Literal["pooled", "per-fold"] = option(
+        "pooled",
+        "where the decision threshold is chosen. pooled: one threshold for every fold model and the served model, "
+        "chosen on the out-of-fold validation predictions of all folds together (each image scored by the fold "
+        "model that did not train on it, after that model's temperature; --k-folds 1: the validation split); "
+        "per-fold: each fold model's own validation fold. The temperature is always fitted per fold on its "
+        "validation fold, and the hold-out never enters either",
+        kind="local",
+    )
     resume: bool = option(
         False,
         "continue the run in --model-dir from its last epoch (same options): finished folds are not retrained",

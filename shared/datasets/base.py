@@ -84,7 +84,8 @@ class ArrayImages(LabelledImages):
 class DatasetSplits:
     """What a source provides.
 
-    labelled: every labelled image available for training, validation and cross-validation.
+    labelled: every labelled image available for training, validation and cross-validation (empty for a source
+        that ships only a test split: it can be evaluated on, not trained on).
     official_test: a labelled test split shipped by the source; when present it is the hold-out test set.
     unlabelled: images without ground truth (e.g. RSNA stage-2 test). They are never used to report accuracy.
     """

@@ -1,8 +1,9 @@
 """PneumoniaMNIST (MedMNIST v2): pediatric chest X-rays as uint8 arrays in one npz file.
 
 The file holds `{split}_images` (N x H x W uint8) and `{split}_labels` (N x 1; 0 normal, 1 pneumonia) for any
-subset of the splits train, val and test. Train and val are the labelled development data; test, when present,
-is the official hold-out.
+non-empty subset of the splits train, val and test. Train and val are the labelled development data; test, when
+present, is the official hold-out. A file with the test split only (what many MedMNIST users have) has no development
+data: it can be evaluated on (`pneumonia evaluate --split test`), not trained on.
 
 MedMNIST publishes no patient ids, so every image gets its own id ("train-00012"): splits are then per image,
 and two images of one patient may fall on both sides of a split. This is a known limitation of the source.
@@ -33,19 +34,21 @@ def load_pneumoniamnist(path: Path) -> DatasetSplits:
         )
     splits = read_splits(npz_path)
 
-    labelled = [split for split in LABELLED_SPLITS if split in splits]
-    if not labelled:
-        raise DatasetError(f"{npz_path} holds no labelled split ({' or '.join(LABELLED_SPLITS)}_images)")
+    if not splits:
+        names = " or ".join(f"{split}_images" for split in (*LABELLED_SPLITS, TEST_SPLIT))
+        raise DatasetError(f"{npz_path} holds no labelled split ({names})")
     sizes = {splits[split][0].shape[1:] for split in splits}
     if len(sizes) > 1:
         raise DatasetError(f"{npz_path}: splits differ in image size {sorted(sizes)}")
 
+    labelled = [split for split in LABELLED_SPLITS if split in splits]
+    (size,) = sizes
     return DatasetSplits(
         name="pneumoniamnist",
-        labelled=ArrayImages(
-            np.concatenate([splits[split][0] for split in labelled]),
+        labelled=ArrayImages(  # empty for a test-only file
+            np.concatenate([splits[split][0] for split in labelled] or [np.empty((0, *size), np.uint8)]),
             [pid for split in labelled for pid in image_ids(split, len(splits[split][1]))],
-            np.concatenate([splits[split][1] for split in labelled]),
+            np.concatenate([splits[split][1] for split in labelled] or [np.empty(0, np.int64)]),
         ),
         official_test=(
             ArrayImages(splits[TEST_SPLIT][0], image_ids(TEST_SPLIT, len(splits[TEST_SPLIT][1])), splits[TEST_SPLIT][1])

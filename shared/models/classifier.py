@@ -179,6 +179,12 @@ def save_classifier(path: str | Path, model: nn.Module, config: dict[str, Any]) 
     save_checkpoint(path, "classifier", config, state_dict=state_dict)
 
 
+def update_classifier_config(path: str | Path, updates: dict[str, Any]) -> None:
+    """Atomically rewrite a classifier checkpoint with `updates` merged into its config, its weights unchanged."""
+    checkpoint = load_checkpoint(path, "classifier")
+    save_checkpoint(path, "classifier", {**checkpoint["config"], **updates}, state_dict=checkpoint["state_dict"])
+
+
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode on `device`, config) from a checkpoint written by `save_classifier`."""
     checkpoint = load_checkpoint(path, "classifier")

@@ -32,8 +32,10 @@ def write_strategy_results(
     develop: LabelledImages,
     holdout: LabelledImages,
     pool: LabelledImages | None,
+    operating_point: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Select the strategy's model among the fold models; write the metrics and figures; return the final metrics."""
+    """Select the strategy's model among the fold models; write the metrics and figures; return the final metrics.
+    `operating_point`: apply_operating_point's summary (the fold checkpoints already carry its threshold)."""
     model_dir, results_dir, figures_dir = Path(options.model_dir), Path(options.results_dir), Path(options.figures_dir)
     fold_histories = [{"fold": r["fold"], "epochs": r["history"]} for r in folds_done]
     val_per_fold = [{"fold": r["fold"], **r["val_metrics"]} for r in folds_done]
@@ -56,12 +58,18 @@ def write_strategy_results(
         "holdout": holdout_per_fold[best["fold"] - 1],
         "holdout_per_fold": holdout_per_fold,
         "holdout_summary": summarize_folds(holdout_per_fold),
-        # At each fold model's own calibrated threshold (fitted on its validation fold), with ECE before and after.
+        # At the calibrated threshold each fold model carries (--operating-point: pooled out-of-fold validation
+        # predictions, or its own validation fold), with ECE before and after; "holdout*" above: at 0.5.
         "holdout_operating_point": operating_per_fold[best["fold"] - 1],
         "holdout_operating_point_per_fold": operating_per_fold,
         "holdout_operating_point_summary": summarize_folds(operating_per_fold),
         "calibration": folds_done[best["fold"] - 1]["calibration"],
         "target_sensitivity": options.target_sensitivity,
+        "operating_point": (
+            None
+            if operating_point is None
+            else {**operating_point, "served": operating_point["per_fold"][best["fold"] - 1]}
+        ),
         "class_balance": options.class_balance,
         "n_train_real": best["n_train_real"],
         "n_synthetic_pool": len(pool) if pool is not None else 0,
@@ -91,26 +99,37 @@ def write_strategy_results(
 
 
 def format_summary(final: dict[str, Any]) -> str:
-    """A short table: hold-out metrics of each fold model and of the selected model."""
+    """A short table: hold-out metrics of each fold model and of the selected model, at 0.5 and at its threshold."""
 
     def cell(value: float | None) -> str:
         return "   n/a" if value is None else f"{value:6.3f}"
 
     names = ("accuracy", "auroc", "sensitivity", "specificity", "f1")
-    rows = [f"{final['strategy']} ({final['arch']}, {final['dataset']}): hold-out test metrics"]
-    rows.append(f"{'model':<14}" + "".join(f"{n:>13}" for n in names))
-    for metrics in final["holdout_per_fold"]:
-        rows.append(f"{'fold ' + str(metrics['fold']):<14}" + "".join(f"{cell(metrics[n]):>13}" for n in names))
-    rows.append(
-        f"{'selected (' + str(final['selected_fold']) + ')':<14}"
-        + "".join(f"{cell(final['holdout'][n]):>13}" for n in names)
-    )
+
+    def row(name: str, metrics: dict[str, Any]) -> str:
+        return f"{name + ' @ ' + format(metrics['threshold'], '.3f'):<22}" + "".join(
+            f"{cell(metrics[n]):>13}" for n in names
+        )
+
+    title = f"{final['strategy']} ({final['arch']}, {final['dataset']})"
+    rows = [f"{title}: hold-out test metrics at 0.5 and at the calibrated threshold"]
+    rows.append(f"{'model @ threshold':<22}" + "".join(f"{n:>13}" for n in names))
+    for at_half, operating in zip(final["holdout_per_fold"], final["holdout_operating_point_per_fold"], strict=True):
+        rows += [row(f"fold {at_half['fold']}", at_half), row(f"fold {at_half['fold']}", operating)]
+    selected = f"selected ({final['selected_fold']})"
     op = final["holdout_operating_point"]
+    rows += [row(selected, final["holdout"]), row(selected, op)]
     rows.append(
-        f"{'selected @ op':<14}"
-        + "".join(f"{cell(op[n]):>13}" for n in names)
-        + f"   (threshold {op['threshold']:.3f}, "
-        f"ECE {op['ece_uncalibrated']:.3f} -> {op['ece_calibrated']:.3f})"
+        f"selected model's ECE: {op['ece_uncalibrated']:.3f} plain softmax, {op['ece_calibrated']:.3f} calibrated"
     )
+    point = final.get("operating_point")
+    if point is not None and point["rule"] == "pooled":
+        own = ", ".join(f"{fold['fold_threshold']:.3f}" for fold in point["per_fold"])
+        rows.append(
+            f"threshold {point['threshold']:.3f} ({point['method']}) chosen on {point['n_pooled']} pooled out-of-fold "
+            f"validation predictions of {len(point['per_fold'])} fold model(s); each fold alone: {own}"
+        )
+    elif point is not None:
+        rows.append("thresholds chosen on each fold model's own validation fold")
     rows.append(f"model: {final['model']}")
     return "\n".join(rows)

@@ -22,9 +22,12 @@ log = logging.getLogger(__name__)
 TRAINING_STATE = "classifier-training-state"
 # Options that do not change what is trained: a resumed run may give other values.
 # fold_index differs between the pods of one cross-validation, so it is not part of what a run trains either.
+# operating_point is applied to the stored fold records when the results are written.
 RESUME_MAY_CHANGE = frozenset(
-    {"resume", "workers", "cpu", "model_dir", "results_dir", "figures_dir", "verbose", "fold_index"}
+    {"resume", "workers", "cpu", "model_dir", "results_dir", "figures_dir", "verbose", "fold_index", "operating_point"}
 )
+# In a fold checkpoint rewritten with the run's operating point: the sha256 of the checkpoint its fold's training wrote.
+TRAINED_SHA256 = "trained_checkpoint_sha256"
 
 
 def fold_state(
@@ -113,6 +116,20 @@ def fold_model_path(model_dir: Path, fold: int, strategy: str, arch: str) -> Pat
     return model_dir / layout.fold_model_name(fold, strategy, arch)
 
 
+def fold_model_intact(path: Path, trained_sha256: str) -> bool:
+    """True when `path` holds the fold model its training wrote (sha256 `trained_sha256`), or that model rewritten
+    with the run's operating point (its config names that sha256)."""
+    if not path.is_file():
+        return False
+    if sha256_file(path) == trained_sha256:
+        return True
+    try:
+        config = load_checkpoint(path, "classifier")["config"]
+    except CheckpointError:
+        return False
+    return isinstance(config, dict) and config.get(TRAINED_SHA256) == trained_sha256
+
+
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """Raise CheckpointError if the saved run was started with options that differ from the current ones (an option
     added since the state was saved matches while it keeps its default)."""
@@ -133,7 +150,7 @@ def load_resume_state(
     check_resumable(state["config"], config, path)
     for record in state["folds_done"]:
         fold_path = fold_model_path(model_dir, record["fold"], strategy, arch)
-        if not fold_path.is_file() or sha256_file(fold_path) != record["model_sha256"]:
+        if not fold_model_intact(fold_path, record["model_sha256"]):
             raise CheckpointError(
                 f"cannot resume from {path}: fold {record['fold']}'s model {fold_path} is missing or was replaced"
             )

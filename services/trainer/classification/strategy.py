@@ -13,7 +13,11 @@ from services.trainer.classification.data import (
     subsample,
 )
 from services.trainer.classification.loop import FoldHooks, train_fold
-from services.trainer.classification.operating_point import fit_fold_operating_point, holdout_evaluation
+from services.trainer.classification.operating_point import (
+    apply_operating_point,
+    fit_fold_operating_point,
+    holdout_evaluation,
+)
 from services.trainer.classification.results import write_strategy_results
 from services.trainer.classification.state import (
     TRAINING_STATE,
@@ -60,7 +64,9 @@ def train_strategy(
     """Train and evaluate one strategy end to end; write checkpoints, metrics and figures; return the final metrics.
 
     With --fold-index only that fold is trained; the results are written (and returned) only by the run that finds
-    every fold finished, else None.
+    every fold finished, else None. Every fold's record (its training state) keeps its out-of-fold validation
+    predictions, so that whichever run writes the results chooses the pooled threshold (--operating-point) on all of
+    them and stores it in every fold checkpoint before the served model is copied.
 
     `progress`, when given, is called after every epoch's training state is written, with {"strategy", "fold",
     "num_folds", "epochs"} and the epoch's history entry ("epoch" counts from 0). `should_stop` is asked before every
@@ -134,7 +140,7 @@ def train_strategy(
         if not ctx.is_main:
             ctx.barrier()  # while rank 0 calibrates, evaluates and saves the fold model
             continue
-        fold_config = fit_fold_operating_point(model, train_real, val, config, options, device)
+        fold_config, validation_predictions = fit_fold_operating_point(model, train_real, val, config, options, device)
         holdout_metrics, holdout_operating, holdout_probabilities = holdout_evaluation(
             model, holdout_loader, device, Calibration.from_dict(fold_config["calibration"])
         )
@@ -149,6 +155,7 @@ def train_strategy(
                 "holdout_operating_point": holdout_operating,
                 "holdout_probabilities": holdout_probabilities,
                 "calibration": fold_config["calibration"],
+                "validation_predictions": validation_predictions,  # out-of-fold: for the pooled threshold
                 "n_train_real": len(train_real),
                 "model_sha256": sha256_file(fold_path),
             }
@@ -164,4 +171,9 @@ def train_strategy(
                 "%s fold %d of %d finished; the last fold to finish writes the results", strategy, only_fold, len(folds)
             )
             return None
-    return write_strategy_results(options, strategy, schedule, folds_done, develop, holdout, pool)
+    folds_done, operating_point = apply_operating_point(
+        folds_done, options.operating_point, model_dir, strategy, options.arch
+    )
+    return write_strategy_results(
+        options, strategy, schedule, folds_done, develop, holdout, pool, operating_point=operating_point
+    )

@@ -1,4 +1,4 @@
-"""`pneumonia archive-classifier`: a trained classifier checkpoint -> a TorchServe model archive (.mar).
+"""Pack a trained classifier checkpoint into a TorchServe model archive (.mar) with our handler.
 
     pneumonia archive-classifier --checkpoint models/baseline_resnet50.pth --model-name pneumonia --export-dir store
 

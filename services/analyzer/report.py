@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from shared.configs.classifier import STRATEGIES  # the one list of strategies (re-exported for the analyzer)
 from shared.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("baseline", "augmented", "curriculum")
 REFERENCE = "baseline"
 CANDIDATES = ("augmented", "curriculum")
 TESTED_METRICS = ("accuracy", "auroc")
@@ -312,6 +312,7 @@ def render_report(summary: dict[str, Any]) -> str:
             lines.append(f"  {metric:<12} {_mean_ci(cv, metric)}")
     lines.append("")
 
+    lines += render_class_mix(summary)
     lines += render_image_quality(summary)
     lines += render_memorization(summary.get("memorization"))
     lines += render_tstr(summary.get("tstr"))
@@ -410,4 +411,33 @@ def render_tstr(tstr: dict[str, Any] | None) -> list[str]:
         m = tstr[name]
         lines.append(f"  {label:<28} accuracy {_num(m['accuracy'])}, AUROC {_num(m['auroc'])}")
     lines += ["A TSTR score near TRTR means the synthetic images carry the class information of real ones.", ""]
+    return lines
+
+
+def render_class_mix(summary: dict[str, Any]) -> list[str]:
+    """The training folds' class mix (summed over folds) before and after adding the synthetic images."""
+    lines = ["Class mix of the training folds (images summed over folds: normal / pneumonia)", "-" * 78]
+    found = False
+    for strategy, entry in summary["strategies"].items():
+        mix = entry.get("class_mix")
+        if not mix:
+            continue
+        found = True
+
+        def share(counts: dict[str, int]) -> str:
+            total = counts["normal"] + counts["pneumonia"]
+            normal = f"{100 * counts['normal'] / total:.0f}% normal" if total else "none"
+            return f"{counts['normal']} / {counts['pneumonia']} ({normal})"
+
+        lines.append(
+            f"{strategy:<16} real {share(mix['real'])}; synthetic {share(mix['synthetic'])}; "
+            f"after {share(mix['after'])}"
+        )
+    if not found:
+        lines.append("no class mix recorded")
+    lines += [
+        "after = real + the whole synthetic pool (an epoch of augmented; curriculum adds a per-epoch share of it,",
+        "baseline-matched resampled real images in the real mix instead).",
+        "",
+    ]
     return lines

@@ -12,10 +12,10 @@ from training_helpers import FAST, classifier_options, write_synthetic_folder
 
 from pipeline.cli import main as pneumonia
 from pipeline.profiles import STRATEGIES
-from services.trainer.classification.data import class_mix, resampled_real, synthetic_plan
+from services.trainer.classification.data import class_mix, fold_indices, resampled_real, synthetic_plan
 from shared.configs import ClassifierTrainingConfig
 from shared.configs.classifier import STRATEGIES as STRATEGY_NAMES
-from shared.datasets import load_dataset
+from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import ConfigError
 from shared.splits import develop_and_holdout
@@ -123,3 +123,12 @@ def test_class_mix_before_and_after_the_synthetic_images(runs: Path, phantom_dir
 def test_class_mix_counts_labels() -> None:
     assert class_mix(np.array([0, 1, 1, 1])) == {"normal": 1, "pneumonia": 3}
     assert class_mix(np.array([], dtype=np.int64)) == {"normal": 0, "pneumonia": 0}
+
+
+def test_folds_are_never_cut_from_synthetic_images() -> None:
+    ids = [f"p{i}" for i in range(10)]
+    real = ArrayImages(np.zeros((10, 8, 8), np.uint8), ids, [0, 1] * 5)
+    assert len(fold_indices(real, 2, 0.2, seed=0)) == 2
+    mixed = ArrayImages(np.zeros((10, 8, 8), np.uint8), [*ids[:9], f"{SYNTHETIC_PREFIX}x.png"], [0, 1] * 5)
+    with pytest.raises(RuntimeError, match="synthetic"):
+        fold_indices(mixed, 2, 0.2, seed=0)

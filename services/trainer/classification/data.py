@@ -38,7 +38,10 @@ def subsample(images: LabelledImages, max_images: int, seed: int) -> LabelledIma
 def fold_indices(
     develop: LabelledImages, k: int, val_fraction: float, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, validation) image indices into `develop`: k patient-level folds, or one split for k = 1."""
+    """(train, validation) image indices into `develop`: k patient-level folds, or one split for k = 1. The folds
+    are cut from real images only: synthetic ones are added to a training fold afterwards, never to a validation
+    fold (RuntimeError otherwise)."""
+    assert_real_only(develop, "development set the folds are cut from")
     if k == 1:
         return [holdout_indices(develop.patient_ids, develop.labels, fraction=val_fraction, seed=seed)]
     return patient_kfold(develop.patient_ids, develop.labels, k, seed=seed)

@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "experiment": Command(
         "pipeline.experiment",
-        "Run the whole experiment: GAN -> synthetic images -> three classifier strategies with CV -> analysis.",
+        "Run the whole experiment: GAN -> synthetic images -> four classifier strategies with CV -> analysis.",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Run the whole experiment: GAN -> synthetic images -> three classifier strategies with CV -> analysis.
+"""Run the whole experiment: GAN -> synthetic images -> four classifier strategies with CV -> analysis.
 
 In this process by default: each step is the same `pneumonia` subcommand a user would run by hand, called with
 its config's flags (pipeline.plan, pipeline.in_process). With --via-services each step is a call to the running services
@@ -17,6 +17,7 @@ from pipeline.endpoints import ServiceEndpoints
 from pipeline.in_process import run_in_process
 from pipeline.local_stack import LocalStack
 from pipeline.profiles import PROFILES, STEP_OVERRIDES
+from pipeline.synthesis import SYNTHESIZE
 from pipeline.through_services import run_through_services
 from shared.datasets import DATASETS
 from shared.errors import ConfigError
@@ -34,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--work-dir", default=".", help="root for data/synthetic, models/ and results/ (the seed's layout)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for every step")
+    parser.add_argument(
+        "--synthesize",
+        choices=SYNTHESIZE,
+        default="minority",
+        help="which class(es) the conditional GAN synthesizes: the development split's minority class, pneumonia, "
+        "normal, or balanced (half of --num-images each); see pipeline/synthesis.py",
+    )
     parser.add_argument("--cpu", action="store_true", help="force CPU even where CUDA is available")
     parser.add_argument(
         "--via-services",

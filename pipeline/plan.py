@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.profiles import PROFILES, STEP_COMMANDS, STEP_CONFIGS, STRATEGIES
+from pipeline.synthesis import synthesis_counts
 from shared import layout
-from shared.configs import StepConfig
+from shared.configs import GenerationConfig, StepConfig
+from shared.datasets import load_dataset
+from shared.errors import ConfigError
+from shared.splits import develop_and_holdout
 
 
 @dataclass(frozen=True)
@@ -80,18 +86,40 @@ def step_config(args: argparse.Namespace, step: str, **values: Any) -> StepConfi
     return STEP_CONFIGS[step].from_argv(user, **{**PROFILES[args.profile].defaults(step), **values})
 
 
+def develop_labels(args: argparse.Namespace) -> np.ndarray:
+    """The labels of the experiment's development split (never the hold-out's)."""
+    develop, _ = develop_and_holdout(load_dataset(args.dataset, args.data_dir))
+    return develop.labels
+
+
+def generate_steps(args: argparse.Namespace, work: WorkDir) -> list[PlannedStep]:
+    """One generate step per class that --synthesize asks for (pipeline.synthesis), each with its count, all
+    into one synthetic folder; "generate-synthetic (<class>)" when there are two."""
+    base = step_config(args, "generate", model_path=str(work.generator), output_dir=str(work.synthetic))
+    assert isinstance(base, GenerationConfig)
+    if base.label is not None:
+        raise ConfigError("choose the synthesized class(es) with --synthesize, not --generate-args --label")
+    counts = synthesis_counts(args.synthesize, base.num_images, lambda: develop_labels(args))
+    return [
+        PlannedStep(
+            "generate-synthetic" if len(counts) == 1 else f"generate-synthetic ({label})",
+            "generate",
+            base.model_copy(update={"label": label, "num_images": count}),
+        )
+        for label, count in counts.items()
+    ]
+
+
 def plan(args: argparse.Namespace) -> list[PlannedStep]:
-    """The experiment's steps in their order: GAN, synthetic images, one classifier per strategy, analysis."""
+    """The experiment's steps in their order: a conditional GAN, synthetic images of the class(es) --synthesize
+    chooses, one classifier per strategy, analysis."""
     work = WorkDir(Path(args.work_dir))
     data = {"dataset": args.dataset, "data_dir": str(args.data_dir)}
     outputs = {"model_dir": str(work.models), "results_dir": str(work.metrics), "figures_dir": str(work.figures)}
+    gan = step_config(args, "gan", **data, **outputs, output_dir=str(work.results), conditional=True)
     return [
-        PlannedStep("train-gan", "gan", step_config(args, "gan", **data, **outputs, output_dir=str(work.results))),
-        PlannedStep(
-            "generate-synthetic",
-            "generate",
-            step_config(args, "generate", model_path=str(work.generator), output_dir=str(work.synthetic)),
-        ),
+        PlannedStep("train-gan", "gan", gan),
+        *generate_steps(args, work),
         *[
             PlannedStep(
                 f"train-classifier ({strategy})",

@@ -1,4 +1,4 @@
-"""The experiment's profiles (how much compute each step gets) and its three classifier strategies.
+"""The experiment's profiles (how much compute each step gets) and its four classifier strategies.
 
 A profile gives each step's typed config (shared.configs) its own defaults; paths, dataset, seed and device come from
 the driver, and the user's --<step>-args flags win over both (pipeline.plan).
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.configs import AnalysisConfig, ClassifierTrainingConfig, GanTrainingConfig, GenerationConfig, StepConfig
+from shared.configs.classifier import STRATEGIES as STRATEGY_NAMES
 
 # The experiment's steps, by the name of their --<step>-args flag: the subcommand and the config each one runs.
 STEP_COMMANDS: dict[str, str] = {
@@ -29,12 +30,19 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
 }
 STEP_OVERRIDES = tuple(STEP_COMMANDS)
 
-# The three classifier strategies: what each one changes in the classifier config.
+# What each classifier strategy changes in the classifier config, keyed by the strategy the config names
+# (ClassifierTrainingConfig.strategy), in shared.configs.classifier.STRATEGIES' order.
+_SWITCHES: tuple[dict[str, bool], ...] = (
+    {},
+    {"use_synthetic": True, "match_compute": True},
+    {"use_synthetic": True},
+    {"use_synthetic": True, "use_curriculum": True},
+)
 STRATEGIES: dict[str, dict[str, bool]] = {
-    "baseline": {},
-    "augmented": {"use_synthetic": True},
-    "curriculum": {"use_synthetic": True, "use_curriculum": True},
+    ClassifierTrainingConfig(**switches).strategy: switches for switches in _SWITCHES
 }
+if tuple(STRATEGIES) != STRATEGY_NAMES:
+    raise ValueError(f"pipeline strategies {tuple(STRATEGIES)} differ from shared's {STRATEGY_NAMES}")
 
 
 @dataclass(frozen=True)

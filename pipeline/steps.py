@@ -93,16 +93,16 @@ def timings_json(timings: dict[str, float]) -> bytes:
 
 def summary_table(metrics_dir: Path) -> str:
     """Hold-out metrics of each strategy's model, mean and 95% CI over the fold models."""
-    rows = [f"{'strategy':<11} {'accuracy':>22} {'AUROC':>22} {'sensitivity':>22} {'specificity':>22}"]
+    rows = [f"{'strategy':<16} {'accuracy':>22} {'AUROC':>22} {'sensitivity':>22} {'specificity':>22}"]
     for strategy in STRATEGIES:
         path = metrics_dir / layout.final_metrics_name(strategy)
         if not path.is_file():
-            rows.append(f"{strategy:<11} (missing {path.name})")
+            rows.append(f"{strategy:<16} (missing {path.name})")
             continue
         summary = json.loads(path.read_text())["holdout_summary"]
         cells = []
         for metric in ("accuracy", "auroc", "sensitivity", "specificity"):
             mean, ci = summary["average"][metric], (summary.get("ci95") or {}).get(metric)
             cells.append(f"{mean:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{mean:.3f}")
-        rows.append(f"{strategy:<11} " + " ".join(f"{c:>22}" for c in cells))
+        rows.append(f"{strategy:<16} " + " ".join(f"{c:>22}" for c in cells))
     return "\n".join(rows)

@@ -5,9 +5,10 @@ call to a service:
 
     dataset      -> object storage (datasets bucket, <dataset>/)
     TrainerService.StartGanJob            runs/<run>/gan            WatchJob until it ends
-    GeneratorService.GenerateStream       synthetic pneumonia images of that generator
-    TrainerService.StartClassifierJob x3  runs/<run>/classifiers    baseline, augmented, curriculum (+ .mar each),
-                                          queued together, followed one after the other
+    GeneratorService.GenerateStream       synthetic images of that generator, one call per class --synthesize
+                                          asks for; two classes are merged into runs/<run>/synthetic/
+    TrainerService.StartClassifierJob x4  runs/<run>/classifiers    every strategy (+ .mar each), queued together,
+                                          followed one after the other
     AnalyzerService.Analyze               runs/<run>/analysis       the report
     TorchServe                            register the best strategy's .mar, classify a few hold-out images
                                           over REST and gRPC
@@ -26,6 +27,7 @@ import argparse
 import io
 import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,6 +60,7 @@ from shared.splits import develop_and_holdout
 from shared.storage import ObjectRef, ObjectStore, open_store
 from shared.storage.config import BucketNames
 from shared.storage.sync import download_prefix, upload_dir
+from shared.synthetic import merge_synthetic_folders
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +185,30 @@ def generate_synthetic(
     return result
 
 
+def synthetic_location(run: Run, results: Sequence[generator_pb2.GenerateResponse]) -> common_pb2.ObjectPrefix:
+    """Where the experiment's synthetic images are: one generator result's prefix, or the results of several
+    classes merged into runs/<run>/synthetic/ (one folder, one manifest.csv), as the in-process steps write them."""
+    bucket = results[0].manifest.bucket
+    if len(results) == 1:
+        return common_pb2.ObjectPrefix(bucket=bucket, prefix=results[0].prefix)
+    merged = f"{run.prefix}/synthetic/"
+    with tempfile.TemporaryDirectory(prefix="pneumonia-synthetic-") as tmp:
+        folders = []
+        for index, result in enumerate(results):
+            folder = Path(tmp, str(index))
+            download_prefix(run.store, result.manifest.bucket, result.prefix, folder)
+            folders.append(folder)
+        merge_synthetic_folders(folders, Path(tmp, "merged"))
+        upload_dir(run.store, Path(tmp, "merged"), bucket, merged)
+    log.info("merged %d generator results into s3://%s/%s", len(results), bucket, merged)
+    return common_pb2.ObjectPrefix(bucket=bucket, prefix=merged)
+
+
 def start_classifiers(
     run: Run,
     trainer: trainer_pb2_grpc.TrainerServiceStub,
     dataset: common_pb2.DatasetSource,
-    synthetic: generator_pb2.GenerateResponse,
+    synthetic: common_pb2.ObjectPrefix,
     configs: dict[str, ClassifierTrainingConfig],
 ) -> dict[str, trainer_pb2.Job]:
     """Queue every strategy's job at once (the trainer runs them one after the other); the started jobs by step."""
@@ -196,7 +218,7 @@ def start_classifiers(
             config,
             trainer_pb2.StartClassifierJobRequest(
                 dataset=dataset,
-                synthetic=common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix),
+                synthetic=synthetic,
                 output_prefix=f"{run.prefix}/classifiers",
                 model_archive_name=f"{MODEL_NAME}-{config.strategy}",
             ),
@@ -209,7 +231,7 @@ def analyze(
     run: Run,
     analyzer: analyzer_pb2_grpc.AnalyzerServiceStub,
     dataset: common_pb2.DatasetSource,
-    synthetic: generator_pb2.GenerateResponse,
+    synthetic: common_pb2.ObjectPrefix,
     generator_checkpoint: common_pb2.ObjectRef,
     config: StepConfig,
 ) -> analyzer_pb2.AnalyzeResponse:
@@ -219,7 +241,7 @@ def analyze(
         analyzer_pb2.AnalyzeRequest(
             metrics=common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{prefix}/classifiers/metrics/"),
             models=common_pb2.ObjectPrefix(bucket=run.buckets.models, prefix=f"{prefix}/classifiers/"),
-            synthetic=common_pb2.ObjectPrefix(bucket=synthetic.manifest.bucket, prefix=synthetic.prefix),
+            synthetic=synthetic,
             output=common_pb2.ObjectPrefix(bucket=run.buckets.results, prefix=f"{prefix}/analysis/"),
             dataset=dataset,
             generator=generator_checkpoint,
@@ -301,7 +323,8 @@ class ServicesDriver:
         self.classifiers = {step.name: step.config for step in planned if step.step == "classifier"}
         self.dataset = common_pb2.DatasetSource()
         self.checkpoint = common_pb2.ObjectRef()
-        self.synthetic = generator_pb2.GenerateResponse()
+        self.generated: list[generator_pb2.GenerateResponse] = []  # one result per synthesized class
+        self.synthetic: common_pb2.ObjectPrefix | None = None  # where the classifiers and the analyzer find them
         self.started: dict[str, trainer_pb2.Job] = {}
         self.jobs: dict[str, trainer_pb2.Job] = {}  # by strategy
         self.analysis = analyzer_pb2.AnalyzeResponse()
@@ -318,16 +341,26 @@ class ServicesDriver:
         if step.step == "gan":
             self.checkpoint = train_gan(run, self.trainer, self.dataset, config)
         elif step.step == "generate":
-            self.synthetic = generate_synthetic(run, self.generator, self.checkpoint, config)
+            self.generated.append(generate_synthetic(run, self.generator, self.checkpoint, config))
         elif step.step == "classifier":
             # The first strategy's step queues every strategy's job; each step follows its own job to its end.
             if not self.started:
-                self.started = start_classifiers(run, self.trainer, self.dataset, self.synthetic, self.classifiers)
+                synthetic = self.synthetic_images()
+                self.started = start_classifiers(run, self.trainer, self.dataset, synthetic, self.classifiers)
             self.jobs[config.strategy] = watch_job(self.trainer, self.started[step.name], step.name)
         elif step.step == "analyze":
-            self.analysis = analyze(run, self.analyzer, self.dataset, self.synthetic, self.checkpoint, config)
+            synthetic = self.synthetic_images()
+            self.analysis = analyze(run, self.analyzer, self.dataset, synthetic, self.checkpoint, config)
         else:
             raise PneumoniaError(f"no service runs the step {step.name!r}")
+
+    def synthetic_images(self) -> common_pb2.ObjectPrefix:
+        """The synthetic images of every generate step, in one prefix (merged once, on first use)."""
+        if self.synthetic is None:
+            if not self.generated:
+                raise PneumoniaError("no generate step ran before the classifiers")
+            self.synthetic = synthetic_location(self.experiment, self.generated)
+        return self.synthetic
 
     def steps_after(self) -> Sequence[Step]:
         return [("serve", self.serve)]

@@ -85,3 +85,19 @@ def load_synthetic(directory: str | Path) -> FileImages:
         if not path.is_file():
             raise DatasetError(f"{directory / MANIFEST_NAME} lists {path.name}, which is missing from {directory}")
     return FileImages(paths, [f"{SYNTHETIC_PREFIX}{row.file}" for row in rows], [row.label for row in rows])
+
+
+def merge_synthetic_folders(folders: list[Path], destination: Path) -> list[ManifestRow]:
+    """Copy the images of several synthetic folders (e.g. one per class) into `destination` with one manifest.csv
+    of all their rows; DatasetError for a file name that two folders hold. The rows written."""
+    destination.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, ManifestRow] = {}
+    for folder in folders:
+        for row in read_manifest(folder):
+            if row.file in rows:
+                raise DatasetError(f"{row.file} is in more than one synthetic folder: cannot merge {folder}")
+            rows[row.file] = row
+            atomic_write_bytes(destination / row.file, (folder / row.file).read_bytes())
+    merged = sorted(rows.values(), key=lambda row: row.file)
+    write_manifest(destination, merged)
+    return merged

@@ -108,6 +108,7 @@ def write_strategy(
 @pytest.fixture
 def metrics_dir(tmp_path: Path) -> Path:
     write_strategy(tmp_path, "baseline", BASELINE_ACC, BASELINE_AUROC)
+    write_strategy(tmp_path, "baseline-matched", BASELINE_ACC, BASELINE_AUROC)
     write_strategy(tmp_path, "augmented", AUGMENTED_ACC, AUGMENTED_AUROC)
     write_strategy(tmp_path, "curriculum", CURRICULUM_ACC, CURRICULUM_AUROC)
     return tmp_path
@@ -234,7 +235,7 @@ def test_missing_files_are_skipped_with_a_line_each(tmp_path: Path) -> None:
     skipped: list[str] = []
     results = load_results(tmp_path, skipped)
     assert set(results) == {"baseline"} and results["baseline"].history is None
-    assert len(skipped) == 7  # baseline's history and both other strategies' three files
+    assert len(skipped) == 10  # baseline's history and the three other strategies' three files
     assert any("augmented_final_metrics.json not found" in line for line in skipped)
     assert compare_strategies(results, skipped) == []
     assert "significance tests: no per-fold hold-out metrics for augmented" in skipped

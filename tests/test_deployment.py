@@ -190,9 +190,10 @@ def experiment_plan(profile: str) -> dict[str, list[str]]:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    # The Jobs synthesize PneumoniaMNIST's minority class, normal, by name: --synthesize minority would read the data.
     args = parser.parse_args(
         ["--profile", profile, "--dataset", "pneumoniamnist", "--data-dir", "/work/data/pneumoniamnist"]
-        + ["--work-dir", "/work"]
+        + ["--work-dir", "/work", "--synthesize", "normal"]
     )
     return {step.name.replace(" (", "-").rstrip(")"): step.argv for step in plan(args)}
 

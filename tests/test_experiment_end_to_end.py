@@ -8,10 +8,9 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main as pneumonia
+from shared.configs.classifier import STRATEGIES
 from shared.datasets import load_dataset
 from shared.splits import develop_and_holdout
-
-STRATEGIES = ("baseline", "augmented", "curriculum")
 
 
 @pytest.mark.slow
@@ -56,6 +55,18 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
     ratios = [e["synthetic_ratio"] for e in history["folds"][0]["epochs"]]
     assert ratios[0] == 0.0 and ratios[-1] == pytest.approx(0.3, abs=0.02)
 
+    # --synthesize minority (the default): phantom's development images are 40% pneumonia, the minority, so the
+    # conditional GAN made pneumonia images only; each of the 2 training folds of augmented adds all 96.
+    augmented = json.loads((metrics / "augmented_final_metrics.json").read_text())
+    assert augmented["class_mix"]["synthetic"] == {"normal": 0, "pneumonia": 2 * 96}
+    real = augmented["class_mix"]["real"]
+    assert real["pneumonia"] < real["normal"]
+    assert augmented["class_mix"]["after"]["pneumonia"] == real["pneumonia"] + 2 * 96
+    # The matched-compute control: augmented's images per epoch, every one of them real.
+    matched = json.loads((metrics / "baseline-matched_training_history.json").read_text())
+    for entry in matched["folds"][0]["epochs"]:
+        assert entry["n_resampled_real"] == 96 and entry["n_synthetic"] == 0
+
     # The baseline learned the phantom task: its fold models are well above chance (AUROC 0.5) on the hold-out
     baseline = json.loads((metrics / "baseline_final_metrics.json").read_text())
     assert baseline["holdout_summary"]["average"]["auroc"] > 0.65
@@ -63,7 +74,9 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
     # Analysis outputs
     analysis = work / "results/analysis"
     report = (analysis / "comparison_report.txt").read_text()
-    assert "baseline" in report and "augmented" in report and "curriculum" in report
+    assert all(strategy in report for strategy in STRATEGIES)
+    assert "Class mix of the training folds" in report
+    assert json.loads((analysis / "analysis_summary.json").read_text())["tstr"] is not None
     for name in ("cv_comparison.png", "ssim_distribution.png", "analysis_summary.json"):
         assert (analysis / name).is_file(), name
     assert list(analysis.glob("gradcam_*.png"))

@@ -9,7 +9,9 @@ from pipeline.profiles import PROFILES, STEP_CONFIGS, STRATEGIES
 
 
 def experiment_args(*argv: str):
-    return build_parser(["experiment"]).parse_args(["experiment", "--data-dir", "/data", "--work-dir", "/w", *argv])
+    """The experiment's args; --synthesize names a class, as /data holds no dataset to count (argv may override)."""
+    base = ["experiment", "--data-dir", "/data", "--work-dir", "/w", "--synthesize", "normal"]
+    return build_parser(["experiment"]).parse_args([*base, *argv])
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

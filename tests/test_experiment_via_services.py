@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.configs.classifier import STRATEGIES
 from shared.datasets import load_dataset
 from shared.splits import develop_and_holdout
 
@@ -46,7 +47,11 @@ def stopped_cleanly(log: str) -> dict[str, str]:
 def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     result = subprocess.run(
-        experiment(phantom_dir, work, "--run-id", "e2e"), capture_output=True, text=True, timeout=600, check=False
+        experiment(phantom_dir, work, "--run-id", "e2e", "--synthesize", "balanced"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -56,12 +61,18 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
     assert (storage / "models/runs/e2e/gan/generator_final.pth").is_file()
     metrics = storage / "results/runs/e2e/classifiers/metrics"
     develop, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
-    for strategy in ("baseline", "augmented", "curriculum"):
+    for strategy in STRATEGIES:
         final = json.loads((metrics / f"{strategy}_final_metrics.json").read_text())
         assert final["holdout"]["n"] == len(holdout)  # the real hold-out, never a synthetic image
         assert (storage / f"models/model-store/pneumonia-{strategy}.mar").is_file()
+    # --synthesize balanced: the generator was called once per class, the two results merged into one pool.
+    augmented = json.loads((metrics / "augmented_final_metrics.json").read_text())
+    assert augmented["class_mix"]["synthetic"] == {"normal": 2 * 24, "pneumonia": 2 * 24}  # 2 folds x 24 each
+    merged = storage / "synthetic/runs/e2e/synthetic"
+    assert len(list(merged.glob("synthetic_normal_*.png"))) == len(list(merged.glob("synthetic_pneumonia_*.png"))) == 24
     summary = json.loads((storage / "results/runs/e2e/analysis/analysis_summary.json").read_text())
-    assert {s for s in summary["strategies"]} == {"baseline", "augmented", "curriculum"}
+    assert tuple(summary["strategies"]) == STRATEGIES
+    assert summary["tstr"] is not None  # the conditional generator makes a labelled set
     assert (storage / "results/runs/e2e/analysis/comparison_report.txt").is_file()
     assert json.loads((storage / "results/runs/e2e/experiment_timings.json").read_text())["total"] > 0
 

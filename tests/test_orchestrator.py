@@ -17,7 +17,10 @@ from shared.storage.config import BucketNames
 
 
 def experiment_args(*argv: str):
-    return build_parser(["experiment"]).parse_args(["experiment", "--data-dir", "/data", *argv])
+    """--synthesize names a class: /data holds no dataset whose minority the plan could count."""
+    return build_parser(["experiment"]).parse_args(
+        ["experiment", "--data-dir", "/data", "--synthesize", "normal", *argv]
+    )
 
 
 def requests(args) -> dict[str, object]:

@@ -36,7 +36,9 @@ class RecordingDriver(InProcessDriver):
 
 
 def test_steps_run_in_order_and_are_timed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = build_parser(["experiment"]).parse_args(["experiment", "--work-dir", str(tmp_path)])
+    args = build_parser(["experiment"]).parse_args(
+        ["experiment", "--work-dir", str(tmp_path), "--synthesize", "normal"]  # no dataset to count its minority
+    )
     planned = plan(args)
     work = WorkDir(tmp_path)
     work.metrics.mkdir(parents=True)
@@ -53,6 +55,7 @@ def test_steps_run_in_order_and_are_timed(tmp_path: Path, capsys: pytest.Capture
         "train-gan",
         "generate-synthetic",
         "train-classifier (baseline)",
+        "train-classifier (baseline-matched)",
         "train-classifier (augmented)",
         "train-classifier (curriculum)",
         "analyze-results",
@@ -61,6 +64,6 @@ def test_steps_run_in_order_and_are_timed(tmp_path: Path, capsys: pytest.Capture
     assert list(timings) == ["prepare", *names, "finish", "total"]
     assert all(seconds >= 0 for seconds in timings.values())
     out = capsys.readouterr().out
-    assert "0.950 [0.900, 0.990]" in out and "augmented   (missing augmented_final_metrics.json)" in out
+    assert "0.950 [0.900, 0.990]" in out and "augmented        (missing augmented_final_metrics.json)" in out
     assert "a note" in out
     assert f"Report: {work.analysis / layout.COMPARISON_REPORT}  (total 0 s)" in out

@@ -80,6 +80,7 @@ def strategy_table(results: dict[str, StrategyResults]) -> dict[str, dict[str, A
             "selected_fold": final.get("selected_fold"),
             "n_train_real": final.get("n_train_real"),
             "n_synthetic_pool": final.get("n_synthetic_pool"),
+            "class_mix": final.get("class_mix"),
         }
     return table
 

@@ -22,12 +22,12 @@ import numpy as np
 from scipy import stats
 
 from services.analyzer.holdout_tests import render_holdout_tests, verdict
+from shared.configs.classifier import STRATEGIES  # the one list of strategies (re-exported for the analyzer)
 from shared.errors import DatasetError
 from shared.stats import holm_adjust
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("baseline", "augmented", "curriculum")
 REFERENCE = "baseline"
 MATCHED_REFERENCE = "baseline-matched"  # the matched-compute control, compared with when its files exist
 REFERENCES = (REFERENCE, MATCHED_REFERENCE)
@@ -328,10 +328,10 @@ def render_report(summary: dict[str, Any]) -> str:
     for strategy, entry in summary["strategies"].items():
         per_fold = entry.get("holdout_per_fold")
         if not per_fold:
-            lines.append(f"{strategy:<11} no hold-out metrics")
+            lines.append(f"{strategy:<16} no hold-out metrics")
             continue
         cells = [f"{m} {_spread([fold.get(m) for fold in per_fold])}" for m in TESTED_METRICS + SECONDARY_METRICS]
-        lines.append(f"{strategy:<11} " + "; ".join(cells))
+        lines.append(f"{strategy:<16} " + "; ".join(cells))
     lines.append("")
 
     lines += [
@@ -344,13 +344,14 @@ def render_report(summary: dict[str, Any]) -> str:
     for strategy, entry in summary["strategies"].items():
         cv = entry.get("cv")
         if cv is None:
-            lines.append(f"{strategy:<11} no cross-validation summary")
+            lines.append(f"{strategy:<16} no cross-validation summary")
             continue
         lines.append(f"{strategy} ({cv['n_folds']} folds):")
         for metric in CV_METRICS:
             lines.append(f"  {metric:<12} {_mean_ci(cv, metric)}")
     lines.append("")
 
+    lines += render_class_mix(summary)
     lines += render_image_quality(summary)
     lines += render_memorization(summary.get("memorization"))
     lines += render_tstr(summary.get("tstr"))
@@ -449,4 +450,33 @@ def render_tstr(tstr: dict[str, Any] | None) -> list[str]:
         m = tstr[name]
         lines.append(f"  {label:<28} accuracy {_num(m['accuracy'])}, AUROC {_num(m['auroc'])}")
     lines += ["A TSTR score near TRTR means the synthetic images carry the class information of real ones.", ""]
+    return lines
+
+
+def render_class_mix(summary: dict[str, Any]) -> list[str]:
+    """The training folds' class mix (summed over folds) before and after adding the synthetic images."""
+    lines = ["Class mix of the training folds (images summed over folds: normal / pneumonia)", "-" * 78]
+    found = False
+    for strategy, entry in summary["strategies"].items():
+        mix = entry.get("class_mix")
+        if not mix:
+            continue
+        found = True
+
+        def share(counts: dict[str, int]) -> str:
+            total = counts["normal"] + counts["pneumonia"]
+            normal = f"{100 * counts['normal'] / total:.0f}% normal" if total else "none"
+            return f"{counts['normal']} / {counts['pneumonia']} ({normal})"
+
+        lines.append(
+            f"{strategy:<16} real {share(mix['real'])}; synthetic {share(mix['synthetic'])}; "
+            f"after {share(mix['after'])}"
+        )
+    if not found:
+        lines.append("no class mix recorded")
+    lines += [
+        "after = real + the whole synthetic pool (an epoch of augmented; curriculum adds a per-epoch share of it,",
+        "baseline-matched resampled real images in the real mix instead).",
+        "",
+    ]
     return lines

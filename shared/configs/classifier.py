@@ -14,7 +14,9 @@ from shared.datasets import DATASETS
 from shared.errors import ConfigError
 from shared.models.classifier import ARCHS
 
-STRATEGIES = ("baseline", "augmented", "curriculum")
+# Every classifier strategy, in report order: the one list the pipeline, the analyzer and the drivers use.
+# baseline-matched is the matched-compute control of augmented (--match-compute).
+STRATEGIES = ("baseline", "baseline-matched", "augmented", "curriculum")
 
 
 class ClassifierTrainingConfig(StepConfig):
@@ -38,6 +40,12 @@ class ClassifierTrainingConfig(StepConfig):
     workers: int = option(4, "data loader worker processes", kind="local", ge=0)
     use_synthetic: bool = option(False, "add synthetic images to the training folds")
     use_curriculum: bool = option(False, "raise the synthetic share per epoch (needs --use-synthetic)")
+    match_compute: bool = option(
+        False,
+        "the matched-compute control (needs --use-synthetic): every synthetic sample an epoch would draw is replaced "
+        "by a real training image resampled with replacement (seeded), so the run takes the same optimizer steps on "
+        "as many images per epoch without seeing a synthetic image (only the pool's manifest is read, for its size)",
+    )
     curriculum_schedule: str = option(
         "0:0.0, 5:0.25, 10:0.5",
         "EPOCH:RATIO, ...: share of an epoch's samples that are synthetic, from that 0-based epoch on",
@@ -98,6 +106,8 @@ class ClassifierTrainingConfig(StepConfig):
     def _consistent(self) -> ClassifierTrainingConfig:
         if self.use_curriculum and not self.use_synthetic:
             raise ConfigError("--use-curriculum schedules synthetic images: add --use-synthetic")
+        if self.match_compute and not self.use_synthetic:
+            raise ConfigError("--match-compute replaces the synthetic samples of a run: add --use-synthetic")
         if self.fold_index is not None and not self.fold_index < self.k_folds:
             raise ConfigError(
                 f"--fold-index must be in 0..{self.k_folds - 1} (--k-folds {self.k_folds}), got {self.fold_index}"
@@ -106,11 +116,20 @@ class ClassifierTrainingConfig(StepConfig):
         return self
 
     @property
-    def strategy(self) -> str:
-        """baseline, augmented (--use-synthetic) or curriculum (--use-curriculum)."""
+    def sampling(self) -> str:
+        """Whose samples per epoch this run draws: baseline (real only), augmented (--use-synthetic: the whole pool
+        every epoch) or curriculum (--use-curriculum: the schedule's share)."""
         if self.use_curriculum:
             return "curriculum"
         return "augmented" if self.use_synthetic else "baseline"
+
+    @property
+    def strategy(self) -> str:
+        """The run's name: its sampling, or with --match-compute the matched control of it: baseline-matched for
+        augmented (one of STRATEGIES), baseline-matched-curriculum for curriculum (not run by the experiment)."""
+        if not self.match_compute:
+            return self.sampling
+        return "baseline-matched" if self.sampling == "augmented" else f"baseline-matched-{self.sampling}"
 
     def schedule(self) -> Schedule | None:
         """The curriculum schedule (None without --use-curriculum)."""

@@ -38,7 +38,10 @@ def subsample(images: LabelledImages, max_images: int, seed: int) -> LabelledIma
 def fold_indices(
     develop: LabelledImages, k: int, val_fraction: float, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, validation) image indices into `develop`: k patient-level folds, or one split for k = 1."""
+    """(train, validation) image indices into `develop`: k patient-level folds, or one split for k = 1. The folds
+    are cut from real images only: synthetic ones are added to a training fold afterwards, never to a validation
+    fold (RuntimeError otherwise)."""
+    assert_real_only(develop, "development set the folds are cut from")
     if k == 1:
         return [holdout_indices(develop.patient_ids, develop.labels, fraction=val_fraction, seed=seed)]
     return patient_kfold(develop.patient_ids, develop.labels, k, seed=seed)
@@ -52,14 +55,34 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32)
 
 
-def synthetic_plan(strategy: str, epochs: int, n_real: int, pool_size: int, schedule: Schedule | None) -> list[int]:
-    """How many synthetic samples each epoch of a fold draws."""
-    if strategy == "baseline":
+def synthetic_plan(sampling: str, epochs: int, n_real: int, pool_size: int, schedule: Schedule | None) -> list[int]:
+    """How many synthetic samples each epoch of a fold draws (`sampling`: ClassifierTrainingConfig.sampling).
+
+    A --match-compute run draws this same plan, from resampled real images instead: the experiment's
+    baseline-matched is augmented's control, every epoch n_real + pool_size images, so its images per epoch and
+    optimizer steps (and OneCycle schedule) are exactly augmented's. It matches augmented, not curriculum:
+    curriculum's synthetic share changes per epoch and is capped by the pool, so it trains at most augmented's
+    steps; its comparison with the plain baseline is not compute-matched (a baseline-matched-curriculum run
+    would be, and --match-compute --use-curriculum trains it)."""
+    if sampling == "baseline":
         return [0] * epochs
-    if strategy == "augmented":
+    if sampling == "augmented":
         return [pool_size] * epochs
     assert schedule is not None
     return [synthetic_count(ratio_at(schedule, epoch), n_real, pool_size) for epoch in range(epochs)]
+
+
+def resampled_real(train_real: LabelledImages, count: int, rng: np.random.Generator) -> LabelledImages:
+    """`count` images of the real training fold drawn with replacement (baseline-matched's extra samples)."""
+    drawn = train_real.subset(np.sort(rng.choice(len(train_real), size=count, replace=True)))
+    assert_real_only(drawn, "resampled real images of baseline-matched")
+    return drawn
+
+
+def class_mix(labels: np.ndarray) -> dict[str, int]:
+    """{"normal": n, "pneumonia": n} of `labels`."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2)
+    return {"normal": int(counts[0]), "pneumonia": int(counts[1])}
 
 
 def training_loader(

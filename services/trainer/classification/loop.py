@@ -16,6 +16,7 @@ from torch import nn
 from services.trainer.classification.data import (
     class_weights,
     evaluation_loader,
+    resampled_real,
     synthetic_plan,
     training_loader,
 )
@@ -60,10 +61,14 @@ def train_fold(
     hooks: FoldHooks,
     saved: dict[str, Any] | None = None,
     ctx: Distributed = ONE_PROCESS,
+    matched_pool_size: int = 0,
 ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
     """Train one fold's model, from scratch or from `saved` (a state this function saved); (model, history per
     epoch, validation metrics after the last epoch). With several processes only rank 0 evaluates, saves and
-    reports (the others return an empty validation result)."""
+    reports (the others return an empty validation result).
+
+    A --match-compute run (no `pool`) draws the plan of a pool of `matched_pool_size` images from resampled real
+    training images instead."""
     seed_everything(options.seed + fold)
     strategy = config["strategy"]
     model = build_classifier(
@@ -75,7 +80,9 @@ def train_fold(
     weights = class_weights(train_real.labels)
     criterion = nn.CrossEntropyLoss(weight=weights.to(device) if options.class_balance == "weighted-loss" else None)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    plan = synthetic_plan(strategy, options.epochs, len(train_real), len(pool) if pool is not None else 0, schedule)
+    matched = options.match_compute
+    pool_size = matched_pool_size if matched else len(pool) if pool is not None else 0
+    plan = synthetic_plan(options.sampling, options.epochs, len(train_real), pool_size, schedule)
     decay = {} if options.weight_decay is None else {"weight_decay": options.weight_decay}
     if options.scheduler == "onecycle":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(parameters, lr=options.lr, **decay)
@@ -98,7 +105,9 @@ def train_fold(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         drawn = None
-        if n_synthetic:
+        if n_synthetic and matched:
+            drawn = resampled_real(train_real, n_synthetic, rng)
+        elif n_synthetic:
             assert pool is not None
             drawn = pool.subset(np.sort(rng.choice(len(pool), size=n_synthetic, replace=False)))
         loader = training_loader(train_real, drawn, train_transform, options, weights, ctx, options.seed + fold, epoch)
@@ -118,9 +127,11 @@ def train_fold(
             "val_loss": val_loss,
             "val_acc": val_metrics["accuracy"],
             "val_auroc": val_metrics["auroc"],
-            "synthetic_ratio": n_synthetic / (n_synthetic + len(train_real)),
+            "synthetic_ratio": 0.0 if matched else n_synthetic / (n_synthetic + len(train_real)),
             "n_real": len(train_real),
-            "n_synthetic": n_synthetic,
+            "n_synthetic": 0 if matched else n_synthetic,
+            "n_resampled_real": n_synthetic if matched else 0,
+            "optimizer_steps": len(loader),  # one step per batch
             "lr": lr,
             "seconds": time.perf_counter() - started,
         }

@@ -73,6 +73,7 @@ def write_strategy_results(
         "class_balance": options.class_balance,
         "n_train_real": best["n_train_real"],
         "n_synthetic_pool": len(pool) if pool is not None else 0,
+        "class_mix": pooled_class_mix(folds_done),
         "n_develop": len(develop),
         "n_holdout": len(holdout),
         "dataset": options.dataset,
@@ -96,6 +97,20 @@ def write_strategy_results(
     plot_cv_metrics(strategy, val_per_fold, cv_summary, figures_dir / layout.cv_metrics_name(strategy))
     plot_holdout_reliability(strategy, folds_done, figures_dir / layout.reliability_name(strategy))
     return final
+
+
+def pooled_class_mix(folds_done: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The training folds' class mix summed over the folds: {"real", "synthetic", "after"} -> {"normal",
+    "pneumonia"}; "after" is real + synthetic, an epoch of augmented. Empty for records that predate it."""
+    mixes = [record["class_mix"] for record in folds_done if "class_mix" in record]
+    if not mixes:
+        return {}
+    pooled = {
+        part: {name: sum(mix[part][name] for mix in mixes) for name in ("normal", "pneumonia")}
+        for part in ("real", "synthetic")
+    }
+    pooled["after"] = {name: pooled["real"][name] + pooled["synthetic"][name] for name in ("normal", "pneumonia")}
+    return pooled
 
 
 def format_summary(final: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.trainer.classification.data import (
     assert_real_only,
+    class_mix,
     evaluation_loader,
     fold_indices,
     subsample,
@@ -45,7 +46,7 @@ from shared.models.classifier import (
 )
 from shared.runtime import seed_everything
 from shared.splits import develop_and_holdout
-from shared.synthetic import load_synthetic
+from shared.synthetic import load_synthetic, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ def train_strategy(
     assert_real_only(holdout, "hold-out test set")
     if options.max_images is not None:
         develop = subsample(develop, options.max_images, options.seed)
-    pool = load_synthetic(options.synthetic_dir) if options.use_synthetic else None
+    pool = load_synthetic(options.synthetic_dir) if options.use_synthetic and not options.match_compute else None
+    # The matched-compute control only counts the pool (its manifest's rows): it never loads a synthetic image.
+    matched_pool_size = len(read_manifest(options.synthetic_dir)) if options.match_compute else 0
     folds = fold_indices(develop, options.k_folds, options.val_fraction, options.seed)
     log.info(
         "%s: %d development images (%s), %d hold-out, %d synthetic in the pool, %d fold(s), %s on %s",
@@ -105,7 +108,7 @@ def train_strategy(
         len(develop),
         develop.class_counts(),
         len(holdout),
-        len(pool) if pool is not None else 0,
+        len(pool) if pool is not None else matched_pool_size,
         len(folds),
         options.arch,
         device,
@@ -135,7 +138,7 @@ def train_strategy(
         hooks = FoldHooks(report, save_state, should_stop)
         saved = current if current is not None and current["fold"] == fold else None
         model, history, val_metrics = train_fold(
-            fold, train_real, val, pool, config, options, schedule, device, hooks, saved, ctx
+            fold, train_real, val, pool, config, options, schedule, device, hooks, saved, ctx, matched_pool_size
         )
         if not ctx.is_main:
             ctx.barrier()  # while rank 0 calibrates, evaluates and saves the fold model
@@ -157,6 +160,12 @@ def train_strategy(
                 "calibration": fold_config["calibration"],
                 "validation_predictions": validation_predictions,  # out-of-fold: for the pooled threshold
                 "n_train_real": len(train_real),
+                # The training fold's classes: real images, and the synthetic pool added to it (augmented adds all
+                # of it every epoch; curriculum a per-epoch share; baseline and baseline-matched none).
+                "class_mix": {
+                    "real": class_mix(train_real.labels),
+                    "synthetic": class_mix(pool.labels if pool is not None else []),
+                },
                 "model_sha256": sha256_file(fold_path),
             }
         )

@@ -76,7 +76,7 @@ def test_predictions_file_refuses_synthetic_images(tmp_path: Path) -> None:
 def test_each_strategy_against_the_baseline_image_by_image(tmp_path: Path) -> None:
     y = write_predictions(tmp_path)
     skipped: list[str] = []
-    predictions = load_predictions(tmp_path, (*STRATEGIES, "baseline-matched"), skipped)
+    predictions = load_predictions(tmp_path, STRATEGIES, skipped)  # STRATEGIES holds baseline-matched
     assert skipped == [f"image-by-image tests: {tmp_path / 'baseline-matched_holdout_predictions.csv'} not found"]
     section = compare_on_holdout(predictions, CANDIDATES, REFERENCES, skipped, seed=0, n_resamples=500)
     assert section is not None and section["n_images"] == N_IMAGES and section["n_positive"] == int(y.sum())
@@ -130,7 +130,7 @@ def test_each_strategy_against_the_baseline_image_by_image(tmp_path: Path) -> No
 def test_the_matched_compute_baseline_is_a_second_reference(tmp_path: Path) -> None:
     write_predictions(tmp_path, matched=True)
     skipped: list[str] = []
-    predictions = load_predictions(tmp_path, (*STRATEGIES, "baseline-matched"), skipped)
+    predictions = load_predictions(tmp_path, STRATEGIES, skipped)  # STRATEGIES holds baseline-matched
     section = compare_on_holdout(predictions, CANDIDATES, REFERENCES, skipped, n_resamples=200)
     assert skipped == []
     pairs = [(c["strategy"], c["reference"]) for c in section["comparisons"]]

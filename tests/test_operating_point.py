@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from training_helpers import FAST, MAX_IMAGES, classifier_options
+from training_helpers import FAST, MAX_IMAGES, classifier_options, output_args
 
 from pipeline.cli import main as pneumonia
 from services.trainer.classification.data import fold_indices, subsample
@@ -33,13 +33,6 @@ from shared.splits import develop_and_holdout
 from shared.training.loop import predict_logits
 
 K = 2
-
-
-def output_args(root: Path) -> list[str]:
-    return [
-        "--model-dir", str(root / "models"), "--results-dir", str(root / "metrics"),
-        "--figures-dir", str(root / "figures"), "--synthetic-dir", str(root / "synthetic"),
-    ]  # fmt: skip
 
 
 def options(data: Path, root: Path, *extra: str) -> ClassifierTrainingConfig:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_helpers import FAST, MAX_IMAGES, classifier_options, write_synthetic_folder
+from training_helpers import FAST, MAX_IMAGES, classifier_options, output_args, write_synthetic_folder
 
 from pipeline.cli import main as pneumonia
 from services.trainer.hooks import TrainingStopped
@@ -30,13 +30,6 @@ STRATEGY_FLAGS = {  # one epoch where a second shows nothing new (CPU time is pr
     "curriculum": ["--use-synthetic", "--use-curriculum", "--curriculum-schedule", "0:0.0, 1:0.5"],
 }
 NUM_SYNTHETIC = 12
-
-
-def output_args(root: Path) -> list[str]:
-    return [
-        "--synthetic-dir", str(root / "synthetic"), "--model-dir", str(root / "models"),
-        "--results-dir", str(root / "metrics"), "--figures-dir", str(root / "figures"),
-    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

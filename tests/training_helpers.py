@@ -15,6 +15,14 @@ SIZE = 16  # the tiny GAN's image side
 MAX_IMAGES = 40  # the tiny classifier runs' development subset
 
 
+def output_args(root: Path) -> list[str]:
+    """train-classifier's output folders (and its synthetic folder) under `root`."""
+    return [
+        "--synthetic-dir", str(root / "synthetic"), "--model-dir", str(root / "models"),
+        "--results-dir", str(root / "metrics"), "--figures-dir", str(root / "figures"),
+    ]  # fmt: skip
+
+
 def gan_argv(npz: Path, work: Path, *extra: str) -> list[str]:
     """A tiny run: 16 px, one channel, narrow networks, in-process loading, on the CPU."""
     return [

@@ -27,11 +27,13 @@ import argparse
 import io
 import json
 import logging
+import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -51,7 +53,7 @@ from pipeline.endpoints import ServiceEndpoints
 from pipeline.plan import PlannedStep, plan
 from pipeline.profiles import STRATEGIES
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
-from services.classifier.client import ClassifierClient, register_from_store
+from services.classifier.client import ClassifierClient, ClassifierError, register_from_store
 from shared import layout
 from shared.configs import ClassifierTrainingConfig, GenerationConfig, StepConfig
 from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, load_dataset
@@ -280,12 +282,29 @@ def serve_and_ask(run: Run, archive: common_pb2.ObjectRef) -> str:
     ref = ObjectRef(archive.bucket, archive.key, archive.sha256, archive.size)
     log.info("registering %s as %r: %s", ref.uri, MODEL_NAME, register_from_store(client, run.store, ref, MODEL_NAME))
     rows = [f"{'hold-out image':<16} {'truth':<10} {'REST answer':<32} gRPC answer"]
+    versions = set()
     for patient, truth, png in holdout_samples(run.args):
-        answers = [client.predict(MODEL_NAME, png), client.predict_grpc(MODEL_NAME, png)]
-        cells = [f"{a['label']} (p={a['pneumonia_probability']:.3f})" for a in answers]
-        rows.append(f"{patient:<16} {truth:<10} {cells[0]:<32} {cells[1]}")
-    rows.append(f"model_version {answers[0]['model_version']}")
+        (rest, rest_version), (grpc_cell, grpc_version) = (
+            sample_answer(client.predict, png),
+            sample_answer(client.predict_grpc, png),
+        )
+        versions |= {rest_version, grpc_version} - {None}
+        rows.append(f"{patient:<16} {truth:<10} {rest:<32} {grpc_cell}")
+    rows.append(f"model_version {', '.join(sorted(versions)) or '(every sample was refused)'}")
     return "\n".join(rows)
+
+
+def sample_answer(ask: Callable[[str, bytes], dict[str, Any]], png: bytes) -> tuple[str, str | None]:
+    """('label (p=...)', model version), or ('refused (reason)', None) when the served model turns the image away
+    with a 400 (its plausibility gate): an answer to show, not a failure of the experiment."""
+    try:
+        answer = ask(MODEL_NAME, png)
+    except ClassifierError as exc:
+        if exc.status != 400:
+            raise
+        reason = re.search(r"\[(\w+)\]", exc.message)
+        return f"refused ({reason.group(1) if reason else 'bad_input'})", None
+    return f"{answer['label']} (p={answer['pneumonia_probability']:.3f})", str(answer["model_version"])
 
 
 def best_strategy(run: Run, metrics_dir: Path) -> str:

@@ -11,7 +11,8 @@ from pipeline.endpoints import ServiceEndpoints
 from pipeline.experiment import main as experiment
 from pipeline.plan import plan, step_config
 from pipeline.profiles import PROFILES
-from pipeline.through_services import request
+from pipeline.through_services import request, sample_answer
+from services.classifier.client import ClassifierError
 from shared.errors import ConfigError
 from shared.storage.config import BucketNames
 
@@ -129,3 +130,19 @@ def test_bucket_names_come_from_the_environment_and_are_checked() -> None:
     assert (names.results, names.models, names.datasets) == ("run-results", "models", "datasets")
     with pytest.raises(ConfigError, match="PNEUMONIA_SYNTHETIC_BUCKET"):
         BucketNames.from_env({"PNEUMONIA_SYNTHETIC_BUCKET": "Not_A_Bucket"})
+
+
+def test_a_sample_the_gate_refuses_is_shown_as_refused_and_other_errors_stop_the_run() -> None:
+    def answers(label: str) -> dict:
+        return {"label": label, "pneumonia_probability": 0.25, "model_version": "abc123"}
+
+    def refuses(model: str, png: bytes) -> dict:
+        raise ClassifierError(400, "implausible input [out_of_distribution]: image layout is unlike ... (1.31 > 0.92)")
+
+    def fails(model: str, png: bytes) -> dict:
+        raise ClassifierError(503, "Prediction failed")
+
+    assert sample_answer(lambda model, png: answers("normal"), b"png") == ("normal (p=0.250)", "abc123")
+    assert sample_answer(refuses, b"png") == ("refused (out_of_distribution)", None)
+    with pytest.raises(ClassifierError, match="503"):
+        sample_answer(fails, b"png")

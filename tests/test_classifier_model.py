@@ -158,3 +158,14 @@ def test_weights_path_loads_checkpoint_or_state_dict(tmp_path: Path) -> None:
         build_classifier("resnet34", 2, 1, 28, weights=str(checkpoint))
     with pytest.raises(ConfigError, match="not found"):
         build_classifier("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_stem_pool_halves_the_feature_maps() -> None:
+    plain = build_classifier("resnet18", 2, 1, 28, "none")
+    pooled = build_classifier("resnet18", 2, 1, 28, "none", stem_pool=True)
+    x = torch.zeros(2, 1, 28, 28)
+    after_stem = lambda model: model.maxpool(model.relu(model.bn1(model.conv1(x))))  # noqa: E731
+    assert after_stem(plain).shape == (2, 64, 28, 28)
+    assert after_stem(pooled).shape == (2, 64, 14, 14)
+    assert pooled(x).shape == (2, 2)
+    assert classifier_config("resnet18", 1, 28, "baseline", "none", stem_pool=True)["stem_pool"] is True

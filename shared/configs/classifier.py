@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pneumonia_proto.v1 import trainer_pb2
 from pydantic import model_validator
 
+from shared import layout
 from shared.configs.base import StepConfig, option
 from shared.configs.limits import MAX_SEED
 from shared.curriculum import Schedule, parse_schedule
@@ -58,7 +60,21 @@ class ClassifierTrainingConfig(StepConfig):
     )
     image_size: int = option(224, "input size (<= 64: small-input stem)", ge=8)
     channels: Literal[1, 3] = option(3, "input channels")
+    stem_pool: bool = option(
+        False,
+        "with the small-input stem (--image-size <= 64), keep ResNet's 3x3 stride-2 max-pool after it: 14 x 14 "
+        "feature maps at 28 px instead of 28 x 28, about 2.5x faster to train on a CPU "
+        "(bench/classifier_training_speed.py)",
+    )
     seed: int = option(0, "seed for folds, subsets, initialisation and sampling", ge=0, le=MAX_SEED)
+    repeat: int = option(
+        0,
+        "which repeat of the experiment's comparison this run is (pneumonia experiment --repeats, each repeat with "
+        "its own --seed): 0 writes into --model-dir, --results-dir and --figures-dir, r > 0 into their repeat-<r>/ "
+        "subfolders, where the analysis finds every repeat",
+        ge=0,
+        le=1000,
+    )
     max_images: int | None = option(None, "seeded stratified patient-level subset of the development set", ge=1)
     val_fraction: float = option(0.15, "share of patients for validation when --k-folds 1", gt=0, lt=1)
     class_balance: Literal["weighted-loss", "sampler", "none"] = option(
@@ -130,6 +146,15 @@ class ClassifierTrainingConfig(StepConfig):
         if not self.match_compute:
             return self.sampling
         return "baseline-matched" if self.sampling == "augmented" else f"baseline-matched-{self.sampling}"
+
+    def for_repeat(self) -> ClassifierTrainingConfig:
+        """This config with its output folders moved into repeat-<r>/ for a --repeat r > 0 (itself for 0)."""
+        if self.repeat == 0:
+            return self
+        sub = layout.repeat_dir_name(self.repeat)
+        return self.model_copy(
+            update={name: str(Path(getattr(self, name)) / sub) for name in ("model_dir", "results_dir", "figures_dir")}
+        )
 
     def schedule(self) -> Schedule | None:
         """The curriculum schedule (None without --use-curriculum)."""

@@ -72,7 +72,13 @@ def train_fold(
     seed_everything(options.seed + fold)
     strategy = config["strategy"]
     model = build_classifier(
-        options.arch, 2, options.channels, options.image_size, options.weights, freeze_backbone=not options.unfreeze
+        options.arch,
+        2,
+        options.channels,
+        options.image_size,
+        options.weights,
+        freeze_backbone=not options.unfreeze,
+        stem_pool=options.stem_pool,
     ).to(device)
     trained = ctx.wrap(model, device)  # `model` itself for one process
     if ctx.enabled:  # the same initial weights everywhere, but each rank its own augmentation draws

@@ -74,8 +74,10 @@ def train_strategy(
     epoch; True raises TrainingStopped, leaving the training state for --resume.
 
     Under torchrun every rank trains; rank 0 alone writes and returns the results (the others return None).
+    A --repeat r > 0 writes everything into repeat-<r>/ of the model, results and figures folders.
     """
     check_environment(options)
+    options = options.for_repeat()  # repeat r > 0: every output into repeat-<r>/
     schedule = options.schedule()
     ctx, device = start_distributed(options.cpu)
     strategy = options.strategy
@@ -114,7 +116,9 @@ def train_strategy(
         device,
     )
 
-    config = classifier_config(options.arch, options.channels, options.image_size, strategy, options.weights)
+    config = classifier_config(
+        options.arch, options.channels, options.image_size, strategy, options.weights, stem_pool=options.stem_pool
+    )
     holdout_loader = evaluation_loader(holdout, classifier_transform(config, train=False), options)
     model_dir.mkdir(parents=True, exist_ok=True)
 

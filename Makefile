@@ -33,17 +33,18 @@ docs: install
 test: install lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Every service as a local process on 127.0.0.1 (storage, logs and scratch under runs/local), the quick experiment
+# Every service as a local process on 127.0.0.1 (storage, logs and scratch under runs/local), the experiment
 # through their APIs, TorchServe answering for the best model; everything stops at the end, also on Ctrl-C.
+# PROFILE=quick (default: a ~15-minute smoke run) or PROFILE=standard (every image, with power, < 1 h on 2 cores).
 experiment-local: install
-	$(BIN)/pneumonia experiment --via-services --local-services --profile quick --dataset pneumoniamnist \
+	$(BIN)/pneumonia experiment --via-services --local-services --profile $(PROFILE) --dataset pneumoniamnist \
 		--data-dir $(DATA_DIR) --work-dir runs/local
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # ---- Containers and Kubernetes (docs/deployment.md) ----
-# make experiment [PROFILE=quick|full] [DEVICE=gpu|cpu] [DATA_DIR=...]: the experiment through docker-compose.
+# make experiment [PROFILE=quick|standard|full] [DEVICE=gpu|cpu] [DATA_DIR=...]: the experiment through docker-compose.
 PROFILE ?= quick
 DEVICE ?= gpu
 COMPOSE ?= docker compose

@@ -3,8 +3,7 @@
 In this process by default: each step is the same `pneumonia` subcommand a user would run by hand, called with
 its config's flags (pipeline.plan, pipeline.in_process). With --via-services each step is a call to the running services
 (pipeline.through_services), which --local-services first starts as local processes (pipeline.local_stack).
-`quick` fits in about 15 minutes on 2 CPU cores with PneumoniaMNIST (small images, subsets, few epochs, ResNet-18);
-`full` keeps the seed's defaults (64 px GAN for 50 epochs, ResNet-50 at 224 px, 15 epochs, 5 folds) for GPU machines.
+The profiles (how much compute each step gets: quick, standard, full) are in pipeline.profiles.
 """
 
 from __future__ import annotations
@@ -36,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for every step")
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="R",
+        help="repeat the comparison R times: every strategy trained with seeds SEED, SEED+1, ..., SEED+R-1 (folds, "
+        "initialisation, sampling), paired by seed; the GAN and its synthetic images are shared; the analysis "
+        "uses every repeat (see services/analyzer/repeats.py)",
+    )
+    parser.add_argument(
         "--synthesize",
         choices=SYNTHESIZE,
         default="minority",
@@ -65,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
     if args.local_services and not args.via_services:
         raise ConfigError("--local-services needs --via-services")
     if not args.via_services:

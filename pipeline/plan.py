@@ -79,10 +79,12 @@ class WorkDir:
         return layout.generator_path(self.models)
 
 
-def step_config(args: argparse.Namespace, step: str, **values: Any) -> StepConfig:
+def step_config(args: argparse.Namespace, step: str, seed_offset: int = 0, **values: Any) -> StepConfig:
     """`step`'s config for the experiment `args`: the profile's values, then `values` (layout, strategy), then the
-    user's --<step>-args, then --seed and --cpu. ConfigError for a flag or value the step does not accept."""
-    user = [*shlex.split(getattr(args, f"{step}_args")), "--seed", str(args.seed), *(["--cpu"] if args.cpu else [])]
+    user's --<step>-args, then --seed (plus `seed_offset`: a repeat's) and --cpu. ConfigError for a flag or value the
+    step does not accept."""
+    seed = str(args.seed + seed_offset)
+    user = [*shlex.split(getattr(args, f"{step}_args")), "--seed", seed, *(["--cpu"] if args.cpu else [])]
     return STEP_CONFIGS[step].from_argv(user, **{**PROFILES[args.profile].defaults(step), **values})
 
 
@@ -110,9 +112,35 @@ def generate_steps(args: argparse.Namespace, work: WorkDir) -> list[PlannedStep]
     ]
 
 
+def classifier_steps(args: argparse.Namespace, work: WorkDir, data: dict[str, str]) -> list[PlannedStep]:
+    """Every strategy once per repeat (--repeats R): repeat r trains with --seed (the experiment's) + r, so its
+    folds, initialisation and sampling are its own and the same for every strategy of that repeat (the strategies
+    are paired by seed), into the repeat-<r>/ subfolders (train-classifier --repeat) for r > 0."""
+    outputs = {"model_dir": str(work.models), "results_dir": str(work.metrics), "figures_dir": str(work.figures)}
+    repeats = getattr(args, "repeats", 1)
+    return [
+        PlannedStep(
+            f"train-classifier ({strategy})" if repeats == 1 else f"train-classifier ({strategy}, repeat {r + 1})",
+            "classifier",
+            step_config(
+                args,
+                "classifier",
+                seed_offset=r,
+                **data,
+                **outputs,
+                synthetic_dir=str(work.synthetic),
+                repeat=r,
+                **switches,
+            ),
+        )
+        for r in range(repeats)
+        for strategy, switches in STRATEGIES.items()
+    ]
+
+
 def plan(args: argparse.Namespace) -> list[PlannedStep]:
     """The experiment's steps in their order: a conditional GAN, synthetic images of the class(es) --synthesize
-    chooses, one classifier per strategy, analysis."""
+    chooses, one classifier per strategy (and repeat), analysis."""
     work = WorkDir(Path(args.work_dir))
     data = {"dataset": args.dataset, "data_dir": str(args.data_dir)}
     outputs = {"model_dir": str(work.models), "results_dir": str(work.metrics), "figures_dir": str(work.figures)}
@@ -120,14 +148,7 @@ def plan(args: argparse.Namespace) -> list[PlannedStep]:
     return [
         PlannedStep("train-gan", "gan", gan),
         *generate_steps(args, work),
-        *[
-            PlannedStep(
-                f"train-classifier ({strategy})",
-                "classifier",
-                step_config(args, "classifier", **data, **outputs, synthetic_dir=str(work.synthetic), **switches),
-            )
-            for strategy, switches in STRATEGIES.items()
-        ],
+        *classifier_steps(args, work, data),
         PlannedStep(
             "analyze-results",
             "analyze",

@@ -8,7 +8,8 @@ call to a service:
     GeneratorService.GenerateStream       synthetic images of that generator, one call per class --synthesize
                                           asks for; two classes are merged into runs/<run>/synthetic/
     TrainerService.StartClassifierJob x4  runs/<run>/classifiers    every strategy (+ .mar each), queued together,
-                                          followed one after the other
+                                          followed one after the other; with --repeats R, R x 4 jobs, repeat
+                                          r > 0 in repeat-<r>/ below (no .mar)
     AnalyzerService.Analyze               runs/<run>/analysis       the report
     TorchServe                            register the best strategy's .mar, classify a few hold-out images
                                           over REST and gRPC
@@ -221,8 +222,9 @@ def start_classifiers(
             trainer_pb2.StartClassifierJobRequest(
                 dataset=dataset,
                 synthetic=synthetic,
-                output_prefix=f"{run.prefix}/classifiers",
-                model_archive_name=f"{MODEL_NAME}-{config.strategy}",
+                output_prefix=f"{run.prefix}/classifiers",  # a repeat r > 0 writes into its repeat-<r>/ below
+                # the first repeat's models are the ones served
+                model_archive_name=f"{MODEL_NAME}-{config.strategy}" if config.repeat == 0 else "",
             ),
         )
         started[name] = trainer.StartClassifierJob(job_request)
@@ -366,7 +368,9 @@ class ServicesDriver:
             if not self.started:
                 synthetic = self.synthetic_images()
                 self.started = start_classifiers(run, self.trainer, self.dataset, synthetic, self.classifiers)
-            self.jobs[config.strategy] = watch_job(self.trainer, self.started[step.name], step.name)
+            job = watch_job(self.trainer, self.started[step.name], step.name)
+            if config.repeat == 0:
+                self.jobs[config.strategy] = job
         elif step.step == "analyze":
             synthetic = self.synthetic_images()
             self.analysis = analyze(run, self.analyzer, self.dataset, synthetic, self.checkpoint, config)

@@ -48,6 +48,15 @@ def final_metrics_name(strategy: str) -> str:
     return f"{strategy}_final_metrics.json"
 
 
+REPEAT_DIR_PREFIX = "repeat-"
+
+
+def repeat_dir_name(repeat: int) -> str:
+    """The subfolder of a classifier run's model, metrics and figures folders that holds repeat `repeat` (> 0) of
+    the experiment's comparison (train-classifier --repeat); repeat 0 writes into the folders themselves."""
+    return f"{REPEAT_DIR_PREFIX}{repeat}"
+
+
 def holdout_predictions_name(strategy: str) -> str:
     """Per hold-out image: label, each fold model's and the fold-ensemble's probability and decision
     (shared.predictions)."""

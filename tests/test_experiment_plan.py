@@ -55,3 +55,19 @@ def test_strategies_differ_only_in_synthetic_flags():
     assert curriculum["use_synthetic"] and curriculum["use_curriculum"]
     differing = {key for key in base if key not in ("handler", "parser") and base[key] != curriculum[key]}
     assert differing == {"use_synthetic", "use_curriculum"}
+
+
+def test_repeats_train_every_strategy_once_per_seed() -> None:
+    steps = [step for step in plan(experiment_args("--repeats", "3", "--seed", "7")) if step.step == "classifier"]
+    assert len(steps) == 3 * len(STRATEGIES)
+    assert steps[0].name == "train-classifier (baseline, repeat 1)"
+    by_repeat: dict[int, set[int]] = {}
+    for step in steps:
+        by_repeat.setdefault(step.config.repeat, set()).add(step.config.seed)
+    assert by_repeat == {0: {7}, 1: {8}, 2: {9}}  # paired by seed: one seed per repeat, for every strategy
+    repeated = next(step for step in steps if step.config.repeat == 2)
+    assert "--repeat=2" in repeated.argv
+    assert repeated.config.for_repeat().results_dir == "/w/results/metrics/repeat-2"
+    assert steps[0].config.for_repeat() is steps[0].config  # repeat 0 writes where a single run writes
+    gan = next(step for step in plan(experiment_args("--repeats", "3", "--seed", "7")) if step.step == "gan")
+    assert gan.config.seed == 7  # one GAN and one synthetic pool for every repeat

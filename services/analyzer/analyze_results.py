@@ -24,6 +24,7 @@ import torch
 
 from services.analyzer import image_quality, plots
 from services.analyzer.holdout_tests import compare_on_holdout, load_predictions
+from services.analyzer.repeats import seed_paired_comparisons
 from services.analyzer.report import (
     CANDIDATES,
     MATCHED_REFERENCE,
@@ -45,6 +46,7 @@ from shared.datasets import PNEUMONIA, LabelledImages, load_dataset
 from shared.diversity import compare_diversity
 from shared.images import atomic_write_bytes, atomic_write_json
 from shared.models.classifier import classifier_transform, load_classifier
+from shared.predictions import HoldoutPredictions
 from shared.runtime import seed_everything, select_device
 from shared.splits import develop_and_holdout
 from shared.synthetic import load_synthetic
@@ -415,7 +417,8 @@ def analyze(options: AnalysisConfig, check: Callable[[], None] = _no_check) -> d
 
     results = load_results(Path(options.metrics_dir), skipped)
     strategies = tuple(dict.fromkeys((*STRATEGIES, MATCHED_REFERENCE)))
-    predictions = load_predictions(Path(options.metrics_dir), strategies, skipped)
+    by_repeat: dict[str, dict[int, HoldoutPredictions]] = {}
+    predictions = load_predictions(Path(options.metrics_dir), strategies, skipped, by_repeat)
     check()
     summary: dict[str, Any] = {
         "inputs": options.model_dump(mode="json"),
@@ -423,6 +426,7 @@ def analyze(options: AnalysisConfig, check: Callable[[], None] = _no_check) -> d
         "strategies": strategy_table(results),
         "holdout_tests": compare_on_holdout(predictions, CANDIDATES, REFERENCES, skipped, seed=options.seed),
         "comparisons": compare_strategies(results, skipped),
+        "repeats": seed_paired_comparisons(Path(options.metrics_dir), by_repeat, CANDIDATES, REFERENCES),
         "ssim": None,
         "frechet_classifier": None,
         "inception_fid": None,

@@ -2,8 +2,9 @@
 the hold-out, from the classifier step's `<strategy>_holdout_predictions.csv` (shared.predictions).
 
 Each strategy is represented by its fold-ensemble (mean calibrated probability, at the mean of its fold models'
-thresholds). AUROC: DeLong's test; accuracy, sensitivity, specificity: McNemar's test at each model's own operating
-point; every metric and every difference with a stratified percentile bootstrap interval; the minimum detectable
+thresholds; with --repeats, the fold models of every repeat). AUROC: DeLong's test; accuracy, sensitivity,
+specificity: McNemar's test at each model's own operating point; every metric and every
+difference with a stratified percentile bootstrap interval; the minimum detectable
 effect (80% power, two-sided alpha 0.05) of AUROC and accuracy for these images. The primary tests (AUROC and
 accuracy of every comparison) are Holm-adjusted together; sensitivity and specificity are secondary (raw p).
 Beside them, the fold models' spread: mean and min-max of each metric over the fold models.
@@ -17,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from services.analyzer.repeats import load_repeats, merge_repeats
 from shared import layout
 from shared import stats as st
-from shared.predictions import ENSEMBLE, HoldoutPredictions, read_holdout_predictions
+from shared.predictions import ENSEMBLE, HoldoutPredictions
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +37,27 @@ def _skip(skipped: list[str], message: str) -> None:
 
 
 def load_predictions(
-    metrics_dir: Path, strategies: tuple[str, ...], skipped: list[str]
+    metrics_dir: Path,
+    strategies: tuple[str, ...],
+    skipped: list[str],
+    by_repeat: dict[str, dict[int, HoldoutPredictions]] | None = None,
 ) -> dict[str, HoldoutPredictions]:
-    """Every strategy's hold-out predictions file that exists; a line in `skipped` for each missing one."""
+    """Every strategy's hold-out predictions that exist, its repeats (services.analyzer.repeats) merged into one
+    set of fold models; a line in `skipped` for each missing one. `by_repeat`, when given, receives each
+    strategy's predictions per repeat."""
     found = {}
     for strategy in strategies:
-        path = metrics_dir / layout.holdout_predictions_name(strategy)
-        if path.is_file():
-            found[strategy] = read_holdout_predictions(path)
-        else:
-            _skip(skipped, f"image-by-image tests: {path} not found")
+        repeats = load_repeats(metrics_dir, strategy)
+        if not repeats:
+            _skip(skipped, f"image-by-image tests: {metrics_dir / layout.holdout_predictions_name(strategy)} not found")
+            continue
+        try:
+            found[strategy] = merge_repeats(repeats)
+        except ValueError as exc:
+            _skip(skipped, f"image-by-image tests: {strategy}: {exc}")
+            continue
+        if by_repeat is not None:
+            by_repeat[strategy] = {repeat: predictions for repeat, (predictions, _) in repeats.items()}
     return found
 
 

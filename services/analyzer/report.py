@@ -22,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 from services.analyzer.holdout_tests import render_holdout_tests, verdict
+from services.analyzer.repeats import render_seed_paired
 from shared.configs.classifier import STRATEGIES  # the one list of strategies (re-exported for the analyzer)
 from shared.errors import DatasetError
 from shared.stats import holm_adjust
@@ -309,6 +310,7 @@ def render_report(summary: dict[str, Any]) -> str:
         "",
     ]
     lines += render_holdout_tests(holdout)
+    lines += render_seed_paired(summary.get("repeats"))
 
     comparisons = summary["comparisons"]
     lines += ["Fold spread (secondary: fold models paired by fold on the hold-out set)", "-" * 71]

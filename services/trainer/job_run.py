@@ -111,6 +111,9 @@ class JobRun:
             return
         options = self.plan.options
         assert isinstance(options, ClassifierTrainingConfig)
+        if options.repeat:  # a repeat's files lie in repeat-<r>/, locally and under P/
+            sub = layout.repeat_dir_name(options.repeat)
+            prefix, models = f"{prefix}{sub}/", models / sub
         strategy = options.strategy
         names = re.compile(rf"(fold_\d+_)?{re.escape(strategy)}_{re.escape(options.arch)}(_training_state)?\.pth")
         for ref in self.store.list(bucket, prefix):
@@ -143,7 +146,8 @@ class JobRun:
         options, name = self.plan.options, self.plan.archive_name
         assert isinstance(options, ClassifierTrainingConfig)
         self.manager.update(self.entry, message=f"building the model archive {name}.mar")
-        checkpoint = Path(options.model_dir) / layout.strategy_model_name(options.strategy, options.arch)
+        model_dir = options.for_repeat().model_dir
+        checkpoint = Path(model_dir) / layout.strategy_model_name(options.strategy, options.arch)
         path = build_model_archive(checkpoint, self.plan.dirs.archive, name)
         self.store.ensure_bucket(self.config.models_bucket)
         return self.store.put_file(self.config.models_bucket, f"{MODEL_STORE_PREFIX}{name}.mar", path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,11 +29,22 @@ class InProcessDriver:
 
     def __init__(self, work: WorkDir) -> None:
         self.work = work
+        self.synthetic_cleared = False
+
+    def clear_synthetic(self) -> None:
+        """Empty the synthetic folder once, before the run's first generate step: generate-synthetic merges into
+        an existing manifest, so a previous run's images (another class, another count) would join this pool."""
+        if not self.synthetic_cleared and self.work.synthetic.exists():
+            log.info("removing the previous run's synthetic images from %s", self.work.synthetic)
+            shutil.rmtree(self.work.synthetic)
+        self.synthetic_cleared = True
 
     def steps_before(self) -> Sequence[Step]:
         return []
 
     def run(self, step: PlannedStep) -> None:
+        if step.step == "generate":
+            self.clear_synthetic()
         argv = step.argv
         log.info("experiment step %s: pneumonia %s", step.name, shlex.join(argv))
         if pneumonia(argv) != 0:

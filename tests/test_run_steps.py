@@ -67,3 +67,21 @@ def test_steps_run_in_order_and_are_timed(tmp_path: Path, capsys: pytest.Capture
     assert "0.950 [0.900, 0.990]" in out and "augmented        (missing augmented_final_metrics.json)" in out
     assert "a note" in out
     assert f"Report: {work.analysis / layout.COMPARISON_REPORT}  (total 0 s)" in out
+
+
+def test_a_rerun_starts_from_an_empty_synthetic_folder(tmp_path: Path) -> None:
+    """generate-synthetic merges into an existing manifest: the in-process driver empties the folder once, before
+    the first generate step, so a previous run's images cannot join this run's pool (the second class's step adds
+    to the first's)."""
+    work = WorkDir(tmp_path)
+    work.synthetic.mkdir(parents=True)
+    stale = work.synthetic / "synthetic_pneumonia_000000.png"
+    stale.write_bytes(b"a previous run's image")
+    driver = InProcessDriver(work)
+    driver.clear_synthetic()
+    assert not work.synthetic.exists()
+    work.synthetic.mkdir()
+    first_class = work.synthetic / "synthetic_normal_000000.png"
+    first_class.write_bytes(b"this run's first class")
+    driver.clear_synthetic()  # the second generate step of the same run keeps the first one's images
+    assert first_class.is_file()

@@ -47,7 +47,7 @@ def stopped_cleanly(log: str) -> dict[str, str]:
 def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     result = subprocess.run(
-        experiment(phantom_dir, work, "--run-id", "e2e", "--synthesize", "balanced"),
+        experiment(phantom_dir, work, "--run-id", "e2e", "--synthesize", "balanced", "--repeats", "2"),
         capture_output=True,
         text=True,
         timeout=600,
@@ -65,6 +65,15 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
         final = json.loads((metrics / f"{strategy}_final_metrics.json").read_text())
         assert final["holdout"]["n"] == len(holdout)  # the real hold-out, never a synthetic image
         assert (storage / f"models/model-store/pneumonia-{strategy}.mar").is_file()
+    # --repeats 2: a second seed of every strategy in repeat-1/ (its own folds), without a model archive of its own
+    for strategy in STRATEGIES:
+        first = json.loads((metrics / f"{strategy}_cv_summary.json").read_text())["folds"]
+        second = json.loads((metrics / "repeat-1" / f"{strategy}_cv_summary.json").read_text())["folds"]
+        assert len(second) == 2 and second != first
+        assert (storage / f"models/runs/e2e/classifiers/repeat-1/{strategy}_resnet18.pth").is_file()
+    assert sorted(p.name for p in (storage / "models/model-store").glob("*.mar")) == sorted(
+        f"pneumonia-{strategy}.mar" for strategy in STRATEGIES
+    )
     # --synthesize balanced: the generator was called once per class, the two results merged into one pool.
     augmented = json.loads((metrics / "augmented_final_metrics.json").read_text())
     assert augmented["class_mix"]["synthetic"] == {"normal": 2 * 24, "pneumonia": 2 * 24}  # 2 folds x 24 each
@@ -73,7 +82,9 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
     summary = json.loads((storage / "results/runs/e2e/analysis/analysis_summary.json").read_text())
     assert tuple(summary["strategies"]) == STRATEGIES
     assert summary["tstr"] is not None  # the conditional generator makes a labelled set
-    assert (storage / "results/runs/e2e/analysis/comparison_report.txt").is_file()
+    assert summary["repeats"]["repeats"] == 2  # the analysis paired the strategies by seed
+    assert summary["holdout_tests"]["strategies"]["baseline"]["fold_spread"]["auroc"]["n_models"] == 2 * 2
+    assert "Repeats: 2 seeds" in (storage / "results/runs/e2e/analysis/comparison_report.txt").read_text()
     assert json.loads((storage / "results/runs/e2e/experiment_timings.json").read_text())["total"] > 0
 
     # TorchServe answered the same for REST and gRPC on four hold-out images.

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from shared.checkpoints import save_checkpoint
-from shared.datasets import PNEUMONIA, load_dataset
+from shared.datasets import NORMAL, PNEUMONIA, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.models.classifier import build_classifier, classifier_config, save_classifier
 from shared.models.dcgan import Generator
@@ -272,3 +272,27 @@ def test_skip_flags_leave_only_the_ssim_distribution(setup: dict[str, Path], tmp
     assert summary["memorization"] is None and summary["frechet_classifier"] is None and summary["gradcam"] is None
     for flag in ("--skip-plots", "--skip-fidelity", "--skip-memorization", "--skip-tstr", "--skip-gradcam"):
         assert any(line.endswith(flag) for line in summary["skipped"])
+
+
+def test_image_quality_compares_the_synthesized_class(setup: dict[str, Path], tmp_path: Path) -> None:
+    """--synthesize minority on PneumoniaMNIST makes normal images: SSIM, diversity and Fréchet distances compare
+    them with real normal images, not pneumonia ones (which would leave them nothing to compare)."""
+    work = tmp_path / "work"
+    shutil.copytree(setup["work"] / "models", work / "models")
+    (work / "synthetic").mkdir(parents=True)
+    develop, _ = develop_and_holdout(load_dataset("phantom", setup["data"]))
+    rows = []
+    for index, source in enumerate(sorted((setup["work"] / "synthetic").glob("*.png"))):
+        name = f"synthetic_normal_{index:06d}.png"
+        shutil.copy(source, work / "synthetic" / name)
+        rows.append(ManifestRow(name, NORMAL, 0, index, "0" * 64))
+    write_manifest(work / "synthetic", rows)
+    skips = ("--skip-plots", "--skip-memorization", "--skip-tstr", "--skip-gradcam")
+    assert analyze(work, setup["data"], *skips, "--metrics-dir", str(setup["work"] / "metrics")) == 0
+    summary = json.loads((work / "analysis" / "analysis_summary.json").read_text())
+    assert summary["ssim"]["class"] == summary["diversity"]["class"] == "normal"
+    assert summary["ssim"]["n_real"] == min(10, int((develop.labels == NORMAL).sum()))
+    assert summary["frechet_classifier"]["class"] == "normal"
+    assert not any("synthetic pneumonia" in line or "synthetic normal" in line for line in summary["skipped"])
+    report = (work / "analysis" / "comparison_report.txt").read_text()
+    assert "real development-set normal images (the synthesized class)" in report

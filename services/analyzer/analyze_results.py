@@ -42,7 +42,7 @@ from services.analyzer.report import (
 from shared import layout
 from shared.checkpoints import load_checkpoint
 from shared.configs import AnalysisConfig
-from shared.datasets import PNEUMONIA, LabelledImages, load_dataset
+from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, LabelledImages, load_dataset
 from shared.diversity import compare_diversity
 from shared.images import atomic_write_bytes, atomic_write_json
 from shared.models.classifier import classifier_transform, load_classifier
@@ -159,20 +159,35 @@ class ImageSets:
     synth_feat: np.ndarray | None
 
     @property
-    def real_pos(self) -> np.ndarray:
-        return self.develop.labels[self.reference] == PNEUMONIA
+    def label(self) -> int:
+        """The class SSIM, diversity and Fréchet distances compare: the one most of the drawn synthetic images
+        belong to (--synthesize minority on PneumoniaMNIST: normal), on a tie pneumonia. Memorization searches
+        every reference image of the synthetic classes."""
+        counts = np.bincount(self.synthetic.labels[self.synth_indices], minlength=2)
+        return NORMAL if counts[NORMAL] > counts[PNEUMONIA] else PNEUMONIA
 
     @property
-    def synth_pos(self) -> np.ndarray:
-        return self.synthetic.labels[self.synth_indices] == PNEUMONIA
+    def class_name(self) -> str:
+        return CLASS_NAMES[self.label]
+
+    @property
+    def real_same(self) -> np.ndarray:
+        """Which reference images are of the compared class."""
+        return self.develop.labels[self.reference] == self.label
+
+    @property
+    def synth_same(self) -> np.ndarray:
+        """Which drawn synthetic images are of the compared class."""
+        return self.synthetic.labels[self.synth_indices] == self.label
 
 
 def draw_reference(options: AnalysisConfig, develop: LabelledImages, synthetic: LabelledImages) -> np.ndarray:
     """Seeded indices of the real reference: the development images of the classes the synthetic set holds (all, or
-    --num-reference-real), or only --num-ssim-real pneumonia images when the SSIM distribution is all that runs."""
+    --num-reference-real), or only --num-ssim-real of them when the SSIM distribution is all that runs."""
     rng = np.random.default_rng(options.seed)
     if options.skip_fidelity and options.skip_memorization:
-        return rng.permutation(np.flatnonzero(develop.labels == PNEUMONIA))[: options.num_ssim_real]
+        same = np.flatnonzero(np.isin(develop.labels, np.unique(synthetic.labels)))
+        return rng.permutation(same)[: options.num_ssim_real]
     candidates = np.flatnonzero(np.isin(develop.labels, np.unique(synthetic.labels)))
     return rng.permutation(candidates)[: options.num_reference_real or None]
 
@@ -197,9 +212,9 @@ def describe_image_sets(
 
 
 def analyze_ssim(options: AnalysisConfig, sets: ImageSets, device: torch.device, out: Path) -> dict[str, Any]:
-    """Synthetic pneumonia images' mean SSIM against --num-ssim-real real pneumonia images; ssim_distribution.png."""
-    real = sets.real_px[sets.real_pos][: options.num_ssim_real]
-    ssim = image_quality.ssim_distribution(sets.synth_px[sets.synth_pos], real, device)
+    """Synthetic images' mean SSIM against --num-ssim-real real images of their class; ssim_distribution.png."""
+    real = sets.real_px[sets.real_same][: options.num_ssim_real]
+    ssim = {"class": sets.class_name, **image_quality.ssim_distribution(sets.synth_px[sets.synth_same], real, device)}
     plots.plot_ssim_distribution(
         ssim.pop("synthetic_vs_real_values"), ssim.pop("real_vs_real_values"), out / "ssim_distribution.png"
     )
@@ -207,11 +222,12 @@ def analyze_ssim(options: AnalysisConfig, sets: ImageSets, device: torch.device,
 
 
 def analyze_diversity(options: AnalysisConfig, sets: ImageSets) -> dict[str, Any]:
-    """Mean pairwise MS-SSIM among synthetic and among real pneumonia images at the generator's resolution; warns
-    when the synthetic set is clearly less diverse (mode collapse)."""
-    real = sets.real_px[sets.real_pos].astype(np.float64) / 255.0
-    synthetic = sets.synth_px[sets.synth_pos].astype(np.float64) / 255.0
+    """Mean pairwise MS-SSIM among synthetic and among real images of the compared class at the generator's
+    resolution; warns when the synthetic set is clearly less diverse (mode collapse)."""
+    real = sets.real_px[sets.real_same].astype(np.float64) / 255.0
+    synthetic = sets.synth_px[sets.synth_same].astype(np.float64) / 255.0
     result = compare_diversity(real, synthetic, num_pairs=DIVERSITY_PAIRS, seed=options.seed).to_dict()
+    result["class"] = sets.class_name
     if result["mode_collapse"]:
         log.warning(
             "possible mode collapse: synthetic mean pairwise MS-SSIM %.3f vs real %.3f",
@@ -224,19 +240,21 @@ def analyze_diversity(options: AnalysisConfig, sets: ImageSets) -> dict[str, Any
 def analyze_fidelity(
     options: AnalysisConfig, sets: ImageSets, device: torch.device, skipped: list[str]
 ) -> dict[str, Any]:
-    """Fréchet distances between real and synthetic pneumonia images, each beside its real-vs-real floor: in the
+    """Fréchet distances between real and synthetic images of the compared class, each beside its real-vs-real
+    floor: in the
     baseline classifier's feature space (when there is a baseline model) and, where torch-fidelity's weights are
     cached, in Inception's (Inception FID)."""
     found: dict[str, Any] = {}
-    real_px, synth_px = sets.real_px[sets.real_pos], sets.synth_px[sets.synth_pos]
+    real_px, synth_px = sets.real_px[sets.real_same], sets.synth_px[sets.synth_same]
     n = image_quality.floor_set_size(len(real_px), len(synth_px))
     if n < 2:
-        note(skipped, "Fréchet distances: need at least 4 real and 2 synthetic pneumonia images")
+        note(skipped, f"Fréchet distances: need at least 4 real and 2 synthetic {sets.class_name} images")
         return found
     if sets.real_feat is not None and sets.synth_feat is not None:
         found["frechet_classifier"] = {
             "model": f"{REFERENCE}_{options.arch}",
-            **image_quality.frechet_with_floor(sets.real_feat[sets.real_pos], sets.synth_feat[sets.synth_pos]),
+            "class": sets.class_name,
+            **image_quality.frechet_with_floor(sets.real_feat[sets.real_same], sets.synth_feat[sets.synth_same]),
         }
     weights, why = image_quality.inception_weights()
     if weights is None:
@@ -305,18 +323,18 @@ def analyze_images(
         len(reference),
     )
     sets = describe_image_sets(options, develop, synthetic, reference, baseline, device)
-    enough_pneumonia = sets.real_pos.sum() >= 2 and sets.synth_pos.sum() >= 1
+    log.info("SSIM, diversity and Fréchet distances compare %s images", sets.class_name)
     if options.skip_ssim:
         note(skipped, "SSIM distribution: --skip-ssim")
-    elif not enough_pneumonia:
-        note(skipped, "SSIM distribution: needs at least 2 real and 1 synthetic pneumonia images")
+    elif not (sets.real_same.sum() >= 2 and sets.synth_same.sum() >= 1):
+        note(skipped, f"SSIM distribution: needs at least 2 real and 1 synthetic {sets.class_name} images")
     else:
         summary["ssim"] = analyze_ssim(options, sets, device, out)
         written.append("ssim_distribution.png")
-    if sets.real_pos.sum() >= 2 and sets.synth_pos.sum() >= 2:
+    if sets.real_same.sum() >= 2 and sets.synth_same.sum() >= 2:
         summary["diversity"] = analyze_diversity(options, sets)
     else:
-        note(skipped, "diversity (MS-SSIM): needs at least 2 real and 2 synthetic pneumonia images")
+        note(skipped, f"diversity (MS-SSIM): needs at least 2 real and 2 synthetic {sets.class_name} images")
     if options.skip_fidelity:
         note(skipped, "Fréchet distances and Inception FID: --skip-fidelity")
     else:

@@ -370,7 +370,7 @@ def render_image_quality(summary: dict[str, Any]) -> list[str]:
     if ssim:
         lines += [
             f"SSIM ({ssim['image_size'][0]}x{ssim['image_size'][1]} px): each synthetic image's mean SSIM against "
-            f"{ssim['n_real']} real development-set pneumonia images",
+            f"{ssim['n_real']} real development-set {ssim.get('class', 'pneumonia')} images (the synthesized class)",
             f"  synthetic vs real: mean {ssim['synthetic_vs_real']['mean']:.3f}, median "
             f"{ssim['synthetic_vs_real']['median']:.3f} ({ssim['n_synthetic']} synthetic images)",
             f"  real vs real (reference): mean {ssim['real_vs_real']['mean']:.3f}, median "
@@ -380,7 +380,8 @@ def render_image_quality(summary: dict[str, Any]) -> list[str]:
     if diversity:
         real, synthetic = diversity["real"], diversity["synthetic"]
         lines += [
-            f"Diversity: mean pairwise MS-SSIM among pneumonia images (lower = more diverse; {diversity['scales']} "
+            f"Diversity: mean pairwise MS-SSIM among {diversity.get('class', 'pneumonia')} images (lower = more "
+            f"diverse; {diversity['scales']} "
             f"scale(s), {diversity['window_size']}-px window, {synthetic['pairs']} random pairs per set):",
             f"  synthetic {synthetic['mean']:.3f} ± {synthetic['std_error']:.3f}; real {real['mean']:.3f} ± "
             f"{real['std_error']:.3f} (± one standard error); difference {diversity['difference']:+.3f}",
@@ -393,7 +394,7 @@ def render_image_quality(summary: dict[str, Any]) -> list[str]:
     if fd:
         lines += [
             f"Fréchet distance in the {fd['model']} classifier's feature space ({fd['feature_dim']}-d, "
-            f"{fd['n_per_set']} images per set):",
+            f"{fd['n_per_set']} {fd.get('class', 'pneumonia')} images per set):",
             f"  real vs synthetic {fd['real_vs_synthetic']:.3f}; real vs real (two disjoint halves, the floor) "
             f"{fd['real_vs_real']:.3f}; ratio {_num(fd['ratio'], 2)}",
         ]

@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -427,3 +428,22 @@ def test_upload_dir_skips_objects_already_stored_unchanged(store: ObjectStore, b
 def test_download_prefix_of_nothing_is_not_found(store: ObjectStore, bucket: str, tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no objects under"):
         download_prefix(store, bucket, "missing/", tmp_path)
+
+
+def test_s3_store_shared_by_threads_keeps_its_connections(
+    s3_server: S3TestServer,  # noqa: F811 (fixture)
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A service's threads share one store: urllib3 must not discard connections ("Connection pool is full"), as it
+    did with its default of one connection per host."""
+    store = s3_store(s3_server)
+    store.ensure_bucket("pool")
+
+    def round_trip(index: int) -> bytes:
+        store.put_bytes("pool", f"object-{index}", bytes([index]) * 1000)
+        return store.get_bytes("pool", f"object-{index}")
+
+    with caplog.at_level(logging.WARNING, logger="urllib3"), ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(round_trip, range(64)))
+    assert results == [bytes([index]) * 1000 for index in range(64)]
+    assert not [r for r in caplog.records if "Connection pool is full" in r.getMessage()]

@@ -49,6 +49,8 @@ T = TypeVar("T")
 SHA256_HEADER = "x-amz-meta-sha256"
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "ResourceNotFound"}
 _TRANSIENT_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+CONNECTIONS_PER_HOST = 16  # kept open for reuse, per S3 endpoint
+
 # Connection refused is a NewConnectionError, itself a urllib3 TimeoutError; a reset is a ProtocolError.
 _NETWORK_ERRORS = (urllib3.exceptions.TimeoutError, urllib3.exceptions.ProtocolError)
 
@@ -86,8 +88,14 @@ class S3Store(ObjectStore):
         self.region = region
         self.retries = retries
         self.retry_delay = retry_delay
-        # Our retry loop replaces urllib3's, so that the attempts and the final error are ours to report.
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout), retries=False)
+        # Our retry loop replaces urllib3's, so that the attempts and the final error are ours to report. A store is
+        # shared by a service's threads (the gRPC worker pool, a job's uploads): urllib3's default pool keeps one
+        # connection per host and discards the others with a "Connection pool is full" warning each time.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            retries=False,
+            maxsize=CONNECTIONS_PER_HOST,
+        )
         try:
             self._client = Minio(
                 endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http

@@ -64,11 +64,12 @@ experiment:
 	@test -d $(DATA_DIR) || { echo "make experiment: DATA_DIR=$(DATA_DIR) is not a directory" >&2; exit 2; }
 	mkdir -p $(REPORT_DIR)/$(RUN_ID)
 	$(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE) build
-	trap '$(COMPOSE_ENV) $(COMPOSE) down' EXIT; \
+	trap '$(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE) down; \
+		rmdir $(REPORT_DIR)/$(RUN_ID) 2>/dev/null || true' EXIT; \
 	$(COMPOSE_ENV) $(COMPOSE) up -d; \
 	$(COMPOSE_ENV) $(COMPOSE) run --rm orchestrator pneumonia experiment --via-services --profile $(PROFILE) \
 		--dataset pneumoniamnist --data-dir /data --work-dir /var/lib/pneumonia/work --run-id $(RUN_ID) \
-		| tee $(REPORT_DIR)/$(RUN_ID)/experiment.log; \
+		2>&1 | tee $(REPORT_DIR)/$(RUN_ID)/experiment.log; \
 	$(COMPOSE_ENV) $(COMPOSE) run --rm --user "$$(id -u):$$(id -g)" report $(RUN_ID); \
 	echo "report: $(REPORT_DIR)/$(RUN_ID)/analysis/comparison_report.txt"
 

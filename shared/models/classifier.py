@@ -16,7 +16,7 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-from shared.checkpoints import load_checkpoint, save_checkpoint
+from shared.checkpoints import load_checkpoint, safe_load, save_checkpoint
 from shared.datasets.base import CLASS_NAMES
 from shared.errors import CheckpointError, ConfigError
 
@@ -38,10 +38,7 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict, or the `state_dict` of one of our classifier checkpoints."""
     if not path.is_file():
         raise ConfigError(f"--weights {path}: file not found (use 'none', 'imagenet' or a checkpoint path)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise CheckpointError(f"cannot read weights {path}: {exc}") from exc
+    loaded = safe_load(path)
     if isinstance(loaded, dict) and "kind" in loaded:
         if loaded["kind"] != "classifier":
             raise CheckpointError(f"{path} is a {loaded['kind']!r} checkpoint, expected a classifier")

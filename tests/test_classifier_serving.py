@@ -36,7 +36,7 @@ from services.classifier.client import (
 from services.classifier.config import ClassifierConfig, default_allowed_urls
 from services.classifier.torchserve import TorchServe, properties
 from shared.datasets.base import PNEUMONIA
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PneumoniaError
 from shared.images import sha256_file
 from shared.models.classifier import build_classifier, classifier_config, classifier_transform, load_classifier
 from shared.models.classifier import save_classifier as save
@@ -412,3 +412,21 @@ def test_service_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert all({"ts", "level", "logger", "msg"} <= set(record) for record in records)
     assert records[-1]["msg"] == "classifier service stopped"
     assert any(record["logger"] == "torchserve" for record in records)
+
+
+def test_an_archive_replaced_after_it_was_named_is_not_registered(
+    client: ClassifierClient, archive: Path, tmp_path: Path
+) -> None:
+    """register_from_store checks the stored bytes against the reference's sha256 (and the store's digest) before
+    TorchServe sees them: a replaced or damaged .mar is refused and nothing is registered."""
+    storage = LocalStore(tmp_path / "storage")
+    storage.ensure_bucket("models")
+    named = storage.put_file("models", "model-store/replaced.mar", archive)
+    storage.put_bytes("models", "model-store/replaced.mar", archive.read_bytes() + b"appended")  # replaced
+    with pytest.raises(ConfigError, match="it was replaced after the reference was made; not registered"):
+        register_from_store(client, storage, named, "replaced")
+    current = storage.stat("models", "model-store/replaced.mar")
+    (storage.root / "models" / "model-store" / "replaced.mar").write_bytes(b"damaged behind the store's back")
+    with pytest.raises(PneumoniaError, match="sha256"):
+        register_from_store(client, storage, current, "damaged")
+    assert {m["modelName"] for m in client.list_models()} == {MODEL}

@@ -362,7 +362,8 @@ def register_from_store(
     max_batch_delay_ms: int | None = None,
     replace: bool = True,
 ) -> str:
-    """Register the stored archive `archive` (models bucket, model-store/<name>.mar) as `model_name`.
+    """Register the stored archive `archive` (models bucket, model-store/<name>.mar) as `model_name`, after checking
+    its bytes against its digest and the reference's sha256 (verify_archive).
 
     mode 'auto': 'file' for a LocalStore (TorchServe's model store is the store's model-store directory), 'url' for an
     S3Store (a presigned URL of a content-addressed copy, which TorchServe downloads); see the module docstring.
@@ -370,6 +371,7 @@ def register_from_store(
     the client's. Returns TorchServe's status message.
     """
     file_name = archive_file_name(archive)
+    verify_archive(store, archive)
     if mode == "auto":
         mode = "file" if isinstance(store, LocalStore) else "url"
     if mode == "url" and not isinstance(store, S3Store):
@@ -389,6 +391,19 @@ def register_from_store(
             raise
     # TorchServe downloaded these very bytes before (the file is named after its sha256) and kept the file
     return client.register(copy.key.rsplit("/", 1)[1], model_name, **options)
+
+
+def verify_archive(store: ObjectStore, archive: ObjectRef) -> None:
+    """Check, before TorchServe sees it, that the stored archive is the one the caller named: its bytes match the
+    store's digest (get_file verifies them) and, when the reference carries one, the reference's sha256.
+    ConfigError otherwise: an archive replaced after it was named is never registered."""
+    with tempfile.TemporaryDirectory() as tmp:
+        got = store.get_file(archive.bucket, archive.key, Path(tmp, "archive.mar"))
+    if archive.sha256 and got.sha256 != archive.sha256:
+        raise ConfigError(
+            f"{archive.uri} has sha256 {got.sha256}, not the {archive.sha256} it was named with: it was replaced "
+            "after the reference was made; not registered"
+        )
 
 
 def content_addressed_copy(store: ObjectStore, archive: ObjectRef) -> ObjectRef:

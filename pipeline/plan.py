@@ -112,12 +112,13 @@ def generate_steps(args: argparse.Namespace, work: WorkDir) -> list[PlannedStep]
     ]
 
 
-def classifier_steps(args: argparse.Namespace, work: WorkDir, data: dict[str, str]) -> list[PlannedStep]:
+def classifier_steps(
+    args: argparse.Namespace, work: WorkDir, data: dict[str, str], outputs: dict[str, str]
+) -> list[PlannedStep]:
     """Every strategy once per repeat (--repeats R): repeat r trains with --seed (the experiment's) + r, so its
     folds, initialisation and sampling are its own and the same for every strategy of that repeat (the strategies
     are paired by seed), into the repeat-<r>/ subfolders (train-classifier --repeat) for r > 0."""
-    outputs = {"model_dir": str(work.models), "results_dir": str(work.metrics), "figures_dir": str(work.figures)}
-    repeats = getattr(args, "repeats", 1)
+    repeats = args.repeats
     return [
         PlannedStep(
             f"train-classifier ({strategy})" if repeats == 1 else f"train-classifier ({strategy}, repeat {r + 1})",
@@ -148,7 +149,7 @@ def plan(args: argparse.Namespace) -> list[PlannedStep]:
     return [
         PlannedStep("train-gan", "gan", gan),
         *generate_steps(args, work),
-        *classifier_steps(args, work, data),
+        *classifier_steps(args, work, data, outputs),
         PlannedStep(
             "analyze-results",
             "analyze",

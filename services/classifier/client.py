@@ -363,7 +363,7 @@ def register_from_store(
     replace: bool = True,
 ) -> str:
     """Register the stored archive `archive` (models bucket, model-store/<name>.mar) as `model_name`, after checking
-    its bytes against its digest and the reference's sha256 (verify_archive).
+    it against the reference's sha256 and its bytes against their digest (verify_archive).
 
     mode 'auto': 'file' for a LocalStore (TorchServe's model store is the store's model-store directory), 'url' for an
     S3Store (a presigned URL of a content-addressed copy, which TorchServe downloads); see the module docstring.
@@ -371,11 +371,12 @@ def register_from_store(
     the client's. Returns TorchServe's status message.
     """
     file_name = archive_file_name(archive)
-    verify_archive(store, archive)
     if mode == "auto":
         mode = "file" if isinstance(store, LocalStore) else "url"
     if mode == "url" and not isinstance(store, S3Store):
         raise ConfigError(f"registering by URL needs an S3 store, not {type(store).__name__}")
+    # By file TorchServe reads the stored bytes themselves; by URL, content_addressed_copy verifies them as it copies.
+    verify_archive(store, archive, read_bytes=mode == "file")
     if replace and any(m.get("modelName") == model_name for m in client.list_models()):
         for version in client.describe(model_name):
             client.unregister(model_name, version.get("modelVersion"))
@@ -393,17 +394,19 @@ def register_from_store(
     return client.register(copy.key.rsplit("/", 1)[1], model_name, **options)
 
 
-def verify_archive(store: ObjectStore, archive: ObjectRef) -> None:
-    """Check, before TorchServe sees it, that the stored archive is the one the caller named: its bytes match the
-    store's digest (get_file verifies them) and, when the reference carries one, the reference's sha256.
-    ConfigError otherwise: an archive replaced after it was named is never registered."""
-    with tempfile.TemporaryDirectory() as tmp:
-        got = store.get_file(archive.bucket, archive.key, Path(tmp, "archive.mar"))
-    if archive.sha256 and got.sha256 != archive.sha256:
+def verify_archive(store: ObjectStore, archive: ObjectRef, read_bytes: bool) -> None:
+    """Check, before TorchServe sees it, that the stored archive is the one the caller named: the store's digest
+    equals the reference's sha256 (when it carries one) and, with `read_bytes`, the bytes hash to that digest
+    (get_file verifies them; StorageError otherwise). ConfigError for a replaced archive: it is never registered."""
+    stored = store.stat(archive.bucket, archive.key)
+    if archive.sha256 and stored.sha256 != archive.sha256:
         raise ConfigError(
-            f"{archive.uri} has sha256 {got.sha256}, not the {archive.sha256} it was named with: it was replaced "
+            f"{archive.uri} has sha256 {stored.sha256}, not the {archive.sha256} it was named with: it was replaced "
             "after the reference was made; not registered"
         )
+    if read_bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            store.get_file(archive.bucket, archive.key, Path(tmp, "archive.mar"))
 
 
 def content_addressed_copy(store: ObjectStore, archive: ObjectRef) -> ObjectRef:

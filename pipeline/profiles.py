@@ -88,7 +88,7 @@ PROFILES: dict[str, Profile] = {
             "unfreeze": True,
             "image_size": 28,
             "channels": 1,
-            "stem_pool": True,  # 2.6x faster (bench/classifier_training_speed.py)
+            "stem_pool": True,  # 2.5x faster (bench/classifier_training_speed.py)
             "epochs": 3,
             # Small batches: on the CPU they cost the same per image and give 4x the optimizer steps of batch 64.
             "batch_size": 16,
@@ -108,10 +108,11 @@ PROFILES: dict[str, Profile] = {
         },
     ),
     # Every development image, sized from bench/classifier_training_speed.py: ResNet-18 with the small-input stem
-    # and its max-pool (14 x 14 maps at 28 px) trains at about 200 images/s on 2 cores from in-memory tensors,
-    # 2.5x the stem without it at the same validation AUROC; 3 folds x 4 strategies x 10 epochs of 2,790 real
-    # (+ 1,000 synthetic or resampled) images is about 30 minutes of it. The verdict's power comes from the
-    # image-by-image tests on the 1,047 hold-out images, not from the number of folds.
+    # and its max-pool (14 x 14 maps at 28 px) trains at about 210 images/s on 2 cores, 2.5x the stem without it,
+    # at about the same validation AUROC; 3 folds x 4 strategies x 10 epochs of 2,790 real (+ 1,000 synthetic or
+    # resampled) images took 41 minutes of classifier jobs (46.5 minutes in all; README, "Results: the standard
+    # profile"). The verdict's power comes from the image-by-image tests on the 1,047 hold-out images, not from the
+    # number of folds.
     "standard": Profile(
         gan={
             "image_size": 32,

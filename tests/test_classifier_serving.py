@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from pneumonia_proto.torchserve import inference_pb2, inference_pb2_grpc
 from storage_server import S3TestServer, s3_server  # noqa: F401 (fixture)
 from test_classifier_handler import dicom_bytes, encode, png_claiming_size, truncated_png
 
+from services.classifier import health
 from services.classifier.client import (
     ClassifierClient,
     ClassifierError,
@@ -34,7 +36,7 @@ from services.classifier.client import (
     register_from_store,
 )
 from services.classifier.config import ClassifierConfig, default_allowed_urls
-from services.classifier.torchserve import TorchServe, properties
+from services.classifier.torchserve import TorchServe, properties, worker_import_problem
 from shared.datasets.base import PNEUMONIA
 from shared.errors import ConfigError, PneumoniaError
 from shared.images import sha256_file
@@ -341,6 +343,73 @@ def test_management_lists_describes_and_reports_errors(client: ClassifierClient)
     with pytest.raises(ClassifierError, match="allowed URL") as refused:
         client.register("http://198.51.100.7/elsewhere.mar", "elsewhere")
     assert refused.value.status is not None and refused.value.status >= 400
+
+
+# --- health ----------------------------------------------------------------------------------------------------
+
+
+def service_environment(server: TorchServe) -> dict[str, str]:
+    """The PNEUMONIA_CLASSIFIER_* settings `server` runs with, as the container's environment holds them."""
+    config = server.config
+    ports = ("inference", "management", "metrics", "grpc", "grpc_management")
+    return {
+        **{f"PNEUMONIA_CLASSIFIER_{name.upper()}_PORT": str(getattr(config, f"{name}_port")) for name in ports},
+        "PNEUMONIA_CLASSIFIER_WORKDIR": str(config.workdir),
+        "PNEUMONIA_CLASSIFIER_MODEL_STORE": str(config.model_store),
+    }
+
+
+def test_the_health_check_process_is_healthy_while_the_model_has_a_ready_worker(server: TorchServe) -> None:
+    """`python -m services.classifier.health`, the container's HEALTHCHECK, with the service's own settings."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.classifier.health"],
+        env={**os.environ, **service_environment(server)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("healthy: ping: Healthy") and MODEL in result.stdout
+    wrong = {**service_environment(server), "PNEUMONIA_CLASSIFIER_WORKDIR": str(server.workdir / "elsewhere")}
+    result = subprocess.run(
+        [sys.executable, "-m", "services.classifier.health"],
+        env={**os.environ, **wrong},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1 and "key file not found" in result.stdout
+
+
+def test_a_model_whose_workers_cannot_start_makes_the_classifier_unhealthy(
+    server: TorchServe, client: ClassifierClient, tmp_path: Path
+) -> None:
+    """An archive whose handler cannot import (the failure a missing dependency causes): registered without
+    waiting, its workers never get READY, and the health check names it until it is removed."""
+    handler = tmp_path / "broken_handler.py"
+    handler.write_text("import a_module_that_is_not_installed  # noqa\n")
+    command = ["torch-model-archiver", "--model-name", "broken", "--version", "1.0", "--handler", str(handler)]
+    command += ["--export-path", str(server.config.model_store), "--force"]
+    subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], check=True, timeout=120)
+    client._manage("POST", "models", {"url": "broken.mar", "initial_workers": 1, "synchronous": "false"})
+    try:
+        deadline = time.monotonic() + 60
+        healthy, found = health.check(client)
+        while healthy and time.monotonic() < deadline:
+            time.sleep(1)
+            healthy, found = health.check(client)
+        assert not healthy and ("broken" in found or "Unhealthy" in found), found
+    finally:
+        client.unregister("broken")
+    assert health.check(client)[0]
+
+
+def test_the_service_refuses_to_start_when_the_worker_cannot_import() -> None:
+    assert worker_import_problem() is None  # this environment: TorchServe's worker and our handler import
+    problem = worker_import_problem(("ts.model_service_worker", "a_module_that_is_not_installed"))
+    assert problem == "ModuleNotFoundError: No module named 'a_module_that_is_not_installed'"
 
 
 def test_register_from_an_s3_store_by_presigned_url(

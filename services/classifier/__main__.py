@@ -7,7 +7,7 @@ line, on stderr; TorchServe's own console lines come through as records of the l
 authorization stays on: clients read the keys from <PNEUMONIA_CLASSIFIER_WORKDIR>/key_file.json, which this process
 renews (through TorchServe's /token API) at half the keys' lifetime. SIGTERM or SIGINT stops TorchServe gracefully
 (requests in flight finish; PNEUMONIA_CLASSIFIER_GRACE seconds at most). Exits 0 after a signal, 1 when TorchServe
-dies on its own, 2 when it cannot start.
+dies on its own, 2 when it cannot start (bad settings, or a TorchServe worker that cannot import the handler).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 
 from services.classifier import config as config_module
 from services.classifier.config import ClassifierConfig
-from services.classifier.torchserve import TorchServe
+from services.classifier.torchserve import WORKER_MODULES, TorchServe, worker_import_problem
 from shared.errors import PneumoniaError
 from shared.grpc_service import service_arguments, wait_for_signal
 
@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         config = ClassifierConfig.from_env()
     except PneumoniaError as exc:
         log.error("cannot start: %s", exc)
+        return 2
+    problem = worker_import_problem()
+    if problem is not None:
+        log.error("cannot start: TorchServe's worker cannot import %s: %s", ", ".join(WORKER_MODULES), problem)
         return 2
     server = TorchServe(config, relay_output=True)
     start = time.monotonic()

@@ -42,6 +42,9 @@ KEY_FILE = "key_file.json"
 CONFIG_FILE = "config.properties"
 OUTPUT_FILE = "torchserve.out"  # TorchServe's console output, unless relayed into our log
 PID_FILE = ".model_server.pid"  # the launcher's, in its temporary directory
+# What TorchServe's Python worker imports before it can load any model: its own entry point (TorchServe 0.12 imports
+# yaml there without declaring it) and our handler.
+WORKER_MODULES = ("ts.model_service_worker", "shared.serving.handler")
 _LOG_LEVEL = re.compile(r"\[(TRACE|DEBUG|INFO|WARN|ERROR|FATAL) ?\]")
 _LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "WARN": logging.WARNING, "FATAL": logging.CRITICAL}
 # Stops TorchServe when the process that started it dies without stopping it (SIGKILL, an unhandled SIGTERM):
@@ -152,6 +155,18 @@ def torchserve_command() -> list[str]:
     if not launcher.is_file():
         raise ConfigError(f"torchserve is not installed next to {sys.executable} (pip install torchserve)")
     return [str(launcher)]
+
+
+def worker_import_problem(modules: tuple[str, ...] = WORKER_MODULES) -> str | None:
+    """None when this interpreter (the one TorchServe's workers run) imports `modules`, else the error: without
+    them no model could ever get a worker, so the service refuses to start rather than report healthy."""
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {', '.join(modules)}"], capture_output=True, text=True, timeout=300, check=False
+    )
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit code {result.returncode}"
 
 
 class TorchServe:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
+import json
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -312,3 +316,135 @@ def test_the_analyzer_carries_neither_torchserve_nor_kaggle() -> None:
     analyzer = CORE | extra_names("analyzer")
     assert not analyzer & {"torchserve", "torch-model-archiver", "kaggle"}, analyzer
     assert not CORE & {"torchserve", "torch-model-archiver", "kaggle", "pydicom", "grad-cam"}
+
+
+# ---------------------------------------------------------------------------------------------------- what runs
+# The scan above reads our own imports. What a third-party package imports in turn (TorchServe 0.12's worker imports
+# yaml without declaring it) only shows when the code runs. So each image's modules are imported in a fresh
+# interpreter whose site-packages holds only the distributions the image installs: its requirements (pyproject.toml,
+# as the Dockerfiles install them) and everything those declare in their own metadata. An optional import falls back
+# as it would in the image, and a missing one fails. No image is built.
+
+# The third-party entry points an image runs beyond our code: TorchServe's Python worker loads the handler.
+THIRD_PARTY_RUNS = {"classifier": ["ts.model_service_worker", "ts.model_loader", "ts.torch_handler.base_handler"]}
+IMAGE_EXTRAS = {**{service: [service] for service in SERVICES}, "pipeline": [PIPELINE_EXTRA]}
+OWN_DISTRIBUTION = normalized(PROJECT["name"])
+# `import kaggle` authenticates at once and exits without credentials: placeholders (never sent anywhere) let it load.
+KAGGLE_IMPORT_CREDENTIALS = {"KAGGLE_USERNAME": "import-check", "KAGGLE_KEY": "not-a-key"}
+
+# Run in the fresh interpreter (-I -S: no site-packages of its own): the image's view of site-packages and our code
+# on the path, then the imports.
+IMPORT_ALL = """
+import importlib, json, site, sys, traceback
+site_packages, code, modules = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+site.addsitedir(site_packages)
+sys.path[:0] = code
+for module in modules:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        print(f"importing {module}:", traceback.format_exc(limit=-6), file=sys.stderr)
+        sys.exit(1)
+"""
+
+
+def declared_closure(extras: list[str]) -> set[str]:
+    """The distributions an image installs: the build requirements, the core and its extras, and every requirement
+    those declare in their installed metadata (markers evaluated, extras followed)."""
+    from packaging.requirements import Requirement
+
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    pending = [Requirement(text) for text in [*build, *PROJECT["dependencies"]]]
+    pending += [Requirement(f"{OWN_DISTRIBUTION}[{','.join(extras)}]")]
+    installed: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while pending:
+        requirement = pending.pop()
+        name, wanted = normalized(requirement.name), frozenset(requirement.extras)
+        if (name, wanted) in seen:
+            continue
+        seen.add((name, wanted))
+        installed.add(name)
+        if name == OWN_DISTRIBUTION:
+            pending += [Requirement(text) for extra in wanted for text in PROJECT["optional-dependencies"][extra]]
+            continue
+        for text in importlib.metadata.requires(requirement.name) or []:
+            nested = Requirement(text)
+            if nested.marker is None or any(nested.marker.evaluate({"extra": extra}) for extra in {"", *wanted}):
+                pending.append(nested)
+    return installed
+
+
+def image_modules(image: str) -> list[str]:
+    """What an image's code runs: its files, every module of ours they import (at any depth, through `shared` and
+    the protos), every third-party module they import (also inside functions), and the third-party entry points."""
+    if image == "pipeline":
+        files = [path for package in FIRST_PARTY - {"tests", "bench", "scripts"} for path in _package_files(package)]
+    else:
+        files = service_runs(image)
+    pending, seen, modules = list(files), set(files), set()
+    while pending:
+        path = pending.pop()
+        modules.add(module_name(path, ROOT))
+        for imported in module_imports(path):
+            top = imported.module.split(".")[0]
+            if imported.optional or not top or top == "__future__" or top in sys.stdlib_module_names:
+                continue
+            if top in PACKAGE_DIRS:
+                for source in _source_files(imported.module):
+                    if source not in seen:
+                        seen.add(source)
+                        pending.append(source)
+            elif top not in FIRST_PARTY:
+                modules.add(top)
+    return sorted(modules | set(THIRD_PARTY_RUNS.get(image, [])))
+
+
+def image_site_packages(declared: set[str], directory: Path) -> Path:
+    """A site-packages that holds only the `declared` distributions: links to what each installed one ships (its
+    top-level modules, .pth files and metadata), as the image's environment would hold them."""
+    site_packages = directory / "site-packages"
+    site_packages.mkdir(parents=True)
+    for distribution in importlib.metadata.distributions():
+        if normalized(distribution.metadata["Name"]) not in declared or not distribution.files:
+            continue
+        for file in distribution.files:
+            top = file.parts[0]
+            link = site_packages / top
+            if top != ".." and not link.is_symlink():
+                link.symlink_to(Path(distribution.locate_file(top)))
+    return site_packages
+
+
+def import_with_only(declared: set[str], modules: list[str], directory: Path) -> subprocess.CompletedProcess[str]:
+    """Import `modules` in a fresh interpreter that sees only the `declared` distributions, the standard library
+    and our code (the repository, not its editable install)."""
+    site_packages = image_site_packages(declared - {OWN_DISTRIBUTION}, directory)
+    code = json.dumps([str(ROOT), str(ROOT / "proto" / "gen")])
+    return subprocess.run(
+        [sys.executable, "-I", "-S", "-c", IMPORT_ALL, str(site_packages), code, json.dumps(modules)],
+        capture_output=True,
+        text=True,
+        cwd=directory,
+        timeout=600,
+        env={**os.environ, **KAGGLE_IMPORT_CREDENTIALS},
+    )
+
+
+@pytest.mark.parametrize("image", [*SERVICES, "pipeline"])
+def test_what_an_image_runs_imports_only_what_it_installs(image: str, tmp_path: Path) -> None:
+    result = import_with_only(declared_closure(IMAGE_EXTRAS[image]), image_modules(image), tmp_path)
+    assert result.returncode == 0, (
+        f"the {image} image's requirements (pyproject.toml: the core and {IMAGE_EXTRAS[image]}, and what those "
+        f"declare) do not install what its code imports when it runs:\n{result.stderr[-4000:]}"
+    )
+
+
+def test_the_runtime_import_check_finds_an_undeclared_dependency(tmp_path: Path) -> None:
+    """TorchServe's worker imports yaml; without PyYAML declared by the classifier extra the check names it."""
+    declared = declared_closure(["classifier"])
+    assert {"pyyaml", "torchserve", "torch", "numpy"} <= declared and "kaggle" not in declared
+    assert import_with_only(declared, THIRD_PARTY_RUNS["classifier"], tmp_path / "with").returncode == 0
+    result = import_with_only(declared - {"pyyaml"}, THIRD_PARTY_RUNS["classifier"], tmp_path / "without")
+    assert result.returncode == 1
+    assert "No module named 'yaml'" in result.stderr

@@ -44,34 +44,50 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
 # ---- Containers and Kubernetes (docs/deployment.md) ----
-# make experiment [PROFILE=quick|standard|full] [DEVICE=gpu|cpu] [DATA_DIR=...]: the experiment through docker-compose.
+# make experiment [PROFILE=quick|standard|full|smoke] [DEVICE=gpu|cpu] [VARIANT=cuda|cpu] [DATASET=...] [DATA_DIR=...]
+#                 [STOP=0]: the experiment through docker-compose. VARIANT is the torch build in the images: `cuda`
+# (PyPI's, also runs on a CPU) by default with DEVICE=gpu, `cpu` (download.pytorch.org) with DEVICE=cpu. STOP=0
+# leaves the stack up afterwards, serving the model. COMPOSE and ENV_FILE (default .env) say which compose command
+# and settings: docs/deployment.md, "Building without a registry".
 PROFILE ?= quick
 DEVICE ?= gpu
+VARIANT ?= $(if $(filter gpu,$(DEVICE)),cuda,cpu)
+DATASET ?= pneumoniamnist
+STOP ?= 1
+ENV_FILE ?= .env
 COMPOSE ?= docker compose
 KUBECTL ?= kubectl
 K8S_OVERLAY ?= $(if $(filter gpu,$(DEVICE)),gpu,cpu)
 REPORT_DIR ?= results/compose
 RUN_ID := compose-$(shell date -u +%Y%m%d-%H%M%S)-$(PROFILE)
-COMPOSE_ENV = COMPOSE_PROFILES=$(DEVICE) PNEUMONIA_VARIANT=$(if $(filter gpu,$(DEVICE)),cuda,cpu) \
+COMPOSE_ENV = COMPOSE_PROFILES=$(DEVICE) PNEUMONIA_VARIANT=$(VARIANT) \
 	DATA_DIR=$(abspath $(DATA_DIR)) REPORT_DIR=$(abspath $(REPORT_DIR))
+COMPOSE_CMD = $(COMPOSE) --env-file $(ENV_FILE)
+# With the `experiment` profile active, so that the orchestrator's container and volume go too.
+COMPOSE_DOWN = $(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE_CMD) down
 
-.PHONY: experiment validate-deploy k8s-apply k8s-experiment
+.PHONY: experiment compose-smoke validate-deploy k8s-apply k8s-experiment
 
 experiment: SHELL := /bin/bash
 experiment: .SHELLFLAGS := -euo pipefail -c
 experiment:
-	@test -f .env || { echo "make experiment: cp .env.example .env and set its secrets first" >&2; exit 2; }
+	@test -f $(ENV_FILE) || { echo "make experiment: cp .env.example $(ENV_FILE) and set its secrets first" >&2; exit 2; }
 	@test -d $(DATA_DIR) || { echo "make experiment: DATA_DIR=$(DATA_DIR) is not a directory" >&2; exit 2; }
+	$(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE_CMD) build
 	mkdir -p $(REPORT_DIR)/$(RUN_ID)
-	$(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE) build
-	trap '$(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE) down; \
-		rmdir $(REPORT_DIR)/$(RUN_ID) 2>/dev/null || true' EXIT; \
-	$(COMPOSE_ENV) $(COMPOSE) up -d; \
-	$(COMPOSE_ENV) $(COMPOSE) run --rm orchestrator pneumonia experiment --via-services --profile $(PROFILE) \
-		--dataset pneumoniamnist --data-dir /data --work-dir /var/lib/pneumonia/work --run-id $(RUN_ID) \
+	trap '$(if $(filter 1,$(STOP)),$(COMPOSE_DOWN);) rmdir $(REPORT_DIR)/$(RUN_ID) 2>/dev/null || true' EXIT; \
+	$(COMPOSE_ENV) $(COMPOSE_CMD) up -d --wait; \
+	$(COMPOSE_ENV) $(COMPOSE_CMD) run --rm -T orchestrator pneumonia experiment --via-services --profile $(PROFILE) \
+		--dataset $(DATASET) --data-dir /data --work-dir /var/lib/pneumonia/work --run-id $(RUN_ID) \
 		2>&1 | tee $(REPORT_DIR)/$(RUN_ID)/experiment.log; \
-	$(COMPOSE_ENV) $(COMPOSE) run --rm --user "$$(id -u):$$(id -g)" report $(RUN_ID); \
+	$(COMPOSE_ENV) $(COMPOSE_CMD) run --rm -T --user "$$(id -u):$$(id -g)" report $(RUN_ID); \
 	echo "report: $(REPORT_DIR)/$(RUN_ID)/analysis/comparison_report.txt"
+
+# On a machine with no Docker and no image registry (this project's CI kind): install and start what it needs, build
+# the images, run the smoke profile through docker-compose on phantom data, check every service and TorchServe's
+# published REST and gRPC ports, then `down -v` and check nothing is left (docker/registry-free/compose-smoke.sh).
+compose-smoke:
+	bash docker/registry-free/compose-smoke.sh
 
 # Offline checks of the Dockerfiles (hadolint), docker-compose.yml (Docker Compose's own parser) and every
 # kustomization (kubectl kustomize + kubernetes-validate); tests/test_deployment.py runs the same in `make test`.

@@ -5,7 +5,8 @@ the driver, and the user's --<step>-args flags win over both (pipeline.plan).
 `quick` takes about 8 minutes through the services on 2 CPU cores with PneumoniaMNIST (small images, subsets,
 few epochs, ResNet-18): a smoke run that cannot decide the question. `standard` uses every development image and
 answers with power in under an hour on 2 CPU cores (README, "Results: the standard profile"). `full` keeps the
-seed's defaults (64 px GAN for 50 epochs, ResNet-50 at 224 px, 15 epochs, 5 folds) for GPU machines.
+seed's defaults (64 px GAN for 50 epochs, ResNet-50 at 224 px, 15 epochs, 5 folds) for GPU machines. `smoke`
+proves the plumbing in minutes (make compose-smoke) and decides nothing.
 """
 
 from __future__ import annotations
@@ -151,4 +152,40 @@ PROFILES: dict[str, Profile] = {
     ),
     # The seed's defaults (each step config's own defaults) for GPU machines.
     "full": Profile(),
+    # Plumbing only, in a few minutes (make compose-smoke, on phantom data): every step runs through every service
+    # with the least work that still exercises it. Its numbers mean nothing.
+    "smoke": Profile(
+        gan={
+            "image_size": 32,
+            "num_channels": 1,
+            "feature_maps_g": 16,
+            "feature_maps_d": 16,
+            "epochs": 1,
+            "batch_size": 32,
+            "max_images": 120,
+            "workers": 0,
+            "vis_batch_size": 16,
+        },
+        generate={"num_images": 48, "batch_size": 32},
+        classifier={
+            "arch": "resnet18",
+            "weights": "none",
+            "unfreeze": True,
+            "image_size": 16,
+            "channels": 1,
+            "stem_pool": True,
+            "epochs": 1,
+            "batch_size": 16,
+            "k_folds": 2,
+            "max_images": 100,
+            "workers": 0,
+        },
+        analyze={
+            "arch": "resnet18",
+            "num_ssim_real": 8,
+            "num_ssim_synth": 16,
+            "num_gradcam_samples": 1,
+            "num_reference_real": 100,
+        },
+    ),
 }

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# make compose-smoke: the compose stack end to end on a machine with no Docker and no image registry (CI's kind).
+#  1. prepare-host.sh: Docker Engine, Compose v2, dockerd, local base images and CI's S3 stand-in for MinIO
+#  2. build every image (BuildKit shares the torch + core layers), write a small phantom dataset with the pipeline
+#     image
+#  3. make experiment PROFILE=smoke STOP=0: every service healthy, the orchestrator completes, the report is copied out
+#  4. TorchServe answers on the published ports, REST and gRPC, with the inference key read as the docs say; its
+#     management port is not published
+#  5. down -v, and nothing of the project is left: no container, volume or network
+# A throwaway project (pneumonia-smoke) with throwaway secrets; a user's own stack and .env are not touched.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=docker/registry-free
+PROJECT=pneumonia-smoke
+say() { printf '[compose-smoke] %s\n' "$*" >&2; }
+seconds() { echo $(($(date +%s) - $1)); }
+
+t0=$(date +%s)
+settings="$(bash "$HERE/prepare-host.sh")"
+eval "export $(echo "$settings" | tr '\n' ' ')"
+t_prepare=$(seconds "$t0")
+
+work="$(mktemp -d /tmp/compose-smoke.XXXXXX)"
+secret() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
+cat >"$work/smoke.env" <<SETTINGS
+COMPOSE_PROJECT_NAME=$PROJECT
+MINIO_ROOT_USER=smoke-root
+MINIO_ROOT_PASSWORD=$(secret)
+PNEUMONIA_S3_ACCESS_KEY=smoke-service
+PNEUMONIA_S3_SECRET_KEY=$(secret)
+PNEUMONIA_PUBLISH_HOST=127.0.0.1
+SETTINGS
+export COMPOSE_PROJECT_NAME=$PROJECT COMPOSE_BAKE=false PNEUMONIA_VARIANT=cuda
+COMPOSE="docker compose -f docker-compose.yml -f $HERE/compose.s3-standin.yml"
+compose() { $COMPOSE --env-file "$work/smoke.env" "$@"; }
+cleanup() {
+    COMPOSE_PROFILES=cpu,experiment compose down -v --remove-orphans >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+say "building the images"
+t1=$(date +%s)
+COMPOSE_PROFILES=cpu,experiment compose build --quiet
+t_build=$(seconds "$t1")
+pipeline_image="pneumonia/pipeline:0.1.0-cuda"
+
+say "writing a phantom dataset"
+mkdir -p "$work/data" && chmod 777 "$work/data"
+docker run --rm --network none --user 10001:10001 -v "$work/data:/data" "$pipeline_image" \
+    pneumonia download-dataset --dataset phantom --data-dir /data/phantom --num-patients 160 --image-size 32 >/dev/null
+
+say "make experiment PROFILE=smoke through docker-compose"
+t2=$(date +%s)
+make --no-print-directory experiment DEVICE=cpu VARIANT=cuda PROFILE=smoke DATASET=phantom STOP=0 \
+    DATA_DIR="$work/data/phantom" REPORT_DIR="$work/results" ENV_FILE="$work/smoke.env" COMPOSE="$COMPOSE"
+t_experiment=$(seconds "$t2")
+
+say "checking the services, the report and the log"
+for service in minio trainer-cpu generator classifier analyzer; do
+    health="$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' \
+        "$(COMPOSE_PROFILES=cpu compose ps -q "$service")")"
+    [ "$health" = "running healthy" ] || { say "FAIL: $service is '$health'"; exit 1; }
+done
+run_dir="$(find "$work/results" -mindepth 1 -maxdepth 1 -type d -print -quit)"
+[ -s "$run_dir/analysis/comparison_report.txt" ] || { say "FAIL: no report in $run_dir"; exit 1; }
+[ -s "$run_dir/experiment.log" ] || { say "FAIL: empty experiment.log in $run_dir"; exit 1; }
+grep -q "experiment step train-gan finished" "$run_dir/experiment.log" \
+    || { say "FAIL: experiment.log lacks the orchestrator's log lines"; exit 1; }
+
+say "TorchServe on the published ports: REST and gRPC with the inference key from key_file.json"
+mkdir -m 755 "$work/client"  # what a client holds: the inference key file and an image (the image's user reads it)
+compose exec -T classifier cat /var/lib/pneumonia/torchserve/key_file.json >"$work/client/key_file.json"
+cp "$(find "$work/data/phantom" -name '*.png' -print -quit)" "$work/client/probe.png"
+chmod 644 "$work/client/key_file.json" "$work/client/probe.png"
+docker run -i --rm --network host -v "$work/client:/smoke:ro" "$pipeline_image" python - <<'PYTHON'
+import json, socket
+from services.classifier.client import ClassifierClient, ClassifierError, TorchServeKeys
+
+keys = json.load(open("/smoke/key_file.json"))
+image = open("/smoke/probe.png", "rb").read()
+client = ClassifierClient("http://127.0.0.1:8080", "http://127.0.0.1:8081", "127.0.0.1:7070",
+                          keys=TorchServeKeys(keys["inference"]["key"], "not-handed-to-clients"))
+assert client.ping() == "Healthy"
+rest, grpc = client.predict("pneumonia", image), client.predict_grpc("pneumonia", image)
+assert rest["label"] in ("normal", "pneumonia"), rest
+assert abs(rest["pneumonia_probability"] - grpc["pneumonia_probability"]) < 1e-6, (rest, grpc)
+stranger = ClassifierClient("http://127.0.0.1:8080", "http://127.0.0.1:8081", "127.0.0.1:7070",
+                            keys=TorchServeKeys("a-wrong-key", "a-wrong-key"))
+try:
+    stranger.predict("pneumonia", image)
+    raise SystemExit("TorchServe answered a request with a wrong key")
+except ClassifierError as refused:
+    assert refused.key_refused, refused
+for port in (8081, 7071, 8083, 9000):  # management, metrics and storage stay on the compose network
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is published"
+print(f"REST and gRPC agree: {rest}")
+PYTHON
+
+say "down -v"
+COMPOSE_PROFILES=cpu,experiment compose down -v --remove-orphans
+left="$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")$(docker volume ls -q \
+    --filter "label=com.docker.compose.project=$PROJECT")$(docker network ls -q \
+    --filter "label=com.docker.compose.project=$PROJECT")"
+[ -z "$left" ] || { say "FAIL: down -v left: $left"; exit 1; }
+
+docker image prune --force --filter label=io.pneumonia.variant >/dev/null  # our superseded builds only
+say "passed: prepare ${t_prepare} s, build ${t_build} s, experiment ${t_experiment} s, total $(seconds "$t0") s"
+docker system df >&2

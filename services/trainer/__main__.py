@@ -16,7 +16,12 @@ import os
 import sys
 import time
 
-from pneumonia_proto.v1 import trainer_pb2_grpc
+# The training jobs fork DataLoader workers inside this gRPC server; they never use gRPC, so gRPC's fork handlers
+# have nothing to do (with them on, each fork logs "Other threads are currently calling into gRPC, skipping fork()
+# handlers"). gRPC reads this when it starts, before the import below.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from pneumonia_proto.v1 import trainer_pb2_grpc  # noqa: E402
 
 # tqdm reads TQDM_* once, when the training code below imports it: its progress bars would break the JSON log.
 os.environ.setdefault("TQDM_DISABLE", "1")

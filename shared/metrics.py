@@ -41,6 +41,9 @@ def binary_metrics(y_true: Sequence[int], p_pneumonia: Sequence[float], threshol
 
 
 NOT_SUMMARIZED = ("fold", "threshold")  # identifiers and settings, not measurements
+# Metrics that are proportions (or AUROC): their intervals are cut to [0, 1], where the t-interval of a few folds
+# would otherwise reach past what the metric can be.
+RATES = frozenset({"accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity"})
 
 
 def _is_number(value: Any) -> bool:
@@ -49,7 +52,7 @@ def _is_number(value: Any) -> bool:
 
 def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mean, sample standard deviation and 95% confidence interval of the mean (t-distribution, k - 1 degrees of
-    freedom) of every scalar metric across folds.
+    freedom) of every scalar metric across folds; the interval of a rate (RATES) is cut to [0, 1].
 
     A metric missing (None) in any fold is None in the summary; std_dev and ci95 are None for a single fold.
     Returns {"average": {metric: mean}, "std_dev": {metric: sd}, "ci95": {metric: [low, high]}}.
@@ -76,5 +79,6 @@ def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, dict[str, A
         sd = float(np.std(values, ddof=1))
         half_width = float(stats.t.ppf(0.975, df=k - 1)) * sd / math.sqrt(k)
         summary["std_dev"][name] = sd
-        summary["ci95"][name] = [mean - half_width, mean + half_width]
+        low, high = mean - half_width, mean + half_width
+        summary["ci95"][name] = [max(low, 0.0), min(high, 1.0)] if name in RATES else [low, high]
     return summary

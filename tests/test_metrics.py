@@ -59,7 +59,10 @@ def test_summarize_folds_t_interval() -> None:
     assert summary["average"]["accuracy"] == pytest.approx(0.9)
     assert summary["std_dev"]["accuracy"] == pytest.approx(0.1)  # sample SD (k - 1)
     half_width = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, df=2) from tables
-    assert summary["ci95"]["accuracy"] == pytest.approx([0.9 - half_width, 0.9 + half_width], abs=1e-6)
+    # [0.652, 1.148] as a t-interval: a proportion's is cut at 1; an unbounded metric's is not.
+    assert summary["ci95"]["accuracy"] == pytest.approx([0.9 - half_width, 1.0], abs=1e-6)
+    losses = summarize_folds([{"loss": value} for value in (0.8, 0.9, 1.0)])
+    assert losses["ci95"]["loss"] == pytest.approx([0.9 - half_width, 0.9 + half_width], abs=1e-6)
     # A metric missing in a fold is not averaged over the others; non-scalars and the fold number are left out.
     assert summary["average"]["auroc"] is None and summary["ci95"]["auroc"] is None
     assert "fold" not in summary["average"] and "confusion_matrix" not in summary["average"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -463,3 +466,62 @@ def test_service_process_answers_health_and_sigterm_leaves_the_running_job_resum
     assert record["job"]["state"] == "JOB_STATE_RUNNING" and record["resumable"]
     assert 1 <= record["job"]["epoch"] < 300
     assert store.exists("models", "runs/process/checkpoint_last.pth")
+
+
+ENTRY_POINT = """
+import runpy
+import sys
+
+sys.argv = ["python -m services.trainer", "--help"]
+try:  # the service's entry point, as `python -m services.trainer` runs it (--help: it starts nothing)
+    runpy.run_module("services.trainer", run_name="__main__")
+except SystemExit:
+    pass
+"""
+FORKS_INSIDE_A_SERVER = """
+import threading
+from concurrent import futures
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from torch.utils.data import DataLoader, TensorDataset
+
+server = grpc.server(futures.ThreadPoolExecutor(4))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+stop = threading.Event()
+
+def call() -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        while not stop.is_set():
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+
+callers = [threading.Thread(target=call) for _ in range(4)]
+for caller in callers:
+    caller.start()
+for epoch in range(3):  # DataLoader workers forked while other threads are inside gRPC, as in a training job
+    for _ in DataLoader(TensorDataset(torch.zeros(64, 2)), batch_size=8, num_workers=2):
+        pass
+stop.set()
+for caller in callers:
+    caller.join()
+server.stop(0)
+"""
+
+
+def test_data_loader_workers_forked_inside_the_server_log_no_grpc_warning() -> None:
+    """The trainer forks DataLoader workers inside its gRPC server. With gRPC's fork handlers on (its default), each
+    such fork logs 'Other threads are currently calling into gRPC, skipping fork() handlers' (6 times for this
+    program without the entry point, measured by hand) and can hang the fork outright, as it did when this test
+    tried that control under pytest. The trainer's entry point turns them off."""
+    env = {key: value for key, value in os.environ.items() if key != "GRPC_ENABLE_FORK_SUPPORT"}
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT + FORKS_INSIDE_A_SERVER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipping fork() handlers" not in result.stderr

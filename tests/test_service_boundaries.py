@@ -183,9 +183,10 @@ def _source_files(module: str) -> list[Path]:
     return files
 
 
-def third_party_imports(files: list[Path]) -> dict[str, Import]:
-    """Top-level third-party module -> one place that imports it, following imports into `shared` and the protos.
-    Imports guarded by `except ImportError` are optional and left out."""
+def reachable(files: list[Path]) -> tuple[set[Path], dict[str, Import]]:
+    """(every file of ours that importing `files` runs, following imports into `shared` and the protos;
+    top-level third-party module -> one place that imports it). Imports guarded by `except ImportError` are optional
+    and left out."""
     pending, seen = list(files), set(files)
     found: dict[str, Import] = {}
     while pending:
@@ -201,7 +202,12 @@ def third_party_imports(files: list[Path]) -> dict[str, Import]:
                         pending.append(source)
             elif top not in FIRST_PARTY:
                 found.setdefault(top, imported)
-    return found
+    return seen, found
+
+
+def third_party_imports(files: list[Path]) -> dict[str, Import]:
+    """Top-level third-party module -> one place that imports it (see `reachable`)."""
+    return reachable(files)[1]
 
 
 def missing_dependencies(files: list[Path], declared: set[str]) -> list[str]:
@@ -382,21 +388,8 @@ def image_modules(image: str) -> list[str]:
         files = [path for package in FIRST_PARTY - {"tests", "bench", "scripts"} for path in _package_files(package)]
     else:
         files = service_runs(image)
-    pending, seen, modules = list(files), set(files), set()
-    while pending:
-        path = pending.pop()
-        modules.add(module_name(path, ROOT))
-        for imported in module_imports(path):
-            top = imported.module.split(".")[0]
-            if imported.optional or not top or top == "__future__" or top in sys.stdlib_module_names:
-                continue
-            if top in PACKAGE_DIRS:
-                for source in _source_files(imported.module):
-                    if source not in seen:
-                        seen.add(source)
-                        pending.append(source)
-            elif top not in FIRST_PARTY:
-                modules.add(top)
+    ours, third_party = reachable(files)
+    modules = {module_name(path, ROOT) for path in ours} | set(third_party)
     return sorted(modules | set(THIRD_PARTY_RUNS.get(image, [])))
 
 

@@ -6,6 +6,9 @@ import hashlib
 import io
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -447,3 +450,69 @@ def test_s3_store_shared_by_threads_keeps_its_connections(
         results = list(pool.map(round_trip, range(64)))
     assert results == [bytes([index]) * 1000 for index in range(64)]
     assert not [r for r in caplog.records if "Connection pool is full" in r.getMessage()]
+
+
+# ---------------------------------------------------------------- LocalStore: a writer killed mid-put
+
+KILLED_WRITER = """
+import os, signal, sys
+from shared.storage import LocalStore
+
+root, key, moment = sys.argv[1:]
+store = LocalStore(root)
+replace = os.replace
+
+def replace_then_maybe_die(src, dst):  # os.replace(temp file, object) is the moment the bytes change
+    if moment == "before the bytes" and os.fspath(dst).endswith(key) and "/.sha256/" not in os.fspath(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst)
+    if moment == "after the bytes" and os.fspath(dst).endswith(key) and "/.sha256/" not in os.fspath(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace_then_maybe_die
+store.put_bytes("runs", key, b"the new bytes")
+"""
+
+
+@pytest.mark.parametrize("moment", ["before the bytes", "after the bytes"])
+def test_local_writer_killed_mid_put_leaves_a_readable_object(tmp_path: Path, moment: str) -> None:
+    """kill -9 between writing an object's bytes and its checksum (or just before the bytes): the object reads as
+    the complete old or new version, never as corrupt, and reopening the store later sweeps what the writer left."""
+    store = LocalStore(tmp_path)
+    store.ensure_bucket("runs")
+    old = store.put_bytes("runs", "a/model.pth", b"the old bytes")
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path), "a/model.pth", moment], capture_output=True, timeout=60
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+
+    reopened = LocalStore(tmp_path)  # what was left is younger than STALE_AFTER_S: kept
+    expected = b"the old bytes" if moment == "before the bytes" else b"the new bytes"
+    assert reopened.get_bytes("runs", "a/model.pth") == expected
+    ref = reopened.stat("runs", "a/model.pth")
+    assert ref.sha256 == hashlib.sha256(expected).hexdigest() and (ref == old) == (moment == "before the bytes")
+    assert [item.key for item in reopened.list("runs")] == ["a/model.pth"]
+
+    # before the bytes: its temp file and pending checksum; after: the reader above completed the put
+    assert reopened.sweep_stale(older_than_s=0) == (2 if moment == "before the bytes" else 0)
+    leftovers = [path for path in files_under(tmp_path) if path.startswith((".tmp/", ".pending/"))]
+    assert leftovers == []
+    assert LocalStore(tmp_path).get_bytes("runs", "a/model.pth") == expected
+
+
+def test_local_sweep_completes_a_put_killed_after_its_bytes_before_removing_it(tmp_path: Path) -> None:
+    """A pending checksum left by a killed writer whose bytes are in place: the sweep completes the put."""
+    store = LocalStore(tmp_path)
+    store.ensure_bucket("runs")
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(tmp_path), "new.bin", "after the bytes"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == -signal.SIGKILL
+    assert not (tmp_path / ".sha256" / "runs" / "new.bin").exists()  # killed before its checksum
+    assert store.sweep_stale(older_than_s=0) == 1
+    assert (tmp_path / ".sha256" / "runs" / "new.bin").read_text().strip() == hashlib.sha256(
+        b"the new bytes"
+    ).hexdigest()
+    assert store.get_bytes("runs", "new.bin") == b"the new bytes"

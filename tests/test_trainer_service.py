@@ -525,3 +525,27 @@ def test_data_loader_workers_forked_inside_the_server_log_no_grpc_warning() -> N
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipping fork() handlers" not in result.stderr
+
+
+def test_a_damaged_job_record_is_skipped_and_the_trainer_still_starts(
+    local: Running,
+    gan_job: tuple[trainer_pb2.Job, list[trainer_pb2.Job]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record whose bytes no longer match their checksum (bit rot, a hand edit) and one that is not a job: both
+    are logged and left in place, and the trainer starts with every other job."""
+    store = LocalStore(tmp_path / "storage")
+    store.ensure_bucket("models")
+    good = f"{RECORDS_PREFIX}{gan_job[0].job_id}.json"
+    store.put_bytes("models", good, local.store.get_bytes("models", good))
+    store.put_bytes("models", f"{RECORDS_PREFIX}rotted.json", local.store.get_bytes("models", good))
+    (store.root / "models" / RECORDS_PREFIX / "rotted.json").write_bytes(b'{"job": {"job_id": "rotted"}}')
+    store.put_bytes("models", f"{RECORDS_PREFIX}not-a-job.json", b"[1, 2, 3]")
+
+    with caplog.at_level("ERROR", logger="services.trainer"), running_trainer(store, tmp_path / "work") as trainer:
+        job = trainer.stub.GetJob(trainer_pb2.GetJobRequest(job_id=gan_job[0].job_id))
+        assert job.state == common_pb2.JOB_STATE_SUCCEEDED
+    skipped = [record.getMessage() for record in caplog.records if "skipping unreadable job record" in record.msg]
+    assert len(skipped) == 2 and any("rotted.json (left in place): " in line and "corrupt" in line for line in skipped)
+    assert {ref.key for ref in store.list("models", RECORDS_PREFIX)} >= {f"{RECORDS_PREFIX}rotted.json"}

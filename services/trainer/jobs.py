@@ -37,7 +37,7 @@ from services.trainer.plan import (
 from services.trainer.records import JobEntry
 from shared.configs import ClassifierTrainingConfig
 from shared.errors import ConfigError, PneumoniaError
-from shared.storage import NotFoundError, ObjectStore
+from shared.storage import CorruptObjectError, NotFoundError, ObjectStore
 from shared.storage.proto import ref_to_proto
 
 __all__ = ["RECORDS_PREFIX", "JobManager", "ShuttingDownError"]
@@ -79,8 +79,10 @@ class JobManager:
         for ref in self.store.list(self.config.models_bucket, RECORDS_PREFIX):
             try:
                 entries.append(JobEntry.from_record(self.store.get_bytes(ref.bucket, ref.key)))
-            except (ValueError, KeyError, json_format.ParseError) as exc:
-                log.error("skipping unreadable job record %s: %s", ref.uri, exc)
+            except (CorruptObjectError, ValueError, KeyError, TypeError, json_format.ParseError) as exc:
+                # One damaged record must not keep the trainer (and every other job) from starting; it stays in
+                # place for inspection and is never read as a job.
+                log.error("skipping unreadable job record %s (left in place): %s", ref.uri, exc)
         changed = []
         for entry in sorted(entries, key=lambda e: e.job.created_at.ToNanoseconds()):
             self._entries[entry.job.job_id] = entry

@@ -8,6 +8,7 @@ store.get_file(ref.bucket, ref.key, "/tmp/best.pt")                     # verifi
 """
 
 from shared.storage.base import (
+    CorruptObjectError,
     InvalidKeyError,
     NotFoundError,
     ObjectRef,
@@ -20,6 +21,7 @@ from shared.storage.local import LocalStore
 from shared.storage.s3 import S3Store
 
 __all__ = [
+    "CorruptObjectError",
     "InvalidKeyError",
     "LocalStore",
     "NotFoundError",

@@ -24,6 +24,10 @@ class StorageError(PneumoniaError):
     """An object storage operation failed; the message names the object and the store."""
 
 
+class CorruptObjectError(StorageError):
+    """An object whose bytes do not match its stored sha256, or that has none: retrying will not help."""
+
+
 class StorageUnavailableError(StorageError):
     """The storage server stayed unreachable (or kept failing) through every retry."""
 
@@ -107,16 +111,18 @@ def validate_prefix(prefix: str) -> str:
 
 
 def require_sha256(stored: str | None, uri: str) -> str:
-    """The sha256 stored with an object; StorageError if there is none (it was written by another tool)."""
+    """The sha256 stored with an object; CorruptObjectError if there is none (it was written by another tool)."""
     if not stored:
-        raise StorageError(f"{uri} has no stored sha256; write it through shared.storage (put_bytes or put_file)")
+        raise CorruptObjectError(f"{uri} has no stored sha256; write it through shared.storage (put_bytes or put_file)")
     return stored
 
 
 def verify_digest(actual: str, expected: str, uri: str) -> None:
-    """Raise StorageError when the bytes read hash differently from the stored sha256."""
+    """Raise CorruptObjectError when the bytes read hash differently from the stored sha256."""
     if actual != expected:
-        raise StorageError(f"{uri} is corrupt: its bytes hash to sha256 {actual}, the stored sha256 is {expected}")
+        raise CorruptObjectError(
+            f"{uri} is corrupt: its bytes hash to sha256 {actual}, the stored sha256 is {expected}"
+        )
 
 
 def write_temp_file(directory: Path, chunks: Iterable[bytes], prefix: str = ".") -> tuple[Path, str, int]:

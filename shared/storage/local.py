@@ -2,9 +2,17 @@
 
 Layout under the root:
     <bucket>/<key>            the object's bytes ('/' in keys become subdirectories)
-    .sha256/<bucket>/<key>    the object's sha256 (hex), written before the bytes become visible
+    .sha256/<bucket>/<key>    the object's sha256 (hex)
+    .pending/<bucket>/<h>     the sha256 of bytes being put, and the key (h: the sha256 of the key, so one flat
+                              folder): written before the bytes replace the object's, moved onto .sha256/ after, so
+                              a writer killed between the two leaves a readable object
     .tmp/                     uploads in progress (same filesystem as the objects, so os.replace is atomic)
-Bucket names never start with '.', so these two directories cannot clash with a bucket.
+Bucket names never start with '.', so these directories cannot clash with a bucket.
+
+A put is: bytes to .tmp/, their sha256 to .pending/, the bytes over the object (atomic), the pending sha256 over
+.sha256/ (atomic). A reader that finds a pending sha256 hashes the object's bytes: when they match it, the put got as
+far as the bytes and the reader completes it; otherwise the object is still the old one, whose sha256 is in place.
+Opening a store removes temp and pending files that no write has touched for STALE_AFTER_S (killed writers').
 
 Content types are not kept. One key cannot be both an object and a "directory" of others (e.g. 'a' and
 'a/b'): the second put raises StorageError. Readers may run concurrently with a writer; write each key
@@ -13,8 +21,10 @@ from one writer at a time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -37,7 +47,9 @@ from shared.storage.base import (
 )
 
 SHA256_DIR = ".sha256"
+PENDING_DIR = ".pending"
 TMP_DIR = ".tmp"
+STALE_AFTER_S = 3600.0  # a temp or pending file untouched this long belongs to a writer that was killed
 
 
 def _read_chunks(path: Path) -> Iterator[bytes]:
@@ -61,6 +73,29 @@ class LocalStore(ObjectStore):
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).absolute()
+        self.sweep_stale()
+
+    def sweep_stale(self, older_than_s: float = STALE_AFTER_S) -> int:
+        """Remove the temp and pending files of writers killed mid-put (untouched for `older_than_s`); returns how
+        many. Objects whose put got as far as the bytes are completed first, so nothing readable is lost."""
+        removed, deadline = 0, time.time() - older_than_s
+        for top in (self.root / TMP_DIR, self.root / PENDING_DIR):
+            for directory, _, names in os.walk(top):
+                for name in names:
+                    path = Path(directory) / name
+                    try:
+                        if path.stat().st_mtime >= deadline:
+                            continue
+                    except OSError:
+                        continue
+                    if top.name == PENDING_DIR:
+                        with contextlib.suppress(OSError, StorageError, ValueError, IndexError):  # e.g. a temp file
+                            bucket, key = path.parent.name, path.read_text().split("\n")[1]
+                            self._complete_pending_put(bucket, key)
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                        removed += 1
+        return removed
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -76,12 +111,35 @@ class LocalStore(ObjectStore):
         data_path = self._bucket_dir(bucket) / validate_key(key)
         return data_path, self.root / SHA256_DIR / bucket / key
 
+    def _pending_path(self, bucket: str, key: str) -> Path:
+        return self.root / PENDING_DIR / bucket / hashlib.sha256(key.encode()).hexdigest()
+
+    def _complete_pending_put(self, bucket: str, key: str) -> None:
+        """If a put of this object got as far as its bytes (they hash to the pending sha256), move the pending
+        sha256 into place; a pending file of a put that did not get there is left to the sweep."""
+        data_path, sha256_path = self._paths(bucket, key)
+        pending_path = self._pending_path(bucket, key)
+        try:
+            pending = pending_path.read_text().split("\n")[0]
+            digest = hashlib.sha256()
+            for chunk in _read_chunks(data_path):
+                digest.update(chunk)
+            if digest.hexdigest() == pending:
+                atomic_write_bytes(sha256_path, f"{pending}\n".encode())
+                pending_path.unlink(missing_ok=True)  # the writer or another reader may have got there first
+        except FileNotFoundError:  # no pending put, or its writer finished first
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot complete the put of {object_uri(bucket, key)} in {self.root}: {exc}") from exc
+
     def _existing(self, bucket: str, key: str) -> tuple[Path, str]:
-        """The data file of an existing object and its stored sha256."""
+        """The data file of an existing object and its stored sha256 (a put killed between the two completed)."""
         data_path, sha256_path = self._paths(bucket, key)
         uri = object_uri(bucket, key)
         if not data_path.is_file():
             raise NotFoundError(f"object {uri} not found in {self.root}")
+        if self._pending_path(bucket, key).is_file():
+            self._complete_pending_put(bucket, key)
         try:
             stored = sha256_path.read_text().strip() if sha256_path.is_file() else None
         except OSError as exc:
@@ -109,11 +167,18 @@ class LocalStore(ObjectStore):
         try:
             (self.root / TMP_DIR).mkdir(exist_ok=True)
             tmp, sha256, size = write_temp_file(self.root / TMP_DIR, chunks)
+            pending_path = self._pending_path(bucket, key)
             try:
-                # The sha256 goes first, so a new object only becomes visible with its checksum in place.
+                atomic_write_bytes(pending_path, f"{sha256}\n{key}\n".encode())
+                try:
+                    data_path.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, data_path)
+                except BaseException:
+                    pending_path.unlink(missing_ok=True)
+                    raise
+                sha256_path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(sha256_path, f"{sha256}\n".encode())
-                data_path.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, data_path)
+                pending_path.unlink(missing_ok=True)  # a reader may have completed the put already
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -156,6 +221,7 @@ class LocalStore(ObjectStore):
     def delete(self, bucket: str, key: str) -> None:
         data_path, sha256_path = self._paths(bucket, key)
         try:
+            self._pending_path(bucket, key).unlink(missing_ok=True)
             for path, top in ((data_path, self.root / bucket), (sha256_path, self.root / SHA256_DIR / bucket)):
                 if path.is_file():
                     path.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,11 +14,18 @@ import pytest
 import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from ts.context import Context, RequestProcessor
 from ts.utils.util import PredictionException
 
 from shared.calibration import Calibration
+from shared.dicom import DicomError, check_inflated_size
 from shared.gradcam import heatmap_overlay
 from shared.images import MAX_IMAGE_PIXELS
 from shared.models.classifier import (
@@ -30,7 +38,7 @@ from shared.models.classifier import (
 from shared.models.export import FORMATS as EXPORT_FORMATS
 from shared.models.export import export_classifier
 from shared.plausibility import PlausibilityGate, PpcaScore, layout_vector
-from shared.serving.handler import PneumoniaHandler
+from shared.serving.handler import PneumoniaHandler, decode_image
 
 SIZE = 16
 
@@ -144,6 +152,106 @@ def test_dicom_rescaled_by_min_max(handler: PneumoniaHandler, pixels: np.ndarray
     torch.testing.assert_close(
         handler.preprocess([{"data": dicom_bytes(narrow)}]), handler.preprocess([{"data": encode(stretched, "PNG")}])
     )
+
+
+# --- DICOM as a viewer shows it (shared.dicom) ----------------------------------------------------------------
+
+WINDOW = {"WindowCenter": 2040.5, "WindowWidth": 4081}  # maps modality values 0..4080 linearly onto 0..1 exactly
+
+
+def radiograph_dicom(
+    stored: np.ndarray, photometric: str = "MONOCHROME2", syntax: str = ExplicitVRLittleEndian, **elements: object
+) -> bytes:
+    """A 12-bit CR radiograph (16 bits allocated) with the given stored values and extra elements."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def voi_lut_sequence() -> Sequence:
+    """A VOI LUT that maps modality values 16 v (0..4095) to v (8-bit output)."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 8])  # LUT Descriptor: entries, first input value, bits per entry
+    item.add_new(0x00283006, "US", [min(255, round(i / 16)) for i in range(4096)])  # LUT Data
+    return Sequence([item])
+
+
+VIEWER_CASES = {
+    "MONOCHROME2 with a window": lambda v: radiograph_dicom(v * 16, **WINDOW),
+    "MONOCHROME1 with a window": lambda v: radiograph_dicom(4080 - v * 16, "MONOCHROME1", **WINDOW),
+    "rescale slope and intercept": lambda v: radiograph_dicom(
+        v * 8 + 50, RescaleSlope=2, RescaleIntercept=-100, **WINDOW
+    ),
+    "the first of several windows": lambda v: radiograph_dicom(
+        v * 16, WindowCenter=[2040.5, 100.0], WindowWidth=[4081, 10]
+    ),
+    "a VOI LUT sequence": lambda v: radiograph_dicom(v * 16, VOILUTSequence=voi_lut_sequence()),
+    "12-bit MONOCHROME1 without a window": lambda v: radiograph_dicom(4080 - v * 16, "MONOCHROME1"),
+    "deflated": lambda v: radiograph_dicom(v * 16, syntax=DeflatedExplicitVRLittleEndian, **WINDOW),
+}
+
+
+@pytest.mark.parametrize("case", VIEWER_CASES)
+def test_dicom_is_shown_as_a_viewer_shows_it(handler: PneumoniaHandler, pixels: np.ndarray, case: str) -> None:
+    """12-bit radiographs of the same picture, through the Modality LUT, VOI window or LUT and MONOCHROME1: the
+    model sees exactly what it sees from the PNG."""
+    body = VIEWER_CASES[case](pixels.astype(np.int64))
+    np.testing.assert_array_equal(np.asarray(decode_image(body)), pixels)
+    torch.testing.assert_close(
+        handler.preprocess([{"data": body}]), handler.preprocess([{"data": encode(pixels, "PNG")}])
+    )
+
+
+def test_a_window_saturates_outside_its_range(pixels: np.ndarray) -> None:
+    """Window [2040, 4080] of values 16 v: the darker half is black, the rest stretched over 0..255."""
+    shown = np.asarray(
+        decode_image(radiograph_dicom(pixels.astype(np.int64) * 16, WindowCenter=3060.5, WindowWidth=2041))
+    )
+    dark = pixels.astype(np.int64) * 16 <= 2040
+    assert (shown[dark] == 0).all() and shown[~dark].min() > 0 and shown.max() == 255
+
+
+def deflate_bomb(inflated_bytes: int) -> bytes:
+    """A deflated-transfer-syntax DICOM whose dataset inflates to `inflated_bytes` of zeros, in a few hundred KB."""
+    small = radiograph_dicom(np.zeros((4, 4), dtype=np.int64), syntax=DeflatedExplicitVRLittleEndian)
+    meta_end = 144 + int.from_bytes(small[140:144], "little")
+    deflater, chunk, stream = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS), bytes(1 << 20), []
+    for _ in range(inflated_bytes >> 20):
+        stream.append(deflater.compress(chunk))
+    stream.append(deflater.flush())
+    return small[:meta_end] + b"".join(stream)
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated() -> None:
+    """150 MB of zeros in ~150 KB: refused once MAX_INFLATED_BYTES are inflated, in small pieces that are not kept
+    (pydicom alone would inflate it all), and the limit holds at any size."""
+    bomb = deflate_bomb(150 << 20)
+    assert len(bomb) < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(PredictionException, match="inflates past") as refused:
+            decode_image(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.error_code == 400
+    assert peak < 32 << 20  # inflated 1 MiB at a time, never kept (MAX_INFLATED_BYTES is ~129 MB)
+    with pytest.raises(DicomError, match="inflates past 1000000 bytes"):
+        check_inflated_size(deflate_bomb(4 << 20), limit=1_000_000)
+    check_inflated_size(deflate_bomb(4 << 20), limit=5 << 20)  # within the limit: passes
 
 
 def test_batch_of_two_rows_gives_two_answers(handler: PneumoniaHandler, pixels: np.ndarray) -> None:

@@ -35,6 +35,7 @@ from ts.utils.util import PredictionException
 
 from shared.calibration import Calibration, calibrated_probability, decision_threshold, recalibrate
 from shared.datasets.base import CLASS_NAMES, NORMAL, PNEUMONIA
+from shared.dicom import DicomError, check_inflated_size, display_values
 from shared.images import MAX_IMAGE_PIXELS
 from shared.models.classifier import classifier_transform, load_classifier, penultimate_features
 from shared.models.export import FORMATS as EXPORT_FORMATS
@@ -91,9 +92,13 @@ def decode_picture(body: bytes) -> Image.Image:
 
 
 def decode_dicom(body: bytes) -> Image.Image:
-    """DICOM -> grayscale image: one frame, MONOCHROME1 inverted, rescaled to 0..255 by its min and max."""
+    """DICOM -> grayscale image of one frame as a viewer shows it (shared.dicom: Modality LUT, VOI window or LUT,
+    MONOCHROME1), a deflated file's size bounded before it is inflated."""
     try:
+        check_inflated_size(body)
         ds = pydicom.dcmread(io.BytesIO(body), force=False)
+    except DicomError as exc:
+        raise bad_request(str(exc)) from exc
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
         raise bad_request(f"truncated or corrupt DICOM file: {exc}") from exc
     if "PixelData" not in ds:
@@ -108,12 +113,13 @@ def decode_dicom(body: bytes) -> Image.Image:
         pixels = pixels[0]
     if pixels.ndim != 2:
         raise bad_request(f"DICOM pixel data has shape {pixels.shape}; expected one grayscale frame (rows x columns)")
-    pixels = pixels.astype(np.float64)
-    low, high = pixels.min(), pixels.max()
-    scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":  # MONOCHROME1: low values are white
-        scaled = 255.0 - scaled
-    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    try:
+        shown = display_values(ds, pixels)
+    except DicomError as exc:
+        raise bad_request(str(exc)) from exc
+    except Exception as exc:  # an inconsistent Modality or VOI LUT
+        raise bad_request(f"cannot apply the DICOM file's Modality or VOI LUT: {exc}") from exc
+    return Image.fromarray(np.round(shown * 255.0).astype(np.uint8), mode="L")
 
 
 def decode_image(body: Any) -> Image.Image:

@@ -549,3 +549,44 @@ def test_a_damaged_job_record_is_skipped_and_the_trainer_still_starts(
     skipped = [record.getMessage() for record in caplog.records if "skipping unreadable job record" in record.msg]
     assert len(skipped) == 2 and any("rotted.json (left in place): " in line and "corrupt" in line for line in skipped)
     assert {ref.key for ref in store.list("models", RECORDS_PREFIX)} >= {f"{RECORDS_PREFIX}rotted.json"}
+
+
+def crashed_record(record: dict, crashes: int, interrupted: bool) -> bytes:
+    """What a trainer leaves when it dies (interrupted False) or shuts down gracefully (True) while running a job."""
+    record = json.loads(json.dumps(record))
+    record["job"]["state"] = "JOB_STATE_RUNNING"
+    record["job"].pop("finished_at", None)
+    record.update(crashes=crashes, interrupted=interrupted, resumable=False)
+    return json.dumps(record).encode()
+
+
+@pytest.mark.parametrize(
+    ("crashes", "interrupted", "runs_again"),
+    [(0, False, True), (2, True, True), (2, False, False)],
+    ids=["first crash: requeued", "graceful shutdown: not a crash", "third crash: failed"],
+)
+def test_a_job_the_trainer_keeps_dying_on_is_failed_after_max_crashes(
+    small_phantom: Path,
+    local: Running,
+    gan_job: tuple[trainer_pb2.Job, list[trainer_pb2.Job]],
+    tmp_path: Path,
+    crashes: int,
+    interrupted: bool,
+    runs_again: bool,
+) -> None:
+    """PNEUMONIA_TRAINER_MAX_CRASHES (3): a job found RUNNING at start, without the mark a graceful shutdown leaves,
+    counts a crash; at the third it fails instead of being run again (and blocking every later job)."""
+    store = LocalStore(tmp_path / "storage")
+    put_inputs(store, small_phantom)
+    store.ensure_bucket("models")
+    key = f"{RECORDS_PREFIX}{gan_job[0].job_id}.json"
+    store.put_bytes("models", key, crashed_record(local.record(gan_job[0].job_id), crashes, interrupted))
+    with running_trainer(store, tmp_path / "work") as trainer:
+        job = trainer.stub.GetJob(trainer_pb2.GetJobRequest(job_id=gan_job[0].job_id))
+        if runs_again:
+            final = trainer.wait(job)[-1]
+            assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.message
+        else:
+            assert job.state == common_pb2.JOB_STATE_FAILED and "died 3 times" in job.message
+    stored = json.loads(store.get_bytes("models", key))
+    assert stored["crashes"] == crashes + (0 if interrupted else 1) and stored["interrupted"] is False

@@ -89,8 +89,18 @@ class JobManager:
             if entry.job.state == RUNNING and entry.cancel_requested:  # cancelled, then shut down before it stopped
                 self._finish_locked(entry, CANCELLED, f"cancelled after epoch {entry.job.epoch}")
                 changed.append(entry)
+            elif entry.job.state == RUNNING and not entry.interrupted and entry.crashes + 1 >= self.config.max_crashes:
+                entry.crashes += 1  # the service died while it ran, again: a crash loop would block every later job
+                self._finish_locked(
+                    entry,
+                    FAILED,
+                    f"the trainer died {entry.crashes} times while running this job (killed, out of memory, a crash?); "
+                    "not run again",
+                )
+                changed.append(entry)
             elif entry.job.state in (QUEUED, RUNNING):
                 if entry.job.state == RUNNING:
+                    entry.crashes += 0 if entry.interrupted else 1
                     entry.job.state = QUEUED
                     entry.job.message = "requeued after a service restart" + (
                         "; resumes from its last checkpoint" if entry.resumable else ""
@@ -256,6 +266,7 @@ class JobManager:
             entry = self._entries[self._queue.popleft()]
             if not entry.job.HasField("started_at"):
                 entry.job.started_at.GetCurrentTime()
+            entry.interrupted = False  # until a graceful shutdown says otherwise
             self._change_locked(entry, state=RUNNING, message="starting")
         return entry
 
@@ -275,6 +286,7 @@ class JobManager:
             outputs, archive = JobRun(self, entry).run()
         except TrainingStopped:
             if not entry.cancel_requested:  # a shutdown: the record stays RUNNING and resumable for the next start
+                entry.interrupted = True  # not a crash
                 self.update(entry, message="interrupted by a service shutdown; resumes when the service restarts")
                 log.info("job interrupted by shutdown", extra={"job_id": job_id, "resumable": entry.resumable})
                 return  # its local files stay: a restart on this machine downloads less

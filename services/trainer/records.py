@@ -21,6 +21,10 @@ class JobEntry:
     request: Request
     resumable: bool = False  # this job has stored a state it can resume from
     cancel_requested: bool = False
+    # Runs of this job that ended with the trainer process (a crash, a kill): a RUNNING record not marked
+    # `interrupted`, found when the service starts. A graceful shutdown marks it and does not count.
+    crashes: int = 0
+    interrupted: bool = False
     version: int = 0
 
     def record(self) -> bytes:
@@ -31,6 +35,8 @@ class JobEntry:
             "request": json_format.MessageToDict(self.request, preserving_proto_field_name=True),
             "resumable": self.resumable,
             "cancel_requested": self.cancel_requested,
+            "crashes": self.crashes,
+            "interrupted": self.interrupted,
         }
         return (json.dumps(data, indent=1) + "\n").encode()
 
@@ -40,4 +46,11 @@ class JobEntry:
         job = json_format.ParseDict(record["job"], trainer_pb2.Job())
         request_type = GanRequest if job.kind == trainer_pb2.JOB_KIND_GAN else ClassifierRequest
         request = json_format.ParseDict(record["request"], request_type())
-        return cls(job, request, bool(record["resumable"]), bool(record.get("cancel_requested", False)))
+        return cls(
+            job,
+            request,
+            bool(record["resumable"]),
+            bool(record.get("cancel_requested", False)),
+            int(record.get("crashes", 0)),
+            bool(record.get("interrupted", False)),
+        )

@@ -15,3 +15,7 @@ class CheckpointError(PneumoniaError):
 
 class ConfigError(PneumoniaError):
     """Options that cannot work together, or a malformed option value."""
+
+
+class ResourceExhaustedError(PneumoniaError):
+    """A bounded resource is full (e.g. the trainer's job queue): try again later."""

@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared.errors import CheckpointError, ConfigError, DatasetError, PneumoniaError
+from shared.errors import CheckpointError, ConfigError, DatasetError, PneumoniaError, ResourceExhaustedError
 from shared.storage import InvalidKeyError, NotFoundError, StorageError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ STATUS_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (InvalidKeyError, grpc.StatusCode.INVALID_ARGUMENT),
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (CheckpointError, grpc.StatusCode.FAILED_PRECONDITION),  # wrong kind, unreadable, contradicts the request
     (DatasetError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -107,9 +107,9 @@ class Running:
 
 
 @contextmanager
-def running_trainer(store: ObjectStore, work_dir: Path) -> Iterator[Running]:
+def running_trainer(store: ObjectStore, work_dir: Path, **settings: object) -> Iterator[Running]:
     """A trainer on 127.0.0.1 (any free port); leaving stops it as SIGTERM would, waiting for its worker."""
-    config = TrainerConfig(grpc_port=0, work_dir=work_dir, device="cpu")
+    config = TrainerConfig(grpc_port=0, work_dir=work_dir, device="cpu", **settings)
     jobs = JobManager(config, store)
     servicer = Service(SERVICE_NAME, TrainerServicer(jobs), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
     server = GrpcServer([servicer], "127.0.0.1:0", max_workers=8)
@@ -590,3 +590,40 @@ def test_a_job_the_trainer_keeps_dying_on_is_failed_after_max_crashes(
             assert job.state == common_pb2.JOB_STATE_FAILED and "died 3 times" in job.message
     stored = json.loads(store.get_bytes("models", key))
     assert stored["crashes"] == crashes + (0 if interrupted else 1) and stored["interrupted"] is False
+
+
+def test_a_retried_start_returns_the_job_it_started(local: Running) -> None:
+    """The same idempotency key and request: the same job (a client's retry after a lost answer); the same key with
+    another request: INVALID_ARGUMENT, nothing started."""
+    request = gan_request(output_prefix="runs/idempotent/gan", idempotency_key="run-7/train-gan")
+    first = local.stub.StartGanJob(request)
+    again = local.stub.StartGanJob(request)
+    assert again.job_id == first.job_id
+    with pytest.raises(grpc.RpcError) as reused:
+        local.stub.StartGanJob(
+            gan_request(output_prefix="runs/idempotent/gan", epochs=2, idempotency_key="run-7/train-gan")
+        )
+    assert reused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and first.job_id in reused.value.details()
+    assert local.wait(first)[-1].state == common_pb2.JOB_STATE_SUCCEEDED
+    other = local.stub.StartGanJob(gan_request(output_prefix="runs/idempotent/gan2", idempotency_key="run-7/other"))
+    assert other.job_id != first.job_id
+    local.wait(other)
+
+
+def test_a_full_queue_refuses_new_jobs_with_resource_exhausted(small_phantom: Path, tmp_path: Path) -> None:
+    """PNEUMONIA_TRAINER_MAX_QUEUED_JOBS=1: one job runs, one waits, the next is refused and nothing of it is kept."""
+    store = LocalStore(tmp_path / "storage")
+    put_inputs(store, small_phantom)
+    with running_trainer(store, tmp_path / "work", max_queued_jobs=1) as trainer:
+        running = trainer.stub.StartGanJob(gan_request(output_prefix="runs/q/a", epochs=8))
+        for update in trainer.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=running.job_id), timeout=WATCH_TIMEOUT):
+            if update.state == common_pb2.JOB_STATE_RUNNING:
+                break
+        waiting = trainer.stub.StartGanJob(gan_request(output_prefix="runs/q/b"))
+        with pytest.raises(grpc.RpcError) as full:
+            trainer.stub.StartGanJob(gan_request(output_prefix="runs/q/c"))
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "MAX_QUEUED_JOBS" in full.value.details()
+        records = {ref.key for ref in store.list("models", RECORDS_PREFIX)}
+        assert records == {f"{RECORDS_PREFIX}{running.job_id}.json", f"{RECORDS_PREFIX}{waiting.job_id}.json"}
+        for job in (running, waiting):
+            assert trainer.wait(job)[-1].state == common_pb2.JOB_STATE_SUCCEEDED

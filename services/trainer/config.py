@@ -36,6 +36,9 @@ class TrainerConfig(Settings, alias_generator=env_prefix("PNEUMONIA_TRAINER_")):
     )
     device: Device = setting("auto", "auto: CUDA if any, unless the request asks for the CPU")
     loader_workers: int = setting(0, "DataLoader worker processes per job (0: load in the service's process)", ge=0)
+    max_queued_jobs: int = setting(
+        100, "jobs waiting to run at most; StartGanJob / StartClassifierJob beyond it: RESOURCE_EXHAUSTED", ge=1
+    )
     max_crashes: int = setting(
         3, "a job the service was running when it died this many times fails instead of running again", ge=1
     )

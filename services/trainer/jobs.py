@@ -9,6 +9,7 @@ One trainer service per store: two services sharing a models bucket would both p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import threading
@@ -36,7 +37,7 @@ from services.trainer.plan import (
 )
 from services.trainer.records import JobEntry
 from shared.configs import ClassifierTrainingConfig
-from shared.errors import ConfigError, PneumoniaError
+from shared.errors import ConfigError, PneumoniaError, ResourceExhaustedError
 from shared.storage import CorruptObjectError, NotFoundError, ObjectStore
 from shared.storage.proto import ref_to_proto
 
@@ -67,6 +68,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified on every committed change
         self._persist_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
 
@@ -135,9 +137,34 @@ class JobManager:
     # ---- the API
 
     def submit(self, request: Request) -> trainer_pb2.Job:
-        """Check a request, record the job and queue it; return the job (QUEUED)."""
+        """Check a request, record the job and queue it; return the job (QUEUED). A request with the idempotency
+        key of an earlier one returns that job (ConfigError if the request differs); ResourceExhaustedError when
+        max_queued_jobs are waiting already."""
+        with self._submit_lock:  # one at a time: two retries with one key must not both start a job
+            return self._submit(request)
+
+    def _submit(self, request: Request) -> trainer_pb2.Job:
         if self._stopping.is_set():
             raise ShuttingDownError("the trainer service is shutting down and accepts no new jobs")
+        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        if request.idempotency_key:
+            with self._lock:
+                earlier = next(
+                    (e for e in self._entries.values() if e.request.idempotency_key == request.idempotency_key), None
+                )
+            if earlier is not None:
+                if earlier.request_digest != digest:
+                    raise ConfigError(
+                        f"idempotency key {request.idempotency_key!r} was used by job {earlier.job.job_id} with a "
+                        "different request; use a new key for a new job"
+                    )
+                log.info("job requested again", extra={"job_id": earlier.job.job_id})
+                return self.get(earlier.job.job_id)
+        with self._lock:
+            if len(self._queue) >= self.config.max_queued_jobs:
+                raise ResourceExhaustedError(
+                    f"{len(self._queue)} jobs are waiting already (PNEUMONIA_TRAINER_MAX_QUEUED_JOBS); try again later"
+                )
         job_id = uuid.uuid4().hex
         request = effective_request(self.config, job_id, request)
         plan = plan_job(self.config, job_id, request)
@@ -148,7 +175,7 @@ class JobManager:
         if isinstance(plan.options, ClassifierTrainingConfig):
             job.total_folds = plan.options.k_folds
         job.created_at.GetCurrentTime()
-        entry = JobEntry(job, request)
+        entry = JobEntry(job, request, request_digest=digest)
         self._persist(entry)  # a job that could not be recorded is not accepted
         with self._changed:
             self._entries[job_id] = entry

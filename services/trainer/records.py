@@ -25,6 +25,8 @@ class JobEntry:
     # `interrupted`, found when the service starts. A graceful shutdown marks it and does not count.
     crashes: int = 0
     interrupted: bool = False
+    # sha256 of the request as the client sent it: a retry with the same idempotency key must send the same one.
+    request_digest: str = ""
     version: int = 0
 
     def record(self) -> bytes:
@@ -37,6 +39,7 @@ class JobEntry:
             "cancel_requested": self.cancel_requested,
             "crashes": self.crashes,
             "interrupted": self.interrupted,
+            "request_digest": self.request_digest,
         }
         return (json.dumps(data, indent=1) + "\n").encode()
 
@@ -53,4 +56,5 @@ class JobEntry:
             bool(record.get("cancel_requested", False)),
             int(record.get("crashes", 0)),
             bool(record.get("interrupted", False)),
+            str(record.get("request_digest", "")),
         )

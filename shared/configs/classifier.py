@@ -26,7 +26,7 @@ class ClassifierTrainingConfig(StepConfig):
 
     request_type: ClassVar = trainer_pb2.StartClassifierJobRequest
     request_only: ClassVar = frozenset(
-        {"dataset", "synthetic", "output_prefix", "weights_checkpoint", "model_archive_name"}
+        {"dataset", "synthetic", "output_prefix", "weights_checkpoint", "model_archive_name", "idempotency_key"}
     )
 
     data_dir: str = option("./data/processed", "dataset location", kind="layout")

@@ -17,7 +17,7 @@ class GanTrainingConfig(StepConfig):
     """Train a DCGAN (or conditional DCGAN, or WGAN-GP) on the development images of a dataset."""
 
     request_type: ClassVar = trainer_pb2.StartGanJobRequest
-    request_only: ClassVar = frozenset({"dataset", "output_prefix"})
+    request_only: ClassVar = frozenset({"dataset", "output_prefix", "idempotency_key"})
 
     dataset: Literal[DATASETS] = option("rsna", "dataset source to train on", kind="layout")  # type: ignore[valid-type]
     data_dir: str = option("./data/processed", "where the dataset lies", kind="layout")

@@ -59,7 +59,7 @@ JOB_KIND_GAN: JobKind
 JOB_KIND_CLASSIFIER: JobKind
 
 class StartGanJobRequest(_message.Message):
-    __slots__ = ("dataset", "output_prefix", "epochs", "batch_size", "lr", "beta1", "latent_dim", "num_channels", "image_size", "feature_maps_g", "feature_maps_d", "train_on", "conditional", "loss", "gp_weight", "n_critic", "seed", "max_images", "sample_every", "vis_batch_size", "cpu", "resume")
+    __slots__ = ("dataset", "output_prefix", "epochs", "batch_size", "lr", "beta1", "latent_dim", "num_channels", "image_size", "feature_maps_g", "feature_maps_d", "train_on", "conditional", "loss", "gp_weight", "n_critic", "seed", "max_images", "sample_every", "vis_batch_size", "cpu", "resume", "idempotency_key")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class StartGanJobRequest(_message.Message):
     VIS_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     dataset: _common_pb2.DatasetSource
     output_prefix: str
     epochs: int
@@ -104,10 +105,11 @@ class StartGanJobRequest(_message.Message):
     vis_batch_size: int
     cpu: bool
     resume: bool
-    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., beta1: _Optional[float] = ..., latent_dim: _Optional[int] = ..., num_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., feature_maps_g: _Optional[int] = ..., feature_maps_d: _Optional[int] = ..., train_on: _Optional[_Union[GanTrainOn, str]] = ..., conditional: _Optional[bool] = ..., loss: _Optional[_Union[GanLoss, str]] = ..., gp_weight: _Optional[float] = ..., n_critic: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., sample_every: _Optional[int] = ..., vis_batch_size: _Optional[int] = ..., cpu: _Optional[bool] = ..., resume: _Optional[bool] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., beta1: _Optional[float] = ..., latent_dim: _Optional[int] = ..., num_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., feature_maps_g: _Optional[int] = ..., feature_maps_d: _Optional[int] = ..., train_on: _Optional[_Union[GanTrainOn, str]] = ..., conditional: _Optional[bool] = ..., loss: _Optional[_Union[GanLoss, str]] = ..., gp_weight: _Optional[float] = ..., n_critic: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., sample_every: _Optional[int] = ..., vis_batch_size: _Optional[int] = ..., cpu: _Optional[bool] = ..., resume: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class StartClassifierJobRequest(_message.Message):
-    __slots__ = ("dataset", "synthetic", "output_prefix", "epochs", "batch_size", "lr", "unfreeze", "k_folds", "use_synthetic", "use_curriculum", "curriculum_schedule", "arch", "weights", "weights_checkpoint", "image_size", "channels", "seed", "max_images", "val_fraction", "class_balance", "scheduler", "cpu", "model_archive_name", "target_sensitivity", "weight_decay", "match_compute", "stem_pool", "repeat")
+    __slots__ = ("dataset", "synthetic", "output_prefix", "epochs", "batch_size", "lr", "unfreeze", "k_folds", "use_synthetic", "use_curriculum", "curriculum_schedule", "arch", "weights", "weights_checkpoint", "image_size", "channels", "seed", "max_images", "val_fraction", "class_balance", "scheduler", "cpu", "model_archive_name", "target_sensitivity", "weight_decay", "match_compute", "stem_pool", "repeat", "idempotency_key")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +138,7 @@ class StartClassifierJobRequest(_message.Message):
     MATCH_COMPUTE_FIELD_NUMBER: _ClassVar[int]
     STEM_POOL_FIELD_NUMBER: _ClassVar[int]
     REPEAT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     dataset: _common_pb2.DatasetSource
     synthetic: _common_pb2.ObjectPrefix
     output_prefix: str
@@ -164,7 +167,8 @@ class StartClassifierJobRequest(_message.Message):
     match_compute: bool
     stem_pool: bool
     repeat: int
-    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., unfreeze: _Optional[bool] = ..., k_folds: _Optional[int] = ..., use_synthetic: _Optional[bool] = ..., use_curriculum: _Optional[bool] = ..., curriculum_schedule: _Optional[str] = ..., arch: _Optional[str] = ..., weights: _Optional[str] = ..., weights_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., val_fraction: _Optional[float] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., cpu: _Optional[bool] = ..., model_archive_name: _Optional[str] = ..., target_sensitivity: _Optional[float] = ..., weight_decay: _Optional[float] = ..., match_compute: _Optional[bool] = ..., stem_pool: _Optional[bool] = ..., repeat: _Optional[int] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., unfreeze: _Optional[bool] = ..., k_folds: _Optional[int] = ..., use_synthetic: _Optional[bool] = ..., use_curriculum: _Optional[bool] = ..., curriculum_schedule: _Optional[str] = ..., arch: _Optional[str] = ..., weights: _Optional[str] = ..., weights_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., val_fraction: _Optional[float] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., cpu: _Optional[bool] = ..., model_archive_name: _Optional[str] = ..., target_sensitivity: _Optional[float] = ..., weight_decay: _Optional[float] = ..., match_compute: _Optional[bool] = ..., stem_pool: _Optional[bool] = ..., repeat: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "kind", "state", "epoch", "total_epochs", "fold", "total_folds", "metrics", "message", "outputs", "created_at", "started_at", "finished_at", "model_archive")

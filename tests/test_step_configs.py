@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import annotated_types
 import pytest
 
-from shared.configs import MAX_SEED, STEP_CONFIGS, StepConfig
+from shared.configs import MAX_SEED, STEP_CONFIGS, GanTrainingConfig, GenerationConfig, StepConfig
 from shared.configs.base import _strip_optional, choices_of
+from shared.configs.limits import MAX_IMAGES
 from shared.errors import ConfigError
 
 
@@ -111,3 +113,23 @@ def test_defaults_given_to_from_argv_yield_to_flags() -> None:
 
     config = ClassifierTrainingConfig.from_argv(["--epochs", "3"], epochs=2, k_folds=2)
     assert (config.epochs, config.k_folds) == (3, 2)
+
+
+def test_every_integer_option_has_an_upper_bound() -> None:
+    """Every count a request or a command line gives (epochs, images, sizes, folds, workers...) is bounded above
+    (shared/configs/limits.py), so that no single request can run for ever or allocate without limit."""
+    unbounded = [
+        f"{cls.__name__}.{name}"
+        for cls in STEP_CONFIGS
+        for name, field in cls.model_fields.items()
+        if _strip_optional(field.annotation)[0] is int
+        and not any(isinstance(bound, annotated_types.Le | annotated_types.Lt) for bound in field.metadata)
+    ]
+    assert unbounded == []
+
+
+def test_an_over_limit_option_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        GanTrainingConfig(epochs=2**31 - 1)
+    with pytest.raises(ValueError, match="num_images"):
+        GenerationConfig(checkpoint="gan.pth", num_images=MAX_IMAGES + 1)

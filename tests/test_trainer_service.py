@@ -260,6 +260,8 @@ BAD_REQUESTS = [
     ("gan", {"output_prefix": "../escape"}, "INVALID_ARGUMENT", "invalid object key"),
     ("gan", {"output_prefix": "trainer-jobs/x"}, "INVALID_ARGUMENT", "reserved"),
     ("gan", {"seed": 2**40}, "INVALID_ARGUMENT", "seed: input should be less than or equal to 2147483647"),
+    ("gan", {"epochs": 2**31 - 1}, "INVALID_ARGUMENT", "epochs: input should be less than or equal to 10000"),
+    ("gan", {"image_size": 4096}, "INVALID_ARGUMENT", "image_size: input should be less than or equal to 1024"),
     ("gan", {"resume": True, "output_prefix": "runs/none"}, "NOT_FOUND", "no GAN run to continue"),
     (
         "gan",
@@ -268,6 +270,7 @@ BAD_REQUESTS = [
         "no objects under s3://datasets/missing/",
     ),
     ("classifier", {"use_curriculum": True}, "INVALID_ARGUMENT", "add --use-synthetic"),
+    ("classifier", {"k_folds": 1000}, "INVALID_ARGUMENT", "k_folds: input should be less than or equal to 20"),
     (
         "classifier",
         {"use_synthetic": True, "use_curriculum": True, "synthetic": SYNTHETIC, "curriculum_schedule": "0:0.0, x"},

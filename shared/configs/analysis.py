@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pneumonia_proto.v1 import analyzer_pb2
 
 from shared.configs.base import StepConfig, option
-from shared.configs.limits import MAX_SEED
+from shared.configs.limits import MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_IMAGES, MAX_SAMPLES, MAX_SEED
 from shared.datasets import DATASETS
 from shared.models.classifier import ARCHS
 
@@ -23,9 +23,13 @@ class AnalysisConfig(StepConfig):
     model_dir: str = option("./models", "classifier checkpoints {strategy}_{arch}.pth", kind="layout")
     data_dir: str = option("./data/processed", "dataset location", kind="layout")
     synthetic_dir: str = option("./data/synthetic", "synthetic images (generate-synthetic)", kind="layout")
-    num_ssim_real: int = option(100, "real development-set pneumonia images for the SSIM distribution", ge=1)
-    num_ssim_synth: int = option(500, "synthetic images for SSIM, Fréchet distances and memorization", ge=1)
-    num_gradcam_samples: int = option(3, "Grad-CAM samples of each kind per model", ge=1)
+    num_ssim_real: int = option(
+        100, "real development-set pneumonia images for the SSIM distribution", ge=1, le=MAX_SAMPLES
+    )
+    num_ssim_synth: int = option(
+        500, "synthetic images for SSIM, Fréchet distances and memorization", ge=1, le=MAX_SAMPLES
+    )
+    num_gradcam_samples: int = option(3, "Grad-CAM samples of each kind per model", ge=1, le=MAX_SAMPLES)
     cpu: bool = option(False, "force CPU even where CUDA is available")
     skip_plots: bool = option(False, "no training-curve and cross-validation figures")
     skip_ssim: bool = option(False, "no SSIM distribution")
@@ -47,10 +51,11 @@ class AnalysisConfig(StepConfig):
         "development-set real images searched for near-copies and used for the Fréchet distances; 0 = all "
         "(a sample can miss a copy of an image outside it)",
         ge=0,
+        le=MAX_IMAGES,
     )
-    tstr_images: int = option(1000, "balanced training images for TSTR and TRTR", ge=1)
-    tstr_epochs: int = option(5, "training epochs for TSTR and TRTR", ge=1)
-    tstr_image_size: int = option(32, "input size of the TSTR/TRTR classifier", ge=8)
+    tstr_images: int = option(1000, "balanced training images for TSTR and TRTR", ge=1, le=MAX_IMAGES)
+    tstr_epochs: int = option(5, "training epochs for TSTR and TRTR", ge=1, le=MAX_EPOCHS)
+    tstr_image_size: int = option(32, "input size of the TSTR/TRTR classifier", ge=8, le=MAX_IMAGE_SIZE)
     skip_fidelity: bool = option(False, "no Fréchet distances or Inception FID")
     skip_memorization: bool = option(False, "no memorization check")
     skip_tstr: bool = option(False, "no train-on-synthetic / test-on-real")

@@ -10,7 +10,15 @@ from pydantic import model_validator
 
 from shared import layout
 from shared.configs.base import StepConfig, option
-from shared.configs.limits import MAX_SEED
+from shared.configs.limits import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_FOLDS,
+    MAX_IMAGE_SIZE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_WORKERS,
+)
 from shared.curriculum import Schedule, parse_schedule
 from shared.datasets import DATASETS
 from shared.errors import ConfigError
@@ -34,12 +42,12 @@ class ClassifierTrainingConfig(StepConfig):
     model_dir: str = option("./models", "where classifier checkpoints go", kind="layout")
     results_dir: str = option("./results/metrics", "where the metrics JSON files go", kind="layout")
     figures_dir: str = option("./results/figures", "where the plots go", kind="layout")
-    epochs: int = option(15, "training epochs per fold", ge=1)
-    batch_size: int = option(32, "mini-batch size", ge=1)
+    epochs: int = option(15, "training epochs per fold", ge=1, le=MAX_EPOCHS)
+    batch_size: int = option(32, "mini-batch size", ge=1, le=MAX_BATCH_SIZE)
     lr: float = option(0.001, "learning rate (max lr with --scheduler onecycle)", gt=0)
     unfreeze: bool = option(False, "train the whole network, not only the head")
-    k_folds: int = option(5, "cross-validation folds (1: one train/val split)", ge=1)
-    workers: int = option(4, "data loader worker processes", kind="local", ge=0)
+    k_folds: int = option(5, "cross-validation folds (1: one train/val split)", ge=1, le=MAX_FOLDS)
+    workers: int = option(4, "data loader worker processes", kind="local", ge=0, le=MAX_WORKERS)
     use_synthetic: bool = option(False, "add synthetic images to the training folds")
     use_curriculum: bool = option(False, "raise the synthetic share per epoch (needs --use-synthetic)")
     match_compute: bool = option(
@@ -58,7 +66,7 @@ class ClassifierTrainingConfig(StepConfig):
     weights: str = option(
         "imagenet", "'imagenet' (local torch hub cache only), 'none' or a checkpoint path (not through the services)"
     )
-    image_size: int = option(224, "input size (<= 64: small-input stem)", ge=8)
+    image_size: int = option(224, "input size (<= 64: small-input stem)", ge=8, le=MAX_IMAGE_SIZE)
     channels: Literal[1, 3] = option(3, "input channels")
     stem_pool: bool = option(
         False,
@@ -75,7 +83,9 @@ class ClassifierTrainingConfig(StepConfig):
         ge=0,
         le=1000,
     )
-    max_images: int | None = option(None, "seeded stratified patient-level subset of the development set", ge=1)
+    max_images: int | None = option(
+        None, "seeded stratified patient-level subset of the development set", ge=1, le=MAX_IMAGES
+    )
     val_fraction: float = option(0.15, "share of patients for validation when --k-folds 1", gt=0, lt=1)
     class_balance: Literal["weighted-loss", "sampler", "none"] = option(
         "weighted-loss", "counter class imbalance with inverse class frequencies of the real training fold"
@@ -95,6 +105,7 @@ class ClassifierTrainingConfig(StepConfig):
         "strategy's results are written by whichever fold finishes last",
         kind="local",
         ge=0,
+        lt=MAX_FOLDS,
     )
     target_sensitivity: float | None = option(
         None,

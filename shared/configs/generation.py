@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pneumonia_proto.v1 import generator_pb2
 
 from shared.configs.base import StepConfig, option
-from shared.configs.limits import MAX_SEED
+from shared.configs.limits import MAX_BATCH_SIZE, MAX_IMAGES, MAX_SEED, MAX_WIDTH
 
 
 class GenerationConfig(StepConfig):
@@ -18,14 +18,14 @@ class GenerationConfig(StepConfig):
 
     model_path: str = option(description="generator checkpoint (MODEL_DIR/gan/generator_final.pth)", kind="layout")
     output_dir: str = option("./data/synthetic", "where the PNGs and manifest.csv go", kind="layout")
-    num_images: int = option(5000, "how many images to generate", proto="count", gt=0)
+    num_images: int = option(5000, "how many images to generate", proto="count", gt=0, le=MAX_IMAGES)
     latent_dim: int | None = option(
-        None, "latent size: read from the checkpoint; if given, it must match", kind="local", gt=0
+        None, "latent size: read from the checkpoint; if given, it must match", kind="local", gt=0, le=MAX_WIDTH
     )
     feature_maps_g: int | None = option(
-        None, "generator width: read from the checkpoint; if given, it must match", kind="local", gt=0
+        None, "generator width: read from the checkpoint; if given, it must match", kind="local", gt=0, le=MAX_WIDTH
     )
-    batch_size: int = option(64, "images per generator forward pass", gt=0)
+    batch_size: int = option(64, "images per generator forward pass", gt=0, le=MAX_BATCH_SIZE)
     cpu: bool = option(False, "generate on the CPU even when CUDA is available", kind="local")
     label: Literal["normal", "pneumonia"] | None = option(
         None, "class to generate: required for a conditional generator; an unconditional one has its own label"

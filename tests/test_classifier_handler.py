@@ -72,16 +72,26 @@ def encode(arr: np.ndarray, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def dicom_bytes(arr: np.ndarray | None, photometric: str = "MONOCHROME2") -> bytes:
+def cr_dataset(syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """A CR secondary-capture dataset with its file meta, no image yet."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    return ds
+
+
+def file_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def dicom_bytes(arr: np.ndarray | None, photometric: str = "MONOCHROME2") -> bytes:
+    ds = cr_dataset()
     if arr is not None:
         frames = arr.shape[0] if arr.ndim == 3 else 1
         ds.Rows, ds.Columns = arr.shape[-2:]
@@ -93,9 +103,7 @@ def dicom_bytes(arr: np.ndarray | None, photometric: str = "MONOCHROME2") -> byt
         ds.HighBit = 7
         ds.PixelRepresentation = 0
         ds.PixelData = arr.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return file_bytes(ds)
 
 
 def png_claiming_size(width: int, height: int) -> bytes:
@@ -163,22 +171,14 @@ def radiograph_dicom(
     stored: np.ndarray, photometric: str = "MONOCHROME2", syntax: str = ExplicitVRLittleEndian, **elements: object
 ) -> bytes:
     """A 12-bit CR radiograph (16 bits allocated) with the given stored values and extra elements."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    ds = cr_dataset(syntax)
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     for name, value in elements.items():
         setattr(ds, name, value)
     ds.PixelData = stored.astype(np.uint16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return file_bytes(ds)
 
 
 def voi_lut_sequence() -> Sequence:

@@ -27,7 +27,7 @@ from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fix
 
 from services.generator.config import GeneratorConfig
 from services.generator.generate_synthetic import generate_images
-from services.generator.http_api import create_app
+from services.generator.http_api import MAX_BODY_BYTES, create_app
 from services.generator.service import (
     SERVICE_NAME,
     GeneratorServicer,
@@ -606,3 +606,15 @@ def _post_when_up(url: str, body: dict) -> dict:
     response = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def test_http_body_over_the_limit_is_413_before_or_while_it_is_read(http: TestClient) -> None:
+    """By its Content-Length, nothing read; sent without a length (chunked), as soon as the bytes pass the limit."""
+    oversized = b'{"label": "pneumonia", "padding": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    declared = http.post("/v1/generate", content=oversized, headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413 and f"larger than {MAX_BODY_BYTES} bytes" in declared.json()["detail"]
+    chunks = (oversized[i : i + 4096] for i in range(0, len(oversized), 4096))
+    streamed = http.post("/v1/generate", content=chunks, headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and "larger than" in streamed.json()["detail"]
+    small = http.post("/v1/generate", content=b'{"label": "pneumonia"}', headers={"Content-Type": "application/json"})
+    assert small.status_code == 422  # read and validated as before: the checkpoint is missing

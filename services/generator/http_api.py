@@ -2,8 +2,9 @@
 
 The same semantics as the gRPC GeneratorService: both call SyntheticImageService.generate. Errors come back as
 {"detail": message} with 422 for a malformed body, 400 for invalid values, 404 when the checkpoint does not exist,
-409 when the checkpoint cannot serve the request (wrong kind, other sha256, a label it does not generate), 503 when
-object storage is unavailable (no manifest was written), 500 otherwise.
+409 when the checkpoint cannot serve the request (wrong kind, other sha256, a label it does not generate), 413 for a
+body over MAX_BODY_BYTES (refused before it is read, or as soon as it grows past), 503 when object storage is
+unavailable (no manifest was written), 500 otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.generator.generate_synthetic import LABELS
 from services.generator.service import GenerationRequest, SyntheticImageService
@@ -24,6 +26,9 @@ from shared.storage import ObjectRef
 
 log = logging.getLogger(__name__)
 
+# A GenerateBody is a few hundred bytes; nothing larger is read into memory.
+MAX_BODY_BYTES = 64 * 1024
+REQUEST_TOO_LARGE = 413
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
@@ -89,6 +94,41 @@ class GenerateResult(BaseModel):
     reused: bool = Field(description="an identical earlier request's stored result was returned")
 
 
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length before anything is read,
+    or once the bytes received pass it (a body sent without a length)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self.too_large(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(REQUEST_TOO_LARGE, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return f"request body larger than {self.limit} bytes"
+
+    async def too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"detail": self.message}, status_code=REQUEST_TOO_LARGE)(scope, receive, send)
+
+
 def create_app(service: SyntheticImageService, is_serving: Callable[[], bool] = lambda: True) -> FastAPI:
     """The FastAPI app over `service`; /healthz answers 503 once `is_serving()` turns false (shutdown)."""
     app = FastAPI(
@@ -96,10 +136,12 @@ def create_app(service: SyntheticImageService, is_serving: Callable[[], bool] = 
         description="Labelled synthetic chest X-rays from a stored DCGAN generator checkpoint.",
         version="1",
     )
+    app.add_middleware(BodyLimit)
     errors: dict[int | str, dict[str, str]] = {
         400: {"description": "invalid values"},
         404: {"description": "checkpoint not found"},
         409: {"description": "the checkpoint cannot serve the request"},
+        413: {"description": f"request body over {MAX_BODY_BYTES} bytes"},
         503: {"description": "object storage unavailable"},
     }
 

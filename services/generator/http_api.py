@@ -10,14 +10,13 @@ unavailable (no manifest was written), 500 otherwise.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal
 
 import grpc
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.generator.generate_synthetic import LABELS
 from services.generator.service import GenerationRequest, SyntheticImageService
@@ -25,6 +24,13 @@ from shared.grpc_service import status_for
 from shared.storage import ObjectRef
 
 log = logging.getLogger(__name__)
+
+# ASGI's shapes (the spec's, as Starlette spells them; FastAPI's dependency, not declared by this service).
+Message = MutableMapping[str, Any]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # A GenerateBody is a few hundred bytes; nothing larger is read into memory.
 MAX_BODY_BYTES = 64 * 1024

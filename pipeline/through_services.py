@@ -30,6 +30,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,20 +92,49 @@ class JobFailedError(PneumoniaError):
     """A trainer job ended in FAILED or CANCELLED."""
 
 
-def watch_job(stub: trainer_pb2_grpc.TrainerServiceStub, started: trainer_pb2.Job, title: str) -> trainer_pb2.Job:
-    """Follow a job's WatchJob stream with a progress bar (epochs over all folds) until it ends; return it."""
+# How long the orchestrator keeps trying to re-attach to a job while the trainer is down (a restart, a rolling update):
+# the trainer requeues the job when it comes back and it resumes from its last checkpoint.
+REATTACH_WITHIN_S = 600.0
+TERMINAL_STATES = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+
+
+def watch_job(
+    stub: trainer_pb2_grpc.TrainerServiceStub,
+    started: trainer_pb2.Job,
+    title: str,
+    reattach_within_s: float = REATTACH_WITHIN_S,
+) -> trainer_pb2.Job:
+    """Follow a job's WatchJob stream with a progress bar (epochs over all folds) until it ends; return it. When the
+    stream breaks because the trainer went away (UNAVAILABLE, or its shutdown ended the stream), watch again, for up
+    to `reattach_within_s` seconds without an answer."""
     job = started
     total = max(job.total_epochs, 1) * max(job.total_folds, 1)
     with tqdm(total=total, desc=title, unit="epoch", leave=True) as bar:
-        for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=started.job_id)):
-            job = update
-            total = max(job.total_epochs, 1) * max(job.total_folds, 1)
-            done = max(job.fold - 1, 0) * job.total_epochs + job.epoch
-            bar.total = total
-            bar.n = min(done, total)
-            shown = [name for name in PROGRESS_METRICS if name in job.metrics]
-            bar.set_postfix({name: f"{job.metrics[name]:.3f}" for name in shown}, refresh=False)
-            bar.refresh()
+        down_since: float | None = None
+        while job.state not in TERMINAL_STATES:
+            try:
+                for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=started.job_id)):
+                    job, down_since = update, None
+                    total = max(job.total_epochs, 1) * max(job.total_folds, 1)
+                    done = max(job.fold - 1, 0) * job.total_epochs + job.epoch
+                    bar.total = total
+                    bar.n = min(done, total)
+                    shown = [name for name in PROGRESS_METRICS if name in job.metrics]
+                    bar.set_postfix({name: f"{job.metrics[name]:.3f}" for name in shown}, refresh=False)
+                    bar.refresh()
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+            if job.state in TERMINAL_STATES:
+                break
+            if down_since is None:
+                down_since = time.monotonic()
+                log.warning("%s: the trainer went away; watching job %s again when it is back", title, job.job_id)
+            elif time.monotonic() - down_since > reattach_within_s:
+                raise JobFailedError(
+                    f"{title}: lost trainer job {job.job_id}: no answer from the trainer for {reattach_within_s:.0f} s"
+                )
+            time.sleep(1.0)
     if job.state != common_pb2.JOB_STATE_SUCCEEDED:
         state = common_pb2.JobState.Name(job.state)
         raise JobFailedError(f"{title}: trainer job {job.job_id} ended {state}: {job.message}")

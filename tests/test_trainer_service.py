@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from service_process import json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
 from training_helpers import write_synthetic_folder
 
+from pipeline.through_services import watch_job
 from services.trainer.config import TrainerConfig
 from services.trainer.jobs import RECORDS_PREFIX, JobManager
 from services.trainer.service import SERVICE_NAME, TrainerServicer
@@ -107,12 +110,15 @@ class Running:
 
 
 @contextmanager
-def running_trainer(store: ObjectStore, work_dir: Path, **settings: object) -> Iterator[Running]:
-    """A trainer on 127.0.0.1 (any free port); leaving stops it as SIGTERM would, waiting for its worker."""
+def running_trainer(
+    store: ObjectStore, work_dir: Path, address: str = "127.0.0.1:0", **settings: object
+) -> Iterator[Running]:
+    """A trainer on `address` (default: any free port of 127.0.0.1); leaving stops it as SIGTERM would, waiting for
+    its worker."""
     config = TrainerConfig(grpc_port=0, work_dir=work_dir, device="cpu", **settings)
     jobs = JobManager(config, store)
     servicer = Service(SERVICE_NAME, TrainerServicer(jobs), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
-    server = GrpcServer([servicer], "127.0.0.1:0", max_workers=8)
+    server = GrpcServer([servicer], address, max_workers=8)
     jobs.start()
     server.start()
     channel = grpc.insecure_channel(server.address)
@@ -630,3 +636,29 @@ def test_a_full_queue_refuses_new_jobs_with_resource_exhausted(small_phantom: Pa
         assert records == {f"{RECORDS_PREFIX}{running.job_id}.json", f"{RECORDS_PREFIX}{waiting.job_id}.json"}
         for job in (running, waiting):
             assert trainer.wait(job)[-1].state == common_pb2.JOB_STATE_SUCCEEDED
+
+
+def test_the_orchestrator_watches_a_job_again_after_the_trainer_restarts(small_phantom: Path, tmp_path: Path) -> None:
+    """pipeline.through_services.watch_job, as the orchestrator runs it, follows a job across a trainer restart on
+    the same address: the shutdown ends its stream, it retries while nothing listens, and it sees the requeued job
+    resume and succeed."""
+    store = LocalStore(tmp_path / "storage")
+    put_inputs(store, small_phantom)
+    address = f"127.0.0.1:{free_port()}"
+    watched: dict[str, trainer_pb2.Job] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        with running_trainer(store, tmp_path / "work", address=address) as first:
+            job = first.stub.StartGanJob(gan_request(output_prefix="runs/w/gan", epochs=6))
+            watcher = threading.Thread(target=lambda: watched.update(job=watch_job(stub, job, "train-gan")))
+            watcher.start()
+            for update in first.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id), timeout=WATCH_TIMEOUT):
+                if update.epoch >= 1:
+                    break
+        time.sleep(2)  # nothing listens: the watcher keeps trying
+        assert watcher.is_alive()
+        with running_trainer(store, tmp_path / "work", address=address):
+            watcher.join(timeout=WATCH_TIMEOUT)
+    assert not watcher.is_alive()
+    final = watched["job"]
+    assert final.job_id == job.job_id and final.state == common_pb2.JOB_STATE_SUCCEEDED and final.epoch == 6

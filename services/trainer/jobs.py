@@ -91,18 +91,19 @@ class JobManager:
             if entry.job.state == RUNNING and entry.cancel_requested:  # cancelled, then shut down before it stopped
                 self._finish_locked(entry, CANCELLED, f"cancelled after epoch {entry.job.epoch}")
                 changed.append(entry)
-            elif entry.job.state == RUNNING and not entry.interrupted and entry.crashes + 1 >= self.config.max_crashes:
-                entry.crashes += 1  # the service died while it ran, again: a crash loop would block every later job
-                self._finish_locked(
-                    entry,
-                    FAILED,
-                    f"the trainer died {entry.crashes} times while running this job (killed, out of memory, a crash?); "
-                    "not run again",
-                )
-                changed.append(entry)
             elif entry.job.state in (QUEUED, RUNNING):
+                if entry.job.state == RUNNING and not entry.interrupted:
+                    entry.crashes += 1  # the service died while it ran (a graceful shutdown marks `interrupted`)
+                if entry.crashes >= self.config.max_crashes:  # a crash loop would block every later job
+                    self._finish_locked(
+                        entry,
+                        FAILED,
+                        f"the trainer died {entry.crashes} times while running this job (killed, out of memory, "
+                        "a crash?); not run again",
+                    )
+                    changed.append(entry)
+                    continue
                 if entry.job.state == RUNNING:
-                    entry.crashes += 0 if entry.interrupted else 1
                     entry.job.state = QUEUED
                     entry.job.message = "requeued after a service restart" + (
                         "; resumes from its last checkpoint" if entry.resumable else ""

@@ -4,14 +4,15 @@ Layout under the root:
     <bucket>/<key>            the object's bytes ('/' in keys become subdirectories)
     .sha256/<bucket>/<key>    the object's sha256 (hex)
     .pending/<bucket>/<h>     the sha256 of bytes being put, and the key (h: the sha256 of the key, so one flat
-                              folder): written before the bytes replace the object's, moved onto .sha256/ after, so
-                              a writer killed between the two leaves a readable object
+                              folder): written before the bytes replace the object's, removed once .sha256/ holds it,
+                              so a writer killed between the two leaves a readable object
     .tmp/                     uploads in progress (same filesystem as the objects, so os.replace is atomic)
 Bucket names never start with '.', so these directories cannot clash with a bucket.
 
-A put is: bytes to .tmp/, their sha256 to .pending/, the bytes over the object (atomic), the pending sha256 over
-.sha256/ (atomic). A reader that finds a pending sha256 hashes the object's bytes: when they match it, the put got as
-far as the bytes and the reader completes it; otherwise the object is still the old one, whose sha256 is in place.
+A put is: bytes to .tmp/, their sha256 to .pending/, the bytes over the object (atomic), the sha256 to .sha256/
+(atomic), the pending file removed. A reader that finds a pending sha256 hashes the object's bytes: when they match
+it, the put got as far as the bytes and the reader completes it; otherwise the object is still the old one, whose
+sha256 is in place.
 Opening a store removes temp and pending files that no write has touched for STALE_AFTER_S (killed writers').
 
 Content types are not kept. One key cannot be both an object and a "directory" of others (e.g. 'a' and
@@ -115,8 +116,8 @@ class LocalStore(ObjectStore):
         return self.root / PENDING_DIR / bucket / hashlib.sha256(key.encode()).hexdigest()
 
     def _complete_pending_put(self, bucket: str, key: str) -> None:
-        """If a put of this object got as far as its bytes (they hash to the pending sha256), move the pending
-        sha256 into place; a pending file of a put that did not get there is left to the sweep."""
+        """If a put of this object got as far as its bytes (they hash to the pending sha256), write that sha256 into
+        place and remove the pending file; a pending file of a put that did not get there is left to the sweep."""
         data_path, sha256_path = self._paths(bucket, key)
         pending_path = self._pending_path(bucket, key)
         try:
@@ -176,7 +177,6 @@ class LocalStore(ObjectStore):
                 except BaseException:
                     pending_path.unlink(missing_ok=True)
                     raise
-                sha256_path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(sha256_path, f"{sha256}\n".encode())
                 pending_path.unlink(missing_ok=True)  # a reader may have completed the put already
             except BaseException:

@@ -78,7 +78,7 @@ def main() -> None:
             SERVICE_NAME, GeneratorServicer(SyntheticImageService(config, store)),
             generator_pb2_grpc.add_GeneratorServiceServicer_to_server,
         )  # fmt: skip
-        server = GrpcServer([servicer], "127.0.0.1:0", max_workers=2)
+        server = GrpcServer([servicer], "127.0.0.1:0", callers=None, max_workers=2)
         server.start()
         try:
             with grpc.insecure_channel(server.address) as channel:

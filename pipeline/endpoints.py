@@ -1,15 +1,17 @@
-"""Where the services listen: from PNEUMONIA_*_ADDRESS / _URL variables, or from the local stack."""
+"""Where the services listen and the token to call them with: from PNEUMONIA_*_ADDRESS / _URL variables and
+PNEUMONIA_AUTH_TOKEN, or from the local stack."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class ServiceEndpoints:
-    """Where the services listen; from PNEUMONIA_*_ADDRESS / _URL variables (defaults: the local ports)."""
+    """Where the services listen (from PNEUMONIA_*_ADDRESS / _URL variables; defaults: the local ports), and the
+    orchestrator's token for the trainer, generator and analyzer (PNEUMONIA_AUTH_TOKEN; never in a repr)."""
 
     trainer: str = "127.0.0.1:50051"
     generator: str = "127.0.0.1:50052"
@@ -18,6 +20,7 @@ class ServiceEndpoints:
     classifier_management_url: str = "http://127.0.0.1:8081"
     classifier_grpc: str = "127.0.0.1:7070"
     classifier_key_file: Path | None = None
+    token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ServiceEndpoints:
@@ -32,4 +35,5 @@ class ServiceEndpoints:
             classifier_management_url=env.get("PNEUMONIA_CLASSIFIER_MANAGEMENT_URL", d.classifier_management_url),
             classifier_grpc=env.get("PNEUMONIA_CLASSIFIER_GRPC_ADDRESS", d.classifier_grpc),
             classifier_key_file=Path(key_file) if key_file else None,
+            token=env.get("PNEUMONIA_AUTH_TOKEN"),
         )

@@ -5,13 +5,15 @@
     # every process got SIGTERM and finished (or was killed after its grace period), also after Ctrl-C
 
 Each service listens on a free port and shares one LocalStore directory (work_dir/storage); its JSON log goes to
-work_dir/logs/<service>.log (the last lines are shown when it fails to start).
+work_dir/logs/<service>.log (the last lines are shown when it fails to start). The trainer, generator and analyzer
+accept one caller, `orchestrator`, with a token made for this run (endpoints.token); TorchServe writes its own keys.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -140,7 +142,9 @@ class LocalStack:
     def build(self) -> ServiceEndpoints:
         """The processes to start, on free ports; returns where they will listen."""
         logs, scratch = self.work_dir / "logs", self.work_dir / "scratch"
+        token = secrets.token_urlsafe(32)  # a token for this run only, passed in the environment
         common = {**self.storage_env(), "TQDM_DISABLE": "1"}
+        ours = {**common, "PNEUMONIA_AUTH_TOKENS": f"orchestrator={token}"}
         ports = {name: free_port() for name in ("trainer", "generator", "generator_http", "analyzer")}
         ts_ports = {name: free_port() for name in ("inference", "management", "metrics", "grpc", "grpc_management")}
         endpoints = ServiceEndpoints(
@@ -151,12 +155,13 @@ class LocalStack:
             classifier_management_url=f"http://127.0.0.1:{ts_ports['management']}",
             classifier_grpc=f"127.0.0.1:{ts_ports['grpc']}",
             classifier_key_file=scratch / "classifier" / "key_file.json",
+            token=token,
         )
         self.processes = [
             ServiceProcess(
                 "trainer",
                 {
-                    **common,
+                    **ours,
                     "PNEUMONIA_TRAINER_GRPC_PORT": str(ports["trainer"]),
                     "PNEUMONIA_TRAINER_WORK_DIR": str(scratch / "trainer"),
                 },
@@ -166,7 +171,7 @@ class LocalStack:
             ServiceProcess(
                 "generator",
                 {
-                    **common,
+                    **ours,
                     "PNEUMONIA_GENERATOR_GRPC_PORT": str(ports["generator"]),
                     "PNEUMONIA_GENERATOR_HTTP_PORT": str(ports["generator_http"]),
                 },
@@ -176,7 +181,7 @@ class LocalStack:
             ServiceProcess(
                 "analyzer",
                 {
-                    **common,
+                    **ours,
                     "PNEUMONIA_ANALYZER_GRPC_PORT": str(ports["analyzer"]),
                     "PNEUMONIA_ANALYZER_WORK_DIR": str(scratch / "analyzer"),
                 },

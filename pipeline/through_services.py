@@ -57,6 +57,7 @@ from pipeline.profiles import STRATEGIES
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
 from services.classifier.client import ClassifierClient, ClassifierError, register_from_store
 from shared import layout
+from shared.auth import authenticated_channel
 from shared.configs import ClassifierTrainingConfig, GenerationConfig, StepConfig
 from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, load_dataset
 from shared.errors import ConfigError, PneumoniaError
@@ -179,8 +180,9 @@ class Run:
         return f"runs/{self.run_id}"
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+def channel(address: str, token: str | None) -> grpc.Channel:
+    """A channel to one of our services whose calls carry the orchestrator's bearer token."""
+    return authenticated_channel(address, token, options=[("grpc.max_receive_message_length", 64 << 20)])
 
 
 def upload_dataset(run: Run) -> common_pb2.DatasetSource:
@@ -458,9 +460,9 @@ def run_through_services(args: argparse.Namespace, endpoints: ServiceEndpoints) 
     for bucket in (run.buckets.datasets, run.buckets.synthetic, run.buckets.models, run.buckets.results):
         run.store.ensure_bucket(bucket)
     with (
-        channel(endpoints.trainer) as trainer,
-        channel(endpoints.generator) as generator,
-        channel(endpoints.analyzer) as analyzer,
+        channel(endpoints.trainer, endpoints.token) as trainer,
+        channel(endpoints.generator, endpoints.token) as generator,
+        channel(endpoints.analyzer, endpoints.token) as analyzer,
     ):
         driver = ServicesDriver(
             run,

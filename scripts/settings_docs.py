@@ -26,6 +26,8 @@ END = "<!-- settings:end -->"
 MODELS = [
     ("The object store, read by every service", "shared.storage.config", "StorageConfig"),
     ("The buckets, shared by every service and the orchestrator", "shared.storage.config", "BucketNames"),
+    ("Who may call the trainer, generator and analyzer", "shared.auth", "AuthConfig"),
+    ("What the orchestrator (or any client of those three) sends", "shared.auth", "ClientToken"),
     ("trainer", "services.trainer.config", "TrainerConfig"),
     ("generator", "services.generator.config", "GeneratorConfig"),
     ("analyzer", "services.analyzer.config", "AnalyzerConfig"),

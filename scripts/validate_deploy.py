@@ -27,12 +27,19 @@ K8S_DIR = ROOT / "k8s"
 SECRETS_ENV = Path("base") / "secrets.env"  # inside k8s/, git-ignored
 DEVICE_PROFILES = ("gpu", "cpu")
 # Placeholders for the variables compose and the secretGenerator require (made up; not credentials).
-PLACEHOLDER_SECRETS = {
+STORAGE_SECRETS = {
     "MINIO_ROOT_USER": "placeholder-root",
     "MINIO_ROOT_PASSWORD": "placeholder-root-password",
     "PNEUMONIA_S3_ACCESS_KEY": "placeholder-access",
     "PNEUMONIA_S3_SECRET_KEY": "placeholder-secret",
 }
+# .env's secrets (compose makes PNEUMONIA_AUTH_TOKENS of the two tokens) and k8s/base/secrets.env's.
+COMPOSE_SECRETS = {
+    **STORAGE_SECRETS,
+    "PNEUMONIA_ORCHESTRATOR_TOKEN": "placeholder-orchestrator-token-0123456789",
+    "PNEUMONIA_OPERATOR_TOKEN": "placeholder-operator-token-0123456789abcd",
+}
+K8S_SECRETS = {**STORAGE_SECRETS, "PNEUMONIA_AUTH_TOKENS": "operator=placeholder-operator-token-0123456789abcd"}
 TOOL_TIMEOUT_S = 120
 
 
@@ -87,7 +94,7 @@ def hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
 def compose_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A clean environment for compose: PATH and HOME, the placeholder secrets, then `extra`."""
     env = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
-    env.update(PLACEHOLDER_SECRETS)
+    env.update(COMPOSE_SECRETS)
     env.update(extra or {})
     return env
 
@@ -111,7 +118,7 @@ def render_kustomization(relative_dir: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "k8s"
         shutil.copytree(K8S_DIR, copy, ignore=shutil.ignore_patterns("secrets.env"))
-        (copy / SECRETS_ENV).write_text("".join(f"{key}={value}\n" for key, value in PLACEHOLDER_SECRETS.items()))
+        (copy / SECRETS_ENV).write_text("".join(f"{key}={value}\n" for key, value in K8S_SECRETS.items()))
         result = run([tool("kubectl"), "kustomize", copy / relative_dir])
     if result.returncode != 0:
         raise RuntimeError(f"kubectl kustomize k8s/{relative_dir} failed:\n{result.stderr}")

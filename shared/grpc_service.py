@@ -1,6 +1,7 @@
 """The plumbing every pneumonia gRPC server shares: server, health, reflection, errors, deadlines, logs, shutdown.
 
-    server = GrpcServer([Service(SERVICE_NAME, servicer, add_FooServicer_to_server)], "127.0.0.1:50052")
+    server = GrpcServer([Service(SERVICE_NAME, servicer, add_FooServicer_to_server)], "127.0.0.1:50052",
+                        callers=AuthConfig.from_env().callers())   # bearer tokens (shared.auth); None: open
     server.start()
     wait_for_signal()        # SIGTERM or SIGINT
     server.stop(grace=30)    # health NOT_SERVING first, then RPCs in flight get `grace` seconds to finish
@@ -31,6 +32,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared.auth import Callers, TokenServerInterceptor
 from shared.errors import CheckpointError, ConfigError, DatasetError, PneumoniaError, ResourceExhaustedError
 from shared.storage import InvalidKeyError, NotFoundError, StorageError, StorageUnavailableError
 
@@ -205,13 +207,18 @@ class Service(NamedTuple):
 class GrpcServer:
     """A grpc.Server with health checking (grpc.health.v1) and server reflection, not started until start().
 
-    `address` is 'host:port'; port 0 picks a free port (then read `port`).
+    `address` is 'host:port'; port 0 picks a free port (then read `port`). With `callers`, every call but a health
+    check needs one of their bearer tokens (UNAUTHENTICATED otherwise); None serves everyone (said on purpose).
     """
 
-    def __init__(self, services: Sequence[Service], address: str, max_workers: int = 8) -> None:
+    def __init__(
+        self, services: Sequence[Service], address: str, *, callers: Callers | None, max_workers: int = 8
+    ) -> None:
         self.service_names = tuple(service.name for service in services)
+        self.callers = callers
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+            interceptors=[] if callers is None else [TokenServerInterceptor(callers)],
             options=[("grpc.so_reuseport", 0)],  # a second server on a port in use fails instead of sharing it
         )
         for service in services:
@@ -232,7 +239,11 @@ class GrpcServer:
         self.server.start()
         for name in ("", *self.service_names):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("grpc server listening", extra={"address": self.address, "services": list(self.service_names)})
+        callers = None if self.callers is None else list(self.callers.names)
+        log.info(
+            "grpc server listening",
+            extra={"address": self.address, "services": list(self.service_names), "callers": callers},
+        )
 
     def stop(self, grace: float) -> None:
         """Graceful shutdown: health turns NOT_SERVING, new calls are refused, calls in flight get `grace` s."""

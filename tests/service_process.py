@@ -16,17 +16,27 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from shared.auth import authenticated_channel
+
 ROOT = Path(__file__).resolve().parent.parent
+TEST_CALLER = "test"
+TEST_TOKEN = "test-token-" + "0123456789abcdef" * 2  # accepted by every service_process unless `env` says otherwise
 
 
 @contextmanager
 def service_process(name: str, env: dict[str, str], stop_timeout: float = 60) -> Iterator[subprocess.Popen]:
-    """`python -m services.<name>` with `env` added to ours; leaving the block sends SIGTERM and expects exit code 0
-    within `stop_timeout` (the process is killed if anything fails)."""
+    """`python -m services.<name>` with `env` added to ours (and TEST_CALLER's token accepted, unless `env` sets
+    PNEUMONIA_AUTH_TOKENS or PNEUMONIA_AUTH_DISABLED); leaving the block sends SIGTERM and expects exit code 0 within
+    `stop_timeout` (the process is killed if anything fails)."""
+    auth = (
+        {}
+        if {"PNEUMONIA_AUTH_TOKENS", "PNEUMONIA_AUTH_DISABLED"} & set(env)
+        else {"PNEUMONIA_AUTH_TOKENS": f"{TEST_CALLER}={TEST_TOKEN}"}
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", f"services.{name}"],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, **auth, **env},
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -41,9 +51,10 @@ def service_process(name: str, env: dict[str, str], stop_timeout: float = 60) ->
 
 
 @contextmanager
-def serving_channel(port: int, service_name: str) -> Iterator[grpc.Channel]:
-    """A channel to 127.0.0.1:`port` once the server is up and its health check says `service_name` is SERVING."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def serving_channel(port: int, service_name: str, token: str | None = TEST_TOKEN) -> Iterator[grpc.Channel]:
+    """A channel to 127.0.0.1:`port` whose calls carry `token`, once the server is up and its health check says
+    `service_name` is SERVING."""
+    with authenticated_channel(f"127.0.0.1:{port}", token) as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
         health = health_pb2_grpc.HealthStub(channel)
         status = health.Check(health_pb2.HealthCheckRequest(service=service_name), timeout=10).status

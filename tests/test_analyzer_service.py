@@ -106,7 +106,7 @@ class Running:
 def running_service(store: ObjectStore, work_dir: Path) -> Iterator[Running]:
     service = AnalysisService(AnalyzerConfig(work_dir=work_dir, device="cpu"), store)
     servicer = Service(SERVICE_NAME, AnalyzerServicer(service), analyzer_pb2_grpc.add_AnalyzerServiceServicer_to_server)
-    server = GrpcServer([servicer], "127.0.0.1:0", max_workers=4)
+    server = GrpcServer([servicer], "127.0.0.1:0", callers=None, max_workers=4)
     server.start()
     channel = grpc.insecure_channel(server.address)
     try:

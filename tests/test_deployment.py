@@ -174,12 +174,12 @@ def container_env(container: dict[str, Any], config_maps: dict[str, dict[str, st
         if "configMapRef" in source:
             env.update(config_maps[source["configMapRef"]["name"]])
         if "secretRef" in source:
-            env.update(validate_deploy.PLACEHOLDER_SECRETS)
+            env.update(validate_deploy.K8S_SECRETS)
     for variable in container.get("env", []):
         if "value" in variable:
             env[variable["name"]] = variable["value"]
         elif "secretKeyRef" in variable.get("valueFrom", {}):
-            env[variable["name"]] = validate_deploy.PLACEHOLDER_SECRETS[variable["valueFrom"]["secretKeyRef"]["key"]]
+            env[variable["name"]] = validate_deploy.K8S_SECRETS[variable["valueFrom"]["secretKeyRef"]["key"]]
     return env
 
 
@@ -456,6 +456,9 @@ def test_compose_services_match_their_config(profile: str, compose_models: dict[
         assert spec["build"]["args"]["VARIANT"] == variant
         assert spec["read_only"] and spec["cap_drop"] == ["ALL"]
         assert spec["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+        if name == "classifier":  # TorchServe fetches presigned URLs of the endpoint: no credentials
+            assert (env["PNEUMONIA_STORAGE_BACKEND"], env["PNEUMONIA_S3_ENDPOINT"]) == ("s3", "minio:9000")
+            continue
         storage = importlib.import_module(STORAGE_CONFIG).StorageConfig.from_env(env)
         assert (storage.backend, storage.endpoint, storage.secure) == ("s3", "minio:9000", False)
 
@@ -618,8 +621,12 @@ def test_k8s_pods_are_locked_down(overlay: str, rendered: dict[str, list[dict[st
             assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
             assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
             assert "/tmp" in {mount["mountPath"] for mount in container["volumeMounts"]}, name
-        if obj["kind"] == "Job":
+        if obj["kind"] == "Job":  # bounded: a few retries, and a wall-clock limit over all of them
             assert "backoffLimit" in obj["spec"] and "ttlSecondsAfterFinished" in obj["spec"], name
+            assert 0 < obj["spec"]["activeDeadlineSeconds"] <= 2 * 86400, name
+            for container in spec["containers"]:  # no shell loop without an end
+                script = "\n".join(container.get("command", []) + container.get("args", []))
+                assert not re.search(r"\b(until|while)\b", script) or "exit 1" in script, name
     namespace = next(obj for obj in rendered[overlay] if obj["kind"] == "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
@@ -680,7 +687,8 @@ def test_k8s_network_policies_keep_management_and_minio_internal(rendered: dict[
 
 # A secret variable given a value that is not a reference ($VAR, ${VAR:?...}, "$(command)").
 LITERAL_CREDENTIAL = re.compile(
-    r"(?im)^[ \t]*-?[ \t]*(MINIO_ROOT_PASSWORD|MINIO_ROOT_USER|PNEUMONIA_S3_ACCESS_KEY|PNEUMONIA_S3_SECRET_KEY)"
+    r"(?im)^[ \t]*-?[ \t]*(MINIO_ROOT_PASSWORD|MINIO_ROOT_USER|PNEUMONIA_S3_ACCESS_KEY|PNEUMONIA_S3_SECRET_KEY"
+    r"|PNEUMONIA_ORCHESTRATOR_TOKEN|PNEUMONIA_OPERATOR_TOKEN|PNEUMONIA_AUTH_TOKEN)"
     r"[ \t]*[:=][ \t]*(?![\"']?\$)(\S+)"
 )
 
@@ -704,16 +712,27 @@ def test_no_secret_values_are_committed() -> None:
             match = pattern.search(text)
             assert match is None, f"{path.relative_to(ROOT)}: {problem}: {match.group(0)!r}"
     # the example files name every secret, with no value
-    for example in (ROOT / ".env.example", ROOT / "k8s" / "base" / "secrets.env.example"):
+    examples = {
+        ROOT / ".env.example": validate_deploy.COMPOSE_SECRETS,
+        ROOT / "k8s" / "base" / "secrets.env.example": validate_deploy.K8S_SECRETS,
+    }
+    for example, secrets in examples.items():
         values = dict(line.split("=", 1) for line in example.read_text().splitlines() if "=" in line)
-        for key in validate_deploy.PLACEHOLDER_SECRETS:
+        for key in secrets:
             assert values[key] == "", f"{example.name} sets {key}"
     # compose: every secret comes from .env, required (`${NAME:?message}`)
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     environments = [compose["x-storage-env"]] + [spec.get("environment", {}) for spec in compose["services"].values()]
     for environment in environments:
-        for key in set(environment) & set(validate_deploy.PLACEHOLDER_SECRETS):
+        for key in set(environment) & set(validate_deploy.COMPOSE_SECRETS):
             assert environment[key].startswith(f"${{{key}:?"), key
+    # the services' accepted tokens and the orchestrator's own: references to required .env secrets only
+    reference = r"\$\{PNEUMONIA_(ORCHESTRATOR|OPERATOR)_TOKEN:\?[^}]*\}"
+    assert re.fullmatch(
+        f"(orchestrator|operator)={reference}(,(orchestrator|operator)={reference})*",
+        compose["x-auth-env"]["PNEUMONIA_AUTH_TOKENS"],
+    )
+    assert re.fullmatch(reference, compose["services"]["orchestrator"]["environment"]["PNEUMONIA_AUTH_TOKEN"])
     # k8s: credentials only through the generated Secret
     assert "secrets.env" in (ROOT / "k8s" / ".gitignore").read_text()
     git = subprocess.run(
@@ -740,3 +759,37 @@ def test_validate_deploy_script_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all deployment files are valid" in result.stdout
+
+
+def test_each_service_gets_only_the_credentials_it_uses(
+    compose_models: dict[str, dict[str, Any]], rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """TorchServe, the one service published to clients, holds no storage credential (it fetches presigned URLs);
+    the trainer, generator and analyzer hold the callers' tokens; the orchestrator holds its own token only."""
+    storage_keys = {"PNEUMONIA_S3_ACCESS_KEY", "PNEUMONIA_S3_SECRET_KEY"}
+    for model in compose_models.values():
+        services = model["services"]
+        assert not storage_keys & set(services["classifier"]["environment"])
+        assert "PNEUMONIA_AUTH_TOKENS" not in services["classifier"]["environment"]
+        for name in ("generator", "analyzer", "trainer-cpu" if "trainer-cpu" in services else "trainer"):
+            tokens = services[name]["environment"]["PNEUMONIA_AUTH_TOKENS"]
+            assert tokens == (
+                f"orchestrator={validate_deploy.COMPOSE_SECRETS['PNEUMONIA_ORCHESTRATOR_TOKEN']},"
+                f"operator={validate_deploy.COMPOSE_SECRETS['PNEUMONIA_OPERATOR_TOKEN']}"
+            )
+        orchestrator = services["orchestrator"]["environment"]
+        assert orchestrator["PNEUMONIA_AUTH_TOKEN"] == validate_deploy.COMPOSE_SECRETS["PNEUMONIA_ORCHESTRATOR_TOKEN"]
+        assert "PNEUMONIA_AUTH_TOKENS" not in orchestrator
+    for objects in rendered.values():
+        config_maps = {obj["metadata"]["name"]: obj.get("data", {}) for obj in objects if obj["kind"] == "ConfigMap"}
+        for obj in objects:
+            spec = pod_spec(obj)
+            if spec is None:
+                continue
+            for container in spec["containers"]:
+                env = container_env(container, config_maps)
+                name = obj["metadata"]["name"]
+                if name == "classifier":
+                    assert not storage_keys & set(env) and "PNEUMONIA_AUTH_TOKENS" not in env
+                if name in ("trainer", "generator", "analyzer"):
+                    assert env["PNEUMONIA_AUTH_TOKENS"] == validate_deploy.K8S_SECRETS["PNEUMONIA_AUTH_TOKENS"]

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from pneumonia_proto.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from service_process import assert_health_and_reflection, json_log, service_process, serving_channel
+from service_process import TEST_TOKEN, assert_health_and_reflection, json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
 
 from services.generator.config import GeneratorConfig
@@ -110,7 +110,7 @@ def running_service(store: ObjectStore, checkpoint_file: Path, config: Generator
     servicer = Service(
         SERVICE_NAME, GeneratorServicer(service), generator_pb2_grpc.add_GeneratorServiceServicer_to_server
     )
-    server = GrpcServer([servicer], "127.0.0.1:0", max_workers=4)
+    server = GrpcServer([servicer], "127.0.0.1:0", callers=None, max_workers=4)
     server.start()
     channel = grpc.insecure_channel(server.address)
     try:
@@ -456,7 +456,7 @@ class AbortingServicer(generator_pb2_grpc.GeneratorServiceServicer):
 def test_rpc_method_keeps_a_status_the_method_aborted_with(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="shared.grpc_service")
     service = Service(SERVICE_NAME, AbortingServicer(), generator_pb2_grpc.add_GeneratorServiceServicer_to_server)
-    server = GrpcServer([service], "127.0.0.1:0")
+    server = GrpcServer([service], "127.0.0.1:0", callers=None)
     server.start()
     try:
         with grpc.insecure_channel(server.address) as channel:
@@ -478,7 +478,7 @@ def test_a_bug_is_internal_without_its_details() -> None:
 
 @pytest.fixture
 def http(local: Running) -> Iterator[TestClient]:
-    with TestClient(create_app(local.service)) as client:
+    with TestClient(create_app(local.service, None)) as client:
         yield client
 
 
@@ -523,7 +523,7 @@ def test_http_bad_requests(http: TestClient, local: Running, fields: dict, statu
 def test_http_storage_down_is_503(checkpoint_file: Path) -> None:
     store = S3Store(f"127.0.0.1:{free_port()}", "key", "secret", secure=False, retries=1)  # nothing listens there
     service = SyntheticImageService(unique_config("down"), store)
-    with TestClient(create_app(service)) as client:
+    with TestClient(create_app(service, None)) as client:
         response = client.post(
             "/v1/generate", json={"checkpoint": {"key": CHECKPOINT_KEY}, "label": "pneumonia", "count": 1}
         )
@@ -534,7 +534,7 @@ def test_http_storage_down_is_503(checkpoint_file: Path) -> None:
 def test_http_health_and_docs(local: Running) -> None:
     serving = threading.Event()
     serving.set()
-    with TestClient(create_app(local.service, is_serving=serving.is_set)) as client:
+    with TestClient(create_app(local.service, None, is_serving=serving.is_set)) as client:
         assert client.get("/healthz").json() == {"status": "serving"}
         assert "/v1/generate" in client.get("/openapi.json").json()["paths"]
         assert client.get("/docs").status_code == 200
@@ -603,7 +603,9 @@ def _post_when_up(url: str, body: dict) -> dict:
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.1)
-    response = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
+    response = httpx.post(
+        f"{url}/v1/generate", json=body, headers={"Authorization": f"Bearer {TEST_TOKEN}"}, timeout=60
+    )
     assert response.status_code == 200, response.text
     return response.json()
 

@@ -23,7 +23,9 @@ SERVICE = "pneumonia.v1.GeneratorService"
 def grpc_server() -> Iterator[GrpcServer]:
     servicer = generator_pb2_grpc.GeneratorServiceServicer()  # health only: no RPC of it is called here
     server = GrpcServer(
-        [Service(SERVICE, servicer, generator_pb2_grpc.add_GeneratorServiceServicer_to_server)], "127.0.0.1:0"
+        [Service(SERVICE, servicer, generator_pb2_grpc.add_GeneratorServiceServicer_to_server)],
+        "127.0.0.1:0",
+        callers=None,
     )
     server.start()
     yield server

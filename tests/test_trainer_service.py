@@ -118,7 +118,7 @@ def running_trainer(
     config = TrainerConfig(grpc_port=0, work_dir=work_dir, device="cpu", **settings)
     jobs = JobManager(config, store)
     servicer = Service(SERVICE_NAME, TrainerServicer(jobs), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
-    server = GrpcServer([servicer], address, max_workers=8)
+    server = GrpcServer([servicer], address, callers=None, max_workers=8)
     jobs.start()
     server.start()
     channel = grpc.insecure_channel(server.address)

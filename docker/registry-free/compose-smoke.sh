@@ -28,6 +28,8 @@ MINIO_ROOT_USER=smoke-root
 MINIO_ROOT_PASSWORD=$(secret)
 PNEUMONIA_S3_ACCESS_KEY=smoke-service
 PNEUMONIA_S3_SECRET_KEY=$(secret)
+PNEUMONIA_ORCHESTRATOR_TOKEN=$(secret)$(secret)
+PNEUMONIA_OPERATOR_TOKEN=$(secret)$(secret)
 PNEUMONIA_PUBLISH_HOST=127.0.0.1
 SETTINGS
 export COMPOSE_PROJECT_NAME=$PROJECT COMPOSE_BAKE=false PNEUMONIA_VARIANT=cuda
@@ -68,13 +70,15 @@ run_dir="$(find "$work/results" -mindepth 1 -maxdepth 1 -type d -print -quit)"
 grep -q "experiment step train-gan finished" "$run_dir/experiment.log" \
     || { say "FAIL: experiment.log lacks the orchestrator's log lines"; exit 1; }
 
-say "TorchServe on the published ports: REST and gRPC with the inference key from key_file.json"
+say "TorchServe on the published ports: REST and gRPC with the inference key from key_file.json; the generator's API"
 mkdir -m 755 "$work/client"  # what a client holds: the inference key file and an image (the image's user reads it)
 compose exec -T classifier cat /var/lib/pneumonia/torchserve/key_file.json >"$work/client/key_file.json"
 cp "$(find "$work/data/phantom" -name '*.png' -print -quit)" "$work/client/probe.png"
 chmod 644 "$work/client/key_file.json" "$work/client/probe.png"
-docker run -i --rm --network host -v "$work/client:/smoke:ro" "$pipeline_image" python - <<'PYTHON'
-import json, socket
+operator_token="$(sed -n 's/^PNEUMONIA_OPERATOR_TOKEN=//p' "$work/smoke.env")"
+docker run -i --rm --network host -v "$work/client:/smoke:ro" -e OPERATOR_TOKEN="$operator_token" "$pipeline_image" \
+    python - <<'PYTHON'
+import json, os, socket, urllib.error, urllib.request
 from services.classifier.client import ClassifierClient, ClassifierError, TorchServeKeys
 
 keys = json.load(open("/smoke/key_file.json"))
@@ -92,6 +96,17 @@ try:
     raise SystemExit("TorchServe answered a request with a wrong key")
 except ClassifierError as refused:
     assert refused.key_refused, refused
+def generate_status(token):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request("http://127.0.0.1:8082/v1/generate", b"{}", headers)
+    try:
+        return urllib.request.urlopen(request, timeout=30).status
+    except urllib.error.HTTPError as answer:
+        return answer.code
+with urllib.request.urlopen("http://127.0.0.1:8082/healthz", timeout=30) as health:  # probes need no token
+    assert health.status == 200
+assert generate_status(None) == 401 and generate_status("a-wrong-token-" * 3) == 401
+assert generate_status(os.environ["OPERATOR_TOKEN"]) == 422  # let in: the empty body is what is refused
 for port in (8081, 7071, 8083, 9000):  # management, metrics and storage stay on the compose network
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is published"

@@ -22,6 +22,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 from services.analyzer import config as config_module  # noqa: E402
 from services.analyzer.config import AnalyzerConfig  # noqa: E402
 from services.analyzer.service import SERVICE_NAME, AnalysisService, AnalyzerServicer  # noqa: E402
+from shared.auth import AuthConfig  # noqa: E402
 from shared.errors import PneumoniaError  # noqa: E402
 from shared.grpc_service import GrpcServer, Service, service_arguments, wait_for_signal  # noqa: E402
 from shared.storage import open_store  # noqa: E402
@@ -33,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     service_arguments("python -m services.analyzer", f"{__doc__}\n{config_module.__doc__}", argv)
 
     try:
+        callers = AuthConfig.from_env().callers()  # refuses to start without tokens, unless disabled
         config = AnalyzerConfig.from_env()
         service = AnalysisService(config, open_store())
         servicer = Service(
             SERVICE_NAME, AnalyzerServicer(service), analyzer_pb2_grpc.add_AnalyzerServiceServicer_to_server
         )
-        server = GrpcServer([servicer], f"{config.host}:{config.grpc_port}", max_workers=config.workers)
+        server = GrpcServer(
+            [servicer], f"{config.host}:{config.grpc_port}", callers=callers, max_workers=config.workers
+        )
     except PneumoniaError as exc:
         log.error("cannot start: %s", exc)
         return 2

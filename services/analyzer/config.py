@@ -1,4 +1,5 @@
-"""Analyzer service settings, read from environment variables; the object store's are in shared.storage.config.
+"""Analyzer service settings, read from environment variables; the object store's are in shared.storage.config,
+the accepted callers' tokens in shared.auth.
 
 A request's empty bucket field means the bucket below. An empty variable counts as unset. Listening on 0.0.0.0
 (in a container) is an explicit choice. The variables, generated from AnalyzerConfig:
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from pydantic import model_validator
 
+from shared.auth import AuthConfig
 from shared.settings import Device, Port, Settings, env_prefix, setting, settings_help
 from shared.storage.config import BucketName, StorageConfig, bucket_setting
 
@@ -45,4 +47,4 @@ class AnalyzerConfig(Settings, alias_generator=env_prefix("PNEUMONIA_ANALYZER_")
         return self.device == "cpu"
 
 
-__doc__ += settings_help(AnalyzerConfig, StorageConfig)
+__doc__ += settings_help(AnalyzerConfig, StorageConfig, AuthConfig)

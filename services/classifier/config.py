@@ -124,10 +124,10 @@ def batching_from_env(environ: Mapping[str, str]) -> tuple[int, int]:
 def default_model_store(env: Mapping[str, str]) -> Path:
     """<storage root>/<models bucket>/model-store with the local store (archives are registered by file name
     straight from storage), else ./model-store (archives come by URL, see services.classifier.client)."""
-    storage = StorageConfig.from_env(env)
-    if storage.backend == "local":
+    if env.get("PNEUMONIA_STORAGE_BACKEND", "local") == "local":
+        storage = StorageConfig.from_env(env)
         return storage.root / (env.get("PNEUMONIA_MODELS_BUCKET") or "models") / MODEL_STORE_PREFIX
-    return Path(MODEL_STORE_PREFIX)
+    return Path(MODEL_STORE_PREFIX)  # S3: TorchServe needs no storage credentials, it downloads presigned URLs
 
 
 def default_allowed_urls(env: Mapping[str, str]) -> str:

@@ -26,6 +26,7 @@ from services.generator import config as config_module  # noqa: E402
 from services.generator.config import GeneratorConfig  # noqa: E402
 from services.generator.http_api import create_app  # noqa: E402
 from services.generator.service import SERVICE_NAME, GeneratorServicer, SyntheticImageService  # noqa: E402
+from shared.auth import AuthConfig  # noqa: E402
 from shared.errors import PneumoniaError  # noqa: E402
 from shared.grpc_service import GrpcServer, Service, service_arguments, wait_for_signal  # noqa: E402
 from shared.storage import open_store  # noqa: E402
@@ -37,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     service_arguments("python -m services.generator", f"{__doc__}\n{config_module.__doc__}", argv)
 
     try:
+        callers = AuthConfig.from_env().callers()  # refuses to start without tokens, unless disabled
         config = GeneratorConfig.from_env()
         service = SyntheticImageService(config, open_store())
         servicer = Service(
             SERVICE_NAME, GeneratorServicer(service), generator_pb2_grpc.add_GeneratorServiceServicer_to_server
         )
-        grpc_server = GrpcServer([servicer], f"{config.host}:{config.grpc_port}", max_workers=config.workers)
+        grpc_server = GrpcServer(
+            [servicer], f"{config.host}:{config.grpc_port}", callers=callers, max_workers=config.workers
+        )
     except PneumoniaError as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     serving = threading.Event()
     http_server = uvicorn.Server(
         uvicorn.Config(
-            create_app(service, is_serving=serving.is_set),
+            create_app(service, callers, is_serving=serving.is_set),
             host=config.host,
             port=config.http_port,
             log_config=None,  # uvicorn's records go through our JSON handler

@@ -1,4 +1,5 @@
-"""Generator service settings, read from environment variables; the object store's are in shared.storage.config.
+"""Generator service settings, read from environment variables; the object store's are in shared.storage.config,
+the accepted callers' tokens in shared.auth.
 
 An empty variable counts as unset. Listening on 0.0.0.0 (in a container) is an explicit choice. The variables,
 generated from GeneratorConfig:
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from shared.auth import AuthConfig
 from shared.errors import ConfigError
 from shared.runtime import select_device
 from shared.settings import Device, Port, Settings, env_prefix, setting, settings_help
@@ -35,4 +37,4 @@ class GeneratorConfig(Settings, alias_generator=env_prefix("PNEUMONIA_GENERATOR_
         return select_device(force_cpu=self.device == "cpu")
 
 
-__doc__ += settings_help(GeneratorConfig, StorageConfig)
+__doc__ += settings_help(GeneratorConfig, StorageConfig, AuthConfig)

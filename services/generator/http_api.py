@@ -4,7 +4,8 @@ The same semantics as the gRPC GeneratorService: both call SyntheticImageService
 {"detail": message} with 422 for a malformed body, 400 for invalid values, 404 when the checkpoint does not exist,
 409 when the checkpoint cannot serve the request (wrong kind, other sha256, a label it does not generate), 413 for a
 body over MAX_BODY_BYTES (refused before it is read, or as soon as it grows past), 503 when object storage is
-unavailable (no manifest was written), 500 otherwise.
+unavailable (no manifest was written), 500 otherwise. With callers (shared.auth), every endpoint but /healthz and the
+docs needs `Authorization: Bearer <token>` of one of them: 401 otherwise, with nothing done.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import grpc
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.generator.generate_synthetic import LABELS
 from services.generator.service import GenerationRequest, SyntheticImageService
+from shared.auth import Callers, refusal_reason
 from shared.grpc_service import status_for
 from shared.storage import ObjectRef
 
@@ -35,6 +38,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # A GenerateBody is a few hundred bytes; nothing larger is read into memory.
 MAX_BODY_BYTES = 64 * 1024
 REQUEST_TOO_LARGE = 413
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+# Declares the bearer scheme in the OpenAPI document (the Authorize button of /docs); BearerAuth enforces it.
+BEARER_SCHEME = HTTPBearer(auto_error=False, description="a caller's token from PNEUMONIA_AUTH_TOKENS")
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
@@ -135,23 +141,51 @@ class BodyLimit:
         await JSONResponse({"detail": self.message}, status_code=REQUEST_TOO_LARGE)(scope, receive, send)
 
 
-def create_app(service: SyntheticImageService, is_serving: Callable[[], bool] = lambda: True) -> FastAPI:
-    """The FastAPI app over `service`; /healthz answers 503 once `is_serving()` turns false (shutdown)."""
+class BearerAuth:
+    """ASGI middleware: 401 (WWW-Authenticate: Bearer) for a request without an accepted bearer token, before its
+    body is read; the paths in `open_paths` (health, the API docs) need none."""
+
+    def __init__(self, app: ASGIApp, callers: Callers, open_paths: frozenset[str] = OPEN_PATHS) -> None:
+        self.app, self.callers, self.open_paths = app, callers, open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization")
+        authorization = None if header is None else header.decode("latin-1")
+        if self.callers.identify(authorization) is not None:
+            await self.app(scope, receive, send)
+            return
+        reason = refusal_reason(authorization)
+        log.warning("refused an unauthenticated request: %s", reason, extra={"path": scope["path"]})
+        refusal = JSONResponse({"detail": reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await refusal(scope, receive, send)
+
+
+def create_app(
+    service: SyntheticImageService, callers: Callers | None, is_serving: Callable[[], bool] = lambda: True
+) -> FastAPI:
+    """The FastAPI app over `service`; /healthz answers 503 once `is_serving()` turns false (shutdown); `callers`:
+    who may call the API (None: everyone, said on purpose)."""
     app = FastAPI(
         title="pneumonia generator",
         description="Labelled synthetic chest X-rays from a stored DCGAN generator checkpoint.",
         version="1",
     )
     app.add_middleware(BodyLimit)
+    if callers is not None:
+        app.add_middleware(BearerAuth, callers=callers)  # added last: runs first, before the body limit
     errors: dict[int | str, dict[str, str]] = {
         400: {"description": "invalid values"},
+        401: {"description": "missing or invalid bearer token"},
         404: {"description": "checkpoint not found"},
         409: {"description": "the checkpoint cannot serve the request"},
         413: {"description": f"request body over {MAX_BODY_BYTES} bytes"},
         503: {"description": "object storage unavailable"},
     }
 
-    @app.post("/v1/generate", responses=errors)
+    @app.post("/v1/generate", responses=errors, dependencies=[Depends(BEARER_SCHEME)])
     def generate(body: GenerateBody) -> GenerateResult:
         """Generate the images (or reuse the identical request's stored result) and return their references."""
         try:

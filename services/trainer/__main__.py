@@ -30,6 +30,7 @@ from services.trainer import config as config_module  # noqa: E402
 from services.trainer.config import TrainerConfig  # noqa: E402
 from services.trainer.jobs import JobManager  # noqa: E402
 from services.trainer.service import SERVICE_NAME, TrainerServicer  # noqa: E402
+from shared.auth import AuthConfig  # noqa: E402
 from shared.distributed import warn_if_gpus_idle  # noqa: E402
 from shared.errors import PneumoniaError  # noqa: E402
 from shared.grpc_service import GrpcServer, Service, service_arguments, wait_for_signal  # noqa: E402
@@ -42,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     service_arguments("python -m services.trainer", f"{__doc__}\n{config_module.__doc__}", argv)
 
     try:
+        callers = AuthConfig.from_env().callers()  # refuses to start without tokens, unless disabled
         config = TrainerConfig.from_env()
         config.check_device()
         if config.device != "cpu":
             warn_if_gpus_idle("the trainer service runs its jobs in its own process and")
         jobs = JobManager(config, open_store())
         servicer = Service(SERVICE_NAME, TrainerServicer(jobs), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
-        grpc_server = GrpcServer([servicer], f"{config.host}:{config.grpc_port}", max_workers=config.workers)
+        grpc_server = GrpcServer(
+            [servicer], f"{config.host}:{config.grpc_port}", callers=callers, max_workers=config.workers
+        )
         jobs.start()  # reads the stored job records: fails here when storage is down
     except PneumoniaError as exc:
         log.error("cannot start: %s", exc)

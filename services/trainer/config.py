@@ -1,4 +1,5 @@
-"""Trainer service settings, read from environment variables; the object store's are in shared.storage.config.
+"""Trainer service settings, read from environment variables; the object store's are in shared.storage.config,
+the accepted callers' tokens in shared.auth.
 
 An empty variable counts as unset. Listening on 0.0.0.0 (in a container) is an explicit choice. The variables,
 generated from TrainerConfig:
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from shared.auth import AuthConfig
 from shared.errors import ConfigError
 from shared.settings import Device, Port, Settings, env_prefix, setting, settings_help
 from shared.storage.config import BucketName, StorageConfig, bucket_setting
@@ -58,4 +60,4 @@ class TrainerConfig(Settings, alias_generator=env_prefix("PNEUMONIA_TRAINER_")):
             raise ConfigError("PNEUMONIA_TRAINER_DEVICE=cuda, but CUDA is not available here")
 
 
-__doc__ += settings_help(TrainerConfig, StorageConfig)
+__doc__ += settings_help(TrainerConfig, StorageConfig, AuthConfig)

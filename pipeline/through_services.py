@@ -96,7 +96,33 @@ class JobFailedError(PneumoniaError):
 # How long the orchestrator keeps trying to re-attach to a job while the trainer is down (a restart, a rolling update):
 # the trainer requeues the job when it comes back and it resumes from its last checkpoint.
 REATTACH_WITHIN_S = 600.0
+# Deadlines of the orchestrator's calls: a call that only queues or looks something up gets CALL_DEADLINE_S; one
+# WatchJob stream lasts at most WATCH_DEADLINE_S, then the orchestrator watches again (a new stream); the calls that
+# do their work while the orchestrator waits get the longest a full-profile step may take.
+CALL_DEADLINE_S = 60.0
+WATCH_DEADLINE_S = 1800.0
+GENERATE_DEADLINE_S = 3 * 3600.0
+ANALYZE_DEADLINE_S = 6 * 3600.0
+# A Start* call that fails with one of these is sent again with the same idempotency key (the same job, never two).
+START_ATTEMPTS = 5
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 TERMINAL_STATES = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+
+
+def start_job(start: Callable[..., trainer_pb2.Job], job_request: Message, key: str) -> trainer_pb2.Job:
+    """`start(job_request)` (StartGanJob or StartClassifierJob) with idempotency key `key` and a deadline, sent again
+    while the trainer is unreachable or slow to answer (up to START_ATTEMPTS times): the key makes every attempt
+    name the same job."""
+    job_request.idempotency_key = key
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return start(job_request, timeout=CALL_DEADLINE_S)
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE or attempt == START_ATTEMPTS:
+                raise
+            log.warning("starting %s: %s; trying again (%d/%d)", key, exc.code().name, attempt, START_ATTEMPTS)
+            time.sleep(2.0**attempt)
+    raise AssertionError("unreachable")
 
 
 def watch_job(
@@ -104,17 +130,20 @@ def watch_job(
     started: trainer_pb2.Job,
     title: str,
     reattach_within_s: float = REATTACH_WITHIN_S,
+    watch_deadline_s: float = WATCH_DEADLINE_S,
 ) -> trainer_pb2.Job:
-    """Follow a job's WatchJob stream with a progress bar (epochs over all folds) until it ends; return it. When the
-    stream breaks because the trainer went away (UNAVAILABLE, or its shutdown ended the stream), watch again, for up
-    to `reattach_within_s` seconds without an answer."""
+    """Follow a job's WatchJob stream with a progress bar (epochs over all folds) until it ends; return it. A stream
+    ends at its deadline (`watch_deadline_s`) and is opened again. When it breaks because the trainer went away
+    (UNAVAILABLE, or its shutdown ended the stream), watch again, for up to `reattach_within_s` seconds without an
+    answer."""
     job = started
     total = max(job.total_epochs, 1) * max(job.total_folds, 1)
     with tqdm(total=total, desc=title, unit="epoch", leave=True) as bar:
         down_since: float | None = None
         while job.state not in TERMINAL_STATES:
             try:
-                for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=started.job_id)):
+                watch = trainer_pb2.WatchJobRequest(job_id=started.job_id)
+                for update in stub.WatchJob(watch, timeout=watch_deadline_s):
                     job, down_since = update, None
                     total = max(job.total_epochs, 1) * max(job.total_folds, 1)
                     done = max(job.fold - 1, 0) * job.total_epochs + job.epoch
@@ -124,6 +153,8 @@ def watch_job(
                     bar.set_postfix({name: f"{job.metrics[name]:.3f}" for name in shown}, refresh=False)
                     bar.refresh()
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # the stream's own deadline: watch again
+                    continue
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
             if job.state in TERMINAL_STATES:
@@ -155,7 +186,7 @@ def generate(
 ) -> generator_pb2.GenerateResponse:
     """GenerateStream with a progress bar; the last message's result."""
     with tqdm(total=request.count, desc="generate-synthetic", unit="img") as bar:
-        for progress in stub.GenerateStream(request):
+        for progress in stub.GenerateStream(request, timeout=GENERATE_DEADLINE_S):
             if progress.phase == generator_pb2.GENERATE_PHASE_DONE:
                 return progress.result
             phase = generator_pb2.GeneratePhase.Name(progress.phase).removeprefix("GENERATE_PHASE_").lower()
@@ -202,7 +233,7 @@ def train_gan(
     run: Run, trainer: trainer_pb2_grpc.TrainerServiceStub, dataset: common_pb2.DatasetSource, config: StepConfig
 ) -> common_pb2.ObjectRef:
     gan = request(config, trainer_pb2.StartGanJobRequest(dataset=dataset, output_prefix=f"{run.prefix}/gan"))
-    job = watch_job(trainer, trainer.StartGanJob(gan), "train-gan")
+    job = watch_job(trainer, start_job(trainer.StartGanJob, gan, f"{run.run_id}/train-gan"), "train-gan")
     return output_ending(job, f"/{layout.GENERATOR_FINAL}")
 
 
@@ -259,7 +290,7 @@ def start_classifiers(
                 model_archive_name=f"{MODEL_NAME}-{config.strategy}" if config.repeat == 0 else "",
             ),
         )
-        started[name] = trainer.StartClassifierJob(job_request)
+        started[name] = start_job(trainer.StartClassifierJob, job_request, f"{run.run_id}/{name}")
     return started
 
 
@@ -284,7 +315,7 @@ def analyze(
         ),
     )
     log.info("analyzing (one call; the analyzer logs its phases)")
-    return analyzer.Analyze(analyze_request)
+    return analyzer.Analyze(analyze_request, timeout=ANALYZE_DEADLINE_S)
 
 
 def holdout_samples(

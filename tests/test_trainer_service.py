@@ -24,7 +24,7 @@ from service_process import json_log, service_process, serving_channel
 from storage_server import S3TestServer, free_port, s3_server  # noqa: F401 (fixture)
 from training_helpers import write_synthetic_folder
 
-from pipeline.through_services import watch_job
+from pipeline.through_services import start_job, watch_job
 from services.trainer.config import TrainerConfig
 from services.trainer.jobs import RECORDS_PREFIX, JobManager
 from services.trainer.service import SERVICE_NAME, TrainerServicer
@@ -662,3 +662,32 @@ def test_the_orchestrator_watches_a_job_again_after_the_trainer_restarts(small_p
     assert not watcher.is_alive()
     final = watched["job"]
     assert final.job_id == job.job_id and final.state == common_pb2.JOB_STATE_SUCCEEDED and final.epoch == 6
+
+
+def test_the_orchestrator_starts_a_job_once_through_retries_and_watches_it_across_stream_deadlines(
+    small_phantom: Path, tmp_path: Path
+) -> None:
+    """pipeline.through_services.start_job sends StartGanJob again while the trainer is not there yet (same
+    idempotency key: one job, the same one a later retry gets); watch_job opens a new stream each time one reaches
+    its deadline and follows the job to its end."""
+    store = LocalStore(tmp_path / "storage")
+    put_inputs(store, small_phantom)
+    address = f"127.0.0.1:{free_port()}"
+    started: dict[str, trainer_pb2.Job] = {}
+    with grpc.insecure_channel(address) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        request = gan_request(output_prefix="runs/retry/gan", epochs=6)
+        starter = threading.Thread(target=lambda: started.update(job=start_job(stub.StartGanJob, request, "run/gan")))
+        starter.start()
+        time.sleep(3)  # nothing listens yet: the first attempts fail UNAVAILABLE
+        assert starter.is_alive()
+        with running_trainer(store, tmp_path / "work", address=address):
+            starter.join(timeout=60)
+            assert not starter.is_alive()
+            job = started["job"]
+            again = start_job(stub.StartGanJob, gan_request(output_prefix="runs/retry/gan", epochs=6), "run/gan")
+            assert again.job_id == job.job_id
+            final = watch_job(stub, job, "train-gan", watch_deadline_s=0.5)
+    assert final.state == common_pb2.JOB_STATE_SUCCEEDED and final.epoch == 6
+    records = [ref.key for ref in store.list("models", RECORDS_PREFIX)]
+    assert records == [f"{RECORDS_PREFIX}{job.job_id}.json"]

@@ -19,3 +19,7 @@ class ConfigError(PneumoniaError):
 
 class ResourceExhaustedError(PneumoniaError):
     """A bounded resource is full (e.g. the trainer's job queue): try again later."""
+
+
+class ConflictError(PneumoniaError):
+    """The request would change what another live piece of work owns (e.g. the outputs of a running job)."""

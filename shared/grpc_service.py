@@ -33,7 +33,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.auth import Callers, TokenServerInterceptor
-from shared.errors import CheckpointError, ConfigError, DatasetError, PneumoniaError, ResourceExhaustedError
+from shared.errors import (
+    CheckpointError,
+    ConfigError,
+    ConflictError,
+    DatasetError,
+    PneumoniaError,
+    ResourceExhaustedError,
+)
 from shared.storage import InvalidKeyError, NotFoundError, StorageError, StorageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ STATUS_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (CheckpointError, grpc.StatusCode.FAILED_PRECONDITION),  # wrong kind, unreadable, contradicts the request
     (DatasetError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConflictError, grpc.StatusCode.FAILED_PRECONDITION),  # another live job owns the outputs
     (StorageError, grpc.StatusCode.INTERNAL),  # e.g. a stored object whose bytes no longer match its sha256
 )
 # shared.checkpoints.load_checkpoint's message for a missing file (it has no subclass of its own).

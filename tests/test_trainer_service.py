@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -691,3 +691,38 @@ def test_the_orchestrator_starts_a_job_once_through_retries_and_watches_it_acros
     assert final.state == common_pb2.JOB_STATE_SUCCEEDED and final.epoch == 6
     records = [ref.key for ref in store.list("models", RECORDS_PREFIX)]
     assert records == [f"{RECORDS_PREFIX}{job.job_id}.json"]
+
+
+def test_a_live_job_owns_its_outputs(small_phantom: Path, tmp_path: Path) -> None:
+    """A second job into the outputs of a queued or running job is FAILED_PRECONDITION naming the owner, with no
+    record kept; the strategies of one experiment share a prefix; once the owner ended, its prefix may be reused."""
+    store = LocalStore(tmp_path / "storage")
+    put_inputs(store, small_phantom, write_synthetic_folder(tmp_path / "synthetic", 12))
+
+    def records() -> int:
+        return len(list(store.list("models", RECORDS_PREFIX)))
+
+    def refused(start: Callable[[], object]) -> str:
+        with pytest.raises(grpc.RpcError) as error:
+            start()
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        return error.value.details()
+
+    with running_trainer(store, tmp_path / "work") as trainer:
+        owner = trainer.stub.StartGanJob(gan_request(output_prefix="runs/own/gan", epochs=50))
+        same = gan_request(output_prefix="runs/own/gan/")  # the same prefix, spelled with a '/'
+        assert f"output prefix 'runs/own/gan' belongs to job {owner.job_id}" in refused(
+            lambda: trainer.stub.StartGanJob(same)
+        )
+        assert records() == 1
+        start = trainer.stub.StartClassifierJob
+        start(classifier_request(output_prefix="runs/own/classifiers", model_archive_name="own-a"))
+        refused(lambda: start(classifier_request(output_prefix="runs/own/classifiers")))  # same strategy and repeat
+        other = classifier_request(output_prefix="runs/own/other", model_archive_name="own-a")
+        assert "model archive 'own-a'" in refused(lambda: start(other))
+        start(classifier_request(output_prefix="runs/own/classifiers", repeat=1))  # its own repeat-1/ files
+        start(classifier_request(output_prefix="runs/own/classifiers", use_synthetic=True, synthetic=SYNTHETIC))
+        assert records() == 4
+        trainer.stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=owner.job_id))
+        assert trainer.wait(owner)[-1].state == common_pb2.JOB_STATE_CANCELLED
+        assert trainer.stub.StartGanJob(gan_request(output_prefix="runs/own/gan", epochs=1)).job_id != owner.job_id

@@ -37,7 +37,7 @@ from services.trainer.plan import (
 )
 from services.trainer.records import JobEntry
 from shared.configs import ClassifierTrainingConfig
-from shared.errors import ConfigError, PneumoniaError, ResourceExhaustedError
+from shared.errors import ConfigError, ConflictError, PneumoniaError, ResourceExhaustedError
 from shared.storage import CorruptObjectError, NotFoundError, ObjectStore
 from shared.storage.proto import ref_to_proto
 
@@ -169,6 +169,7 @@ class JobManager:
         job_id = uuid.uuid4().hex
         request = effective_request(self.config, job_id, request)
         plan = plan_job(self.config, job_id, request)
+        self._check_claims(plan.claims())
         check_inputs(self.store, self.config, plan, request)
         if isinstance(request, ClassifierRequest) and request.HasField("weights_checkpoint"):
             pin_weights(self.store, request)
@@ -184,6 +185,23 @@ class JobManager:
             self._changed.notify_all()  # the worker
         log.info("job queued", extra={"job_id": job_id, "kind": trainer_pb2.JobKind.Name(plan.kind)})
         return self.get(job_id)
+
+    def _check_claims(self, claims: set[tuple[str, ...]]) -> None:
+        """ConflictError when a queued or running job owns any of `claims` (JobPlan.claims): two live jobs never
+        write the same objects. A finished job's outputs may be written again (a GAN job continues another's)."""
+        with self._lock:
+            live = [entry for entry in self._entries.values() if entry.job.state in (QUEUED, RUNNING)]
+        for entry in live:
+            try:
+                owned = plan_job(self.config, entry.job.job_id, entry.request).claims()
+            except PneumoniaError:  # a record planned under other settings: it claims nothing we can name
+                continue
+            for claim in sorted(claims & owned):
+                what = f"model archive {claim[1]!r}" if claim[0] == "archive" else f"output prefix {claim[1]!r}"
+                state = common_pb2.JobState.Name(entry.job.state).removeprefix("JOB_STATE_").lower()
+                raise ConflictError(
+                    f"{what} belongs to job {entry.job.job_id} ({state}): wait for it, cancel it, or write elsewhere"
+                )
 
     def get(self, job_id: str) -> trainer_pb2.Job:
         with self._lock:

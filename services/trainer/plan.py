@@ -129,6 +129,16 @@ class JobPlan:
     weights: ObjectRef | None = None
     archive_name: str = ""
 
+    def claims(self) -> set[tuple[str, ...]]:
+        """What this job's outputs are, as names no two live jobs may share: its output prefix (a classifier job:
+        the prefix, run name and repeat, since the strategies of one experiment share a prefix and write their own
+        files) and its model archive."""
+        if isinstance(self.options, ClassifierTrainingConfig):
+            outputs = ("classifier", self.output_prefix, self.options.strategy, str(self.options.repeat))
+        else:
+            outputs = ("gan", self.output_prefix)
+        return {outputs} | ({("archive", self.archive_name)} if self.archive_name else set())
+
     def destinations(self, config: TrainerConfig) -> list[tuple[Path, str, str]]:
         """(local folder, bucket, key prefix) of every output folder, per the layout in the module docstring."""
         p = self.output_prefix

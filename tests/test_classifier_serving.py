@@ -36,7 +36,7 @@ from services.classifier.client import (
     register_from_store,
 )
 from services.classifier.config import ClassifierConfig, default_allowed_urls
-from services.classifier.torchserve import TorchServe, properties, worker_import_problem
+from services.classifier.torchserve import TorchServe, properties, restored_models, worker_import_problem
 from shared.datasets.base import PNEUMONIA
 from shared.errors import ConfigError, PneumoniaError
 from shared.images import sha256_file
@@ -499,3 +499,50 @@ def test_an_archive_replaced_after_it_was_named_is_not_registered(
     with pytest.raises(PneumoniaError, match="sha256"):
         register_from_store(client, storage, current, "damaged")
     assert {m["modelName"] for m in client.list_models()} == {MODEL}
+
+
+# --- restart ---------------------------------------------------------------------------------------------------------
+
+SNAPSHOT = (
+    "#Saving snapshot\n"
+    'model_snapshot={\\n  "name"\\: "20261130063000000-snapshot.cfg",\\n  "modelCount"\\: 2,\\n  "models"\\: {\\n'
+    '    "pneumonia"\\: {\\n      "1.0"\\: {\\n        "defaultVersion"\\: false,\\n        "marName"\\: "old.mar"\\n'
+    '      },\\n      "2.0"\\: {\\n        "defaultVersion"\\: true,\\n        "marName"\\: "pneumonia-abc.mar"\\n'
+    '      }\\n    },\\n    "gone"\\: {\\n      "1.0"\\: {\\n        "defaultVersion"\\: true,\\n'
+    '        "marName"\\: "deleted.mar"\\n      }\\n    }\\n  }\\n}\n'
+    "tsConfigFile=logs/config/20261130062900000-startup.cfg\n"
+)
+
+
+def test_the_last_snapshot_names_the_models_to_restore(tmp_path: Path) -> None:
+    """The newest snapshot wins; each model's default version; a model whose archive is gone is left out."""
+    snapshots = tmp_path / "work" / "logs" / "config"
+    snapshots.mkdir(parents=True)
+    (snapshots / "20261130060000000-startup.cfg").write_text(SNAPSHOT.replace("pneumonia-abc.mar", "older.mar"))
+    (snapshots / "20261130063000000-snapshot.cfg").write_text(SNAPSHOT)
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("pneumonia-abc.mar", "old.mar", "older.mar"):
+        (store / name).write_bytes(b"archive")
+    assert restored_models(tmp_path / "work", store) == ("pneumonia=pneumonia-abc.mar",)
+    assert restored_models(tmp_path / "empty", store) == ()
+
+
+def test_a_restarted_service_serves_the_models_it_served(archive: Path, tmp_path: Path) -> None:
+    """Registered, stopped, started again with the same workdir and model store: the model is back, READY and
+    answering the same; with PNEUMONIA_CLASSIFIER_RESTORE=false it starts empty."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "served.mar").write_bytes(archive.read_bytes())
+    config = ClassifierConfig(**ANY_PORT, model_store=store, workdir=tmp_path / "work")
+    with TorchServe(config) as server, server.client() as client:
+        client.register("served.mar", MODEL)
+        before = client.predict(MODEL, body("PNG"))
+    with TorchServe(config) as server, server.client() as client:
+        assert [model["modelName"] for model in client.list_models()] == [MODEL]
+        deadline = time.monotonic() + 120
+        while not health.check(client)[0] and time.monotonic() < deadline:
+            time.sleep(1)
+        assert client.predict(MODEL, body("PNG")) == before
+    with TorchServe(config.model_copy(update={"restore": False})) as server, server.client() as client:
+        assert client.list_models() == []  # TorchServe given a config file reads no snapshot itself

@@ -61,6 +61,11 @@ class ClassifierConfig(Settings, alias_generator=env_prefix("PNEUMONIA_CLASSIFIE
         kind="comma-separated list",
         shown_default="none",
     )
+    restore: bool = setting(
+        True,
+        "without PNEUMONIA_CLASSIFIER_MODELS: load at start the models TorchServe's last snapshot in the workdir had "
+        "registered, where their archives are still in the model store (a restarted service serves what it served)",
+    )
     token_expiration_min: float = setting(
         60.0, "minutes an API key stays valid; the service renews the keys (key_file.json) before that", ge=0.1
     )

@@ -4,9 +4,13 @@
         client = server.client()
         client.register("pneumonia.mar", "pneumonia")
 
-TorchServe runs as `torchserve --start --foreground --ncs --ts-config <workdir>/config.properties` from this venv, so
+TorchServe runs as `torchserve --start --foreground --ts-config <workdir>/config.properties` from this venv, so
 its Python workers import our handler and `shared`. Its working directory is the config's workdir: key_file.json
-(the API keys; token authorization stays on) and logs/ go there. The launcher keeps a pid file in the temporary
+(the API keys; token authorization stays on) and logs/ go there, snapshots included: after every change of its
+models TorchServe writes logs/config/<time>-snapshot.cfg. TorchServe itself reads a snapshot only when started
+without a config file; we read the last one (`restored_models`) and load its models again at start, so a restarted
+service serves what it served, as long as the workdir and the model store outlive it (compose: volumes; k8s: a
+PersistentVolumeClaim). The launcher keeps a pid file in the temporary
 directory and the frontend its worker sockets; each TorchServe gets a private TMPDIR, so several can run on one
 machine (tests, benchmarks, the embedded run). Stopping sends SIGTERM to the Java frontend (which stops its
 workers), then runs `torchserve --stop`, and finally kills whatever of its process group is left. A small watchdog
@@ -16,6 +20,7 @@ process does the same should the process that started TorchServe die without sto
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -141,6 +146,40 @@ def properties(config: ClassifierConfig) -> dict[str, str]:
     return props
 
 
+SNAPSHOTS = Path("logs") / "config"  # under the workdir: <yyyyMMddHHmmssSSS>-{startup,snapshot,shutdown}.cfg
+
+
+def java_property(text: str, key: str) -> str | None:
+    """The value of `key` in a Java properties text (one line, escapes undone: \\n, \\:, \\= ...), else None."""
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1), m.group(1)), value)
+    return None
+
+
+def restored_models(workdir: Path, model_store: Path) -> tuple[str, ...]:
+    """'name=file.mar' of each model (its default version) TorchServe's last snapshot in `workdir` had registered
+    and whose archive is still in `model_store`; () without a snapshot."""
+    snapshots = sorted((workdir / SNAPSHOTS).glob("*.cfg"))  # named by time: the last is the newest
+    if not snapshots:
+        return ()
+    try:
+        snapshot = json.loads(java_property(snapshots[-1].read_text(), "model_snapshot") or "{}")
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("cannot read TorchServe's snapshot %s: %s; starting without models", snapshots[-1], exc)
+        return ()
+    models = []
+    for name, versions in snapshot.get("models", {}).items():
+        chosen = next((v for v in versions.values() if v.get("defaultVersion")), next(iter(versions.values()), {}))
+        archive = chosen.get("marName", "")
+        if archive and (model_store / archive).is_file():
+            models.append(f"{name}={archive}")
+        else:
+            log.warning("not restoring model %s: its archive %r is not in the model store", name, archive)
+    return tuple(models)
+
+
 def write_properties(config: ClassifierConfig, path: Path) -> Path:
     """Write config.properties for `config` to `path`."""
     lines = [f"{key}={_property(value)}" for key, value in properties(config).items()]
@@ -234,9 +273,14 @@ class TorchServe:
         self.config = resolve_ports(self.config)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)  # a stale file from a killed run holds dead keys
+        if self.config.restore and not self.config.models:
+            restored = restored_models(self.workdir, self.config.model_store)
+            if restored:
+                log.info("restoring the models of TorchServe's last snapshot", extra={"models": list(restored)})
+                self.config = self.config.model_copy(update={"models": restored})
         config_file = write_properties(self.config, self.workdir / CONFIG_FILE)
         self._tmpdir = Path(tempfile.mkdtemp(prefix="ts-"))  # short: it holds the workers' unix sockets
-        command = [*torchserve_command(), "--start", "--foreground", "--ncs", "--ts-config", str(config_file)]
+        command = [*torchserve_command(), "--start", "--foreground", "--ts-config", str(config_file)]
         command += ["--model-store", str(self.config.model_store.resolve())]
         if self.relay_output:
             stdout: int | IO[bytes] = subprocess.PIPE

@@ -66,12 +66,18 @@ COMPOSE_CMD = $(COMPOSE) --env-file $(ENV_FILE)
 # With the `experiment` profile active, so that the orchestrator's container and volume go too.
 COMPOSE_DOWN = $(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE_CMD) down
 
-.PHONY: experiment compose-smoke validate-deploy k8s-apply k8s-experiment
+.PHONY: env k8s-env experiment compose-smoke validate-deploy k8s-apply k8s-experiment
+# .env (compose) and k8s/base/secrets.env with fresh random secrets where they have none; values already set stay.
+env:
+	python3 scripts/make_secrets.py
+k8s-env:
+	python3 scripts/make_secrets.py --k8s
+
 
 experiment: SHELL := /bin/bash
 experiment: .SHELLFLAGS := -euo pipefail -c
 experiment:
-	@test -f $(ENV_FILE) || { echo "make experiment: cp .env.example $(ENV_FILE) and set its secrets first" >&2; exit 2; }
+	@test -f $(ENV_FILE) || { echo "make experiment: make env (or cp .env.example $(ENV_FILE) and set its secrets) first" >&2; exit 2; }
 	@test -d $(DATA_DIR) || { echo "make experiment: DATA_DIR=$(DATA_DIR) is not a directory" >&2; exit 2; }
 	$(COMPOSE_ENV) COMPOSE_PROFILES=$(DEVICE),experiment $(COMPOSE_CMD) build
 	mkdir -p $(REPORT_DIR)/$(RUN_ID)
@@ -95,7 +101,7 @@ validate-deploy: install
 	$(BIN)/python scripts/validate_deploy.py
 
 k8s-apply:
-	@test -s k8s/base/secrets.env || { echo "make k8s-apply: cp k8s/base/secrets.env.example k8s/base/secrets.env and fill it in" >&2; exit 2; }
+	@test -s k8s/base/secrets.env || { echo "make k8s-apply: make k8s-env (or fill in a copy of k8s/base/secrets.env.example) first" >&2; exit 2; }
 	$(KUBECTL) apply -k k8s/overlays/$(K8S_OVERLAY)
 
 k8s-experiment: install

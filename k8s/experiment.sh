@@ -32,8 +32,8 @@ with_minio() {
     pf=$!
     sleep 3
     env PNEUMONIA_STORAGE_BACKEND=s3 PNEUMONIA_S3_ENDPOINT="127.0.0.1:$port" PNEUMONIA_S3_SECURE=false \
-        PNEUMONIA_S3_ACCESS_KEY="$(sed -n 's/^PNEUMONIA_S3_ACCESS_KEY=//p' "$secrets")" \
-        PNEUMONIA_S3_SECRET_KEY="$(sed -n 's/^PNEUMONIA_S3_SECRET_KEY=//p' "$secrets")" \
+        PNEUMONIA_S3_ACCESS_KEY=pneumonia-orchestrator \
+        PNEUMONIA_S3_SECRET_KEY="$(sed -n 's/^PNEUMONIA_ORCHESTRATOR_S3_SECRET_KEY=//p' "$secrets")" \
         "$@" || status=$?
     kill "$pf" 2>/dev/null || true
     return "$status"

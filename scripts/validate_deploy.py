@@ -30,8 +30,11 @@ DEVICE_PROFILES = ("gpu", "cpu")
 STORAGE_SECRETS = {
     "MINIO_ROOT_USER": "placeholder-root",
     "MINIO_ROOT_PASSWORD": "placeholder-root-password",
-    "PNEUMONIA_S3_ACCESS_KEY": "placeholder-access",
-    "PNEUMONIA_S3_SECRET_KEY": "placeholder-secret",
+    # each service's storage account, pneumonia-<service> (k8s/base/storage-policies/<service>.json)
+    "PNEUMONIA_TRAINER_S3_SECRET_KEY": "placeholder-trainer-secret",
+    "PNEUMONIA_GENERATOR_S3_SECRET_KEY": "placeholder-generator-secret",
+    "PNEUMONIA_ANALYZER_S3_SECRET_KEY": "placeholder-analyzer-secret",
+    "PNEUMONIA_ORCHESTRATOR_S3_SECRET_KEY": "placeholder-orchestrator-secret",
 }
 # .env's secrets (compose makes PNEUMONIA_AUTH_TOKENS of the two tokens) and k8s/base/secrets.env's.
 COMPOSE_SECRETS = {

@@ -659,8 +659,8 @@ def test_gpu_overlay_requests_gpus(rendered: dict[str, list[dict[str, Any]]]) ->
                 assert spec["nodeSelector"] and spec["tolerations"]
     accelerated = {obj["metadata"]["name"] for obj, _ in workloads(rendered["gpu"])}
     assert {"trainer", "train-gan", "train-classifier-baseline"} <= accelerated
-    pvc = next(obj for obj in rendered["gpu"] if obj["kind"] == "PersistentVolumeClaim")
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    claims = {obj["metadata"]["name"]: obj for obj in rendered["gpu"] if obj["kind"] == "PersistentVolumeClaim"}
+    assert claims["experiment-work"]["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_k8s_network_policies_keep_management_and_minio_internal(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -687,7 +687,7 @@ def test_k8s_network_policies_keep_management_and_minio_internal(rendered: dict[
 
 # A secret variable given a value that is not a reference ($VAR, ${VAR:?...}, "$(command)").
 LITERAL_CREDENTIAL = re.compile(
-    r"(?im)^[ \t]*-?[ \t]*(MINIO_ROOT_PASSWORD|MINIO_ROOT_USER|PNEUMONIA_S3_ACCESS_KEY|PNEUMONIA_S3_SECRET_KEY"
+    r"(?im)^[ \t]*-?[ \t]*(MINIO_ROOT_PASSWORD|MINIO_ROOT_USER|PNEUMONIA_(?:[A-Z]+_)?S3_SECRET_KEY"
     r"|PNEUMONIA_ORCHESTRATOR_TOKEN|PNEUMONIA_OPERATOR_TOKEN|PNEUMONIA_AUTH_TOKEN)"
     r"[ \t]*[:=][ \t]*(?![\"']?\$)(\S+)"
 )
@@ -726,6 +726,9 @@ def test_no_secret_values_are_committed() -> None:
     for environment in environments:
         for key in set(environment) & set(validate_deploy.COMPOSE_SECRETS):
             assert environment[key].startswith(f"${{{key}:?"), key
+        if "PNEUMONIA_S3_SECRET_KEY" in environment:  # a service's own account: pneumonia-<name> and its secret
+            name = environment["PNEUMONIA_S3_ACCESS_KEY"].removeprefix("pneumonia-")
+            assert environment["PNEUMONIA_S3_SECRET_KEY"].startswith(f"${{PNEUMONIA_{name.upper()}_S3_SECRET_KEY:?")
     # the services' accepted tokens and the orchestrator's own: references to required .env secrets only
     reference = r"\$\{PNEUMONIA_(ORCHESTRATOR|OPERATOR)_TOKEN:\?[^}]*\}"
     assert re.fullmatch(
@@ -772,6 +775,10 @@ def test_each_service_gets_only_the_credentials_it_uses(
         assert not storage_keys & set(services["classifier"]["environment"])
         assert "PNEUMONIA_AUTH_TOKENS" not in services["classifier"]["environment"]
         for name in ("generator", "analyzer", "trainer-cpu" if "trainer-cpu" in services else "trainer"):
+            account = name.removesuffix("-cpu")  # each its own storage account
+            assert services[name]["environment"]["PNEUMONIA_S3_ACCESS_KEY"] == f"pneumonia-{account}"
+            secret = validate_deploy.COMPOSE_SECRETS[f"PNEUMONIA_{account.upper()}_S3_SECRET_KEY"]
+            assert services[name]["environment"]["PNEUMONIA_S3_SECRET_KEY"] == secret
             tokens = services[name]["environment"]["PNEUMONIA_AUTH_TOKENS"]
             assert tokens == (
                 f"orchestrator={validate_deploy.COMPOSE_SECRETS['PNEUMONIA_ORCHESTRATOR_TOKEN']},"
@@ -793,3 +800,83 @@ def test_each_service_gets_only_the_credentials_it_uses(
                     assert not storage_keys & set(env) and "PNEUMONIA_AUTH_TOKENS" not in env
                 if name in ("trainer", "generator", "analyzer"):
                     assert env["PNEUMONIA_AUTH_TOKENS"] == validate_deploy.K8S_SECRETS["PNEUMONIA_AUTH_TOKENS"]
+                account = name if name in ("trainer", "generator", "analyzer") else "orchestrator"  # Jobs: its account
+                if "PNEUMONIA_S3_ACCESS_KEY" in env:
+                    assert env["PNEUMONIA_S3_ACCESS_KEY"] == f"pneumonia-{account}", name
+                    secret = validate_deploy.K8S_SECRETS[f"PNEUMONIA_{account.upper()}_S3_SECRET_KEY"]
+                    assert env["PNEUMONIA_S3_SECRET_KEY"] == secret, name
+        policies = next(obj for obj in objects if obj["metadata"]["name"].startswith("storage-policies"))
+        for path in (ROOT / "k8s" / "base" / "storage-policies").glob("*.json"):  # what minio-init applies
+            assert json.loads(policies["data"][path.name]) == json.loads(path.read_text())
+
+
+_secrets_spec = importlib.util.spec_from_file_location("make_secrets", ROOT / "scripts" / "make_secrets.py")
+make_secrets = importlib.util.module_from_spec(_secrets_spec)
+_secrets_spec.loader.exec_module(make_secrets)
+
+
+def test_make_env_fills_every_secret_once_and_compose_accepts_the_result(tmp_path: Path) -> None:
+    from shared.auth import AuthConfig
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("MINIO_ROOT_PASSWORD=kept-by-the-user\nMY_OWN=1\n")
+    filled = make_secrets.fill(ROOT / ".env.example", env_file)
+    values = make_secrets.variables(env_file.read_text())
+    assert set(filled) == set(validate_deploy.COMPOSE_SECRETS) - {"MINIO_ROOT_PASSWORD"}
+    assert values["MINIO_ROOT_PASSWORD"] == "kept-by-the-user" and values["MY_OWN"] == "1"
+    assert all(8 <= len(values[name]) <= 40 for name in values if name.endswith("_S3_SECRET_KEY"))
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert (
+        make_secrets.fill(ROOT / ".env.example", env_file) == []
+        and make_secrets.variables(env_file.read_text()) == values
+    )
+    clean = {name: value for name, value in validate_deploy.compose_env().items() if name in ("PATH", "HOME")}
+    result = validate_deploy.compose_config(["cpu", "experiment"], clean, env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    tokens = json.loads(result.stdout)["services"]["generator"]["environment"]["PNEUMONIA_AUTH_TOKENS"]
+    assert AuthConfig.from_env({"PNEUMONIA_AUTH_TOKENS": tokens}).callers().names == ("orchestrator", "operator")
+    k8s_file = tmp_path / "secrets.env"
+    make_secrets.fill(ROOT / "k8s" / "base" / "secrets.env.example", k8s_file)
+    k8s_values = make_secrets.variables(k8s_file.read_text())
+    assert set(k8s_values) == set(validate_deploy.K8S_SECRETS) and all(k8s_values.values())
+    AuthConfig.from_env({"PNEUMONIA_AUTH_TOKENS": k8s_values["PNEUMONIA_AUTH_TOKENS"]}).callers()
+
+
+def test_the_classifier_keeps_its_models_across_restarts(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """TorchServe's workdir (its snapshots) and model store are on a claim, mounted where the service looks."""
+    for objects in rendered.values():
+        claims = {obj["metadata"]["name"] for obj in objects if obj["kind"] == "PersistentVolumeClaim"}
+        classifier = next(
+            obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "classifier"
+        )
+        spec = pod_spec(classifier)
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        container = spec["containers"][0]
+        env = {variable["name"]: variable.get("value") for variable in container["env"]}
+        mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+        for variable in ("PNEUMONIA_CLASSIFIER_WORKDIR", "PNEUMONIA_CLASSIFIER_MODEL_STORE"):
+            volume = volumes[mounts[env[variable]]["name"]]
+            assert volume["persistentVolumeClaim"]["claimName"] in claims, variable
+        assert classifier["spec"]["strategy"]["type"] == "Recreate"
+        assert env.get("PNEUMONIA_CLASSIFIER_RESTORE", "true") == "true"
+
+
+def test_third_party_images_are_pinned_by_digest(
+    compose_models: dict[str, dict[str, Any]], rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """A tag can be moved; a digest cannot. Ours (pneumonia/*) are built here; the JDK base (Temurin) has no digest we
+    could confirm and keeps its tag (README, Security)."""
+    pinned = re.compile(r"[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}")
+    images = [spec["image"] for model in compose_models.values() for spec in model["services"].values()]
+    images += [
+        container["image"]
+        for objects in rendered.values()
+        for obj in objects
+        if (spec := pod_spec(obj)) is not None
+        for container in spec.get("initContainers", []) + spec["containers"]
+    ]
+    third_party = {image for image in images if not image.startswith("pneumonia/")}
+    assert third_party and all(pinned.fullmatch(image) for image in third_party), third_party
+    for dockerfile in validate_deploy.dockerfiles():
+        default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile.read_text(), re.MULTILINE)
+        assert default and pinned.fullmatch(default.group(1)), dockerfile

@@ -26,8 +26,10 @@ cat >"$work/smoke.env" <<SETTINGS
 COMPOSE_PROJECT_NAME=$PROJECT
 MINIO_ROOT_USER=smoke-root
 MINIO_ROOT_PASSWORD=$(secret)
-PNEUMONIA_S3_ACCESS_KEY=smoke-service
-PNEUMONIA_S3_SECRET_KEY=$(secret)
+PNEUMONIA_TRAINER_S3_SECRET_KEY=$(secret)
+PNEUMONIA_GENERATOR_S3_SECRET_KEY=$(secret)
+PNEUMONIA_ANALYZER_S3_SECRET_KEY=$(secret)
+PNEUMONIA_ORCHESTRATOR_S3_SECRET_KEY=$(secret)
 PNEUMONIA_ORCHESTRATOR_TOKEN=$(secret)$(secret)
 PNEUMONIA_OPERATOR_TOKEN=$(secret)$(secret)
 PNEUMONIA_PUBLISH_HOST=127.0.0.1
@@ -111,6 +113,31 @@ for port in (8081, 7071, 8083, 9000):  # management, metrics and storage stay on
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is published"
 print(f"REST and gRPC agree: {rest}")
+PYTHON
+
+say "inside the network: a call without a token is refused, and each account has only its service's rights"
+COMPOSE_PROFILES=cpu compose exec -T trainer-cpu python - <<'PYTHON'
+import grpc
+from pneumonia_proto.v1 import trainer_pb2, trainer_pb2_grpc
+
+with grpc.insecure_channel("127.0.0.1:50051") as channel:
+    try:
+        trainer_pb2_grpc.TrainerServiceStub(channel).GetJob(trainer_pb2.GetJobRequest(job_id="x"), timeout=30)
+        raise SystemExit("the trainer answered a call without a token")
+    except grpc.RpcError as refused:
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED, refused
+print("the trainer refused a call without a token")
+PYTHON
+COMPOSE_PROFILES=cpu compose exec -T generator python - <<'PYTHON'
+from shared.storage import StorageError, open_store
+
+store = open_store()
+try:
+    store.put_bytes("models", "smoke/not-the-generators.bin", b"x")
+    raise SystemExit("the generator's account wrote to the models bucket")
+except StorageError as refused:
+    assert "AccessDenied" in str(refused), refused
+print("the generator's account may not write to models")
 PYTHON
 
 say "down -v"

@@ -20,6 +20,8 @@ GAN_SAMPLES_DIR = "gan_images"
 # analyze-results: ANALYSIS_DIR/
 COMPARISON_REPORT = "comparison_report.txt"
 ANALYSIS_SUMMARY = "analysis_summary.json"
+DATASET_CARD = "dataset_card.md"  # shared.cards: the data the models were trained and measured on
+MODEL_CARDS_DIR = "model_cards"  # <strategy>.md: each strategy's served model (shared.cards)
 
 
 def gan_dir(model_dir: str | Path) -> Path:

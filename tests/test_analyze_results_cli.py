@@ -169,13 +169,23 @@ def test_full_analysis_writes_every_output(setup: dict[str, Path], monkeypatch, 
             assert image.format == "PNG" and image.width > 100
     summary = json.loads((out / "analysis_summary.json").read_text())
     report = (out / "comparison_report.txt").read_text()
+    cards = [name for name in summary["outputs"] if name.startswith("model_cards/")]
     assert summary["outputs"] == [
         *FIGURES[:4],
         *FIGURES[4:6],
         FIGURES[6],
+        "dataset_card.md",
+        *cards,
         "analysis_summary.json",
         "comparison_report.txt",
     ]
+    assert {Path(name).stem for name in cards} == set(STRATEGIES)
+    assert "For tests and plumbing only" in (out / "dataset_card.md").read_text()  # the phantom's card
+    for name in cards:  # each strategy's card quotes its own final metrics
+        final = json.loads((setup["work"] / "metrics" / f"{Path(name).stem}_final_metrics.json").read_text())
+        card = (out / name).read_text()
+        assert "**Not for clinical use.**" in card and f"{final['holdout']['n']} hold-out images" in card
+        assert "Not calibrated" in card and f"accuracy {100 * final['holdout']['accuracy']:.1f}%" in card
 
     # the verdict, image by image: augmented clearly better, curriculum alike; the fold spread beside it
     outcomes = {(c["strategy"], c["reference"]): c["outcome"] for c in summary["holdout_tests"]["comparisons"]}
@@ -224,7 +234,7 @@ def test_missing_inputs_are_skipped_not_fatal(tmp_path: Path) -> None:
     assert analyze(tmp_path / "nothing", tmp_path / "no-data") == 0
     out = tmp_path / "nothing" / "analysis"
     summary = json.loads((out / "analysis_summary.json").read_text())
-    assert summary["outputs"] == ["analysis_summary.json", "comparison_report.txt"]
+    assert summary["outputs"] == ["dataset_card.md", "analysis_summary.json", "comparison_report.txt"]
     assert summary["comparisons"] == [] and summary["memorization"] is None and summary["tstr"] is None
     skipped = summary["skipped"]
     assert (
@@ -267,7 +277,12 @@ def test_skip_flags_leave_only_the_ssim_distribution(setup: dict[str, Path], tmp
     skips = ("--skip-plots", "--skip-fidelity", "--skip-memorization", "--skip-tstr", "--skip-gradcam")
     assert analyze(work, setup["data"], *skips) == 0
     summary = json.loads((work / "analysis" / "analysis_summary.json").read_text())
-    assert summary["outputs"] == ["ssim_distribution.png", "analysis_summary.json", "comparison_report.txt"]
+    assert summary["outputs"] == [
+        "ssim_distribution.png",
+        "dataset_card.md",
+        "analysis_summary.json",
+        "comparison_report.txt",
+    ]
     assert summary["ssim"]["n_real"] == 10 and summary["ssim"]["n_synthetic"] == 17
     assert summary["memorization"] is None and summary["frechet_classifier"] is None and summary["gradcam"] is None
     for flag in ("--skip-plots", "--skip-fidelity", "--skip-memorization", "--skip-tstr", "--skip-gradcam"):

@@ -40,6 +40,7 @@ from services.analyzer.report import (
     smoke_run,
 )
 from shared import layout
+from shared.cards import dataset_card, model_card
 from shared.checkpoints import load_checkpoint
 from shared.configs import AnalysisConfig
 from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA, LabelledImages, load_dataset
@@ -416,6 +417,22 @@ def analyze_gradcam(
     return record
 
 
+def write_cards(options: AnalysisConfig, results: dict[str, StrategyResults], out: Path) -> list[str]:
+    """dataset_card.md, and model_cards/<strategy>.md for each strategy whose final metrics were found."""
+    datasets = {found.final.get("dataset") for found in results.values() if found.final} - {None}
+    dataset = datasets.pop() if len(datasets) == 1 else options.dataset
+    atomic_write_bytes(out / layout.DATASET_CARD, dataset_card(dataset).encode())
+    written = [layout.DATASET_CARD]
+    for strategy, found in results.items():
+        if found.final is None:
+            continue
+        name = f"{layout.MODEL_CARDS_DIR}/{strategy}.md"
+        (out / layout.MODEL_CARDS_DIR).mkdir(exist_ok=True)
+        atomic_write_bytes(out / name, model_card(strategy, found.final, cv=found.cv).encode())
+        written.append(name)
+    return written
+
+
 def _no_check() -> None:
     """The default `check` of analyze: nobody can stop the analysis."""
 
@@ -479,6 +496,7 @@ def analyze(options: AnalysisConfig, check: Callable[[], None] = _no_check) -> d
                 written.append(summary["gradcam"]["figure"])
 
     check()
+    written += write_cards(options, results, out)
     summary["skipped"] = skipped
     summary["outputs"] = [*written, layout.ANALYSIS_SUMMARY, layout.COMPARISON_REPORT]
     atomic_write_json(out / layout.ANALYSIS_SUMMARY, summary)

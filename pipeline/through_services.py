@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -502,4 +502,25 @@ def run_through_services(args: argparse.Namespace, endpoints: ServiceEndpoints) 
             generator_pb2_grpc.GeneratorServiceStub(generator),
             analyzer_pb2_grpc.AnalyzerServiceStub(analyzer),
         )
-        return run_steps(driver, planned)
+        if endpoints.token is None:
+            log.warning("PNEUMONIA_AUTH_TOKEN is not set: calls carry no token; services that require one refuse them")
+        try:
+            return run_steps(driver, planned)
+        except grpc.RpcError as exc:
+            raise ServiceCallError.of(exc) from exc
+
+
+class ServiceCallError(PneumoniaError):
+    """A service refused or failed a call of the orchestrator; the message is the status, its details and a hint."""
+
+    HINTS: ClassVar[dict[grpc.StatusCode, str]] = {
+        grpc.StatusCode.UNAUTHENTICATED: "set PNEUMONIA_AUTH_TOKEN to a token the services accept (README, Security)",
+        grpc.StatusCode.UNAVAILABLE: "is the service running, and do PNEUMONIA_*_ADDRESS point at it?",
+        grpc.StatusCode.DEADLINE_EXCEEDED: "the service did not answer in time; its log says what it was doing",
+    }
+
+    @classmethod
+    def of(cls, exc: grpc.RpcError) -> ServiceCallError:
+        code = exc.code()
+        hint = cls.HINTS.get(code)
+        return cls(f"a service call failed: {code.name}: {exc.details()}" + (f" ({hint})" if hint else ""))

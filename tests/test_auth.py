@@ -26,6 +26,7 @@ from pneumonia_proto.v1 import analyzer_pb2, generator_pb2, trainer_pb2, trainer
 from service_process import ROOT, service_process, serving_channel
 from storage_server import free_port
 
+from pipeline.through_services import ServiceCallError
 from pipeline.through_services import channel as orchestrator_channel
 from shared.auth import AuthConfig, Callers, bearer_token, parse_tokens
 from shared.errors import ConfigError
@@ -210,6 +211,16 @@ def test_each_accepted_caller_gets_through_to_the_service(stack: Stack) -> None:
         with orchestrator_channel(f"127.0.0.1:{served.port}", ORCHESTRATOR) as channel:
             assert call(channel, served.service, method, None) == code
             assert call(channel, served.service, method, WRONG) == code  # its token replaces the one a call names
+
+
+def test_the_orchestrator_says_which_token_to_set_when_refused(stack: Stack) -> None:
+    trainer = next(served for served in stack.services if served.name == "trainer")
+    request = trainer_pb2.GetJobRequest(job_id="x")
+    with orchestrator_channel(f"127.0.0.1:{trainer.port}", WRONG) as channel, pytest.raises(grpc.RpcError) as refused:
+        trainer_pb2_grpc.TrainerServiceStub(channel).GetJob(request, timeout=20)
+    message = str(ServiceCallError.of(refused.value))
+    assert message.startswith("a service call failed: UNAUTHENTICATED: invalid credential")
+    assert "PNEUMONIA_AUTH_TOKEN" in message and WRONG not in message
 
 
 def test_health_needs_no_token_and_reflection_does(stack: Stack) -> None:

@@ -63,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "under --work-dir), stop them at the end",
     )
     parser.add_argument("--run-id", default=None, help="with --via-services: run name in storage (default: time)")
+    parser.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="with --via-services: do not log the run to MLflow nor register its models (pipeline/tracking.py)",
+    )
     for step in STEP_OVERRIDES:
         parser.add_argument(
             f"--{step}-args",

@@ -55,6 +55,7 @@ from pipeline.endpoints import ServiceEndpoints
 from pipeline.plan import PlannedStep, plan
 from pipeline.profiles import STRATEGIES
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
+from pipeline.tracking import SERVED_ALIAS, TrackedRun, log_experiment
 from services.classifier.client import ClassifierClient, ClassifierError, register_from_store
 from shared import layout
 from shared.auth import authenticated_channel
@@ -64,6 +65,7 @@ from shared.errors import ConfigError, PneumoniaError
 from shared.splits import develop_and_holdout
 from shared.storage import ObjectRef, ObjectStore, open_store
 from shared.storage.config import BucketNames
+from shared.storage.proto import ref_from_proto
 from shared.storage.sync import download_prefix, upload_dir
 from shared.synthetic import merge_synthetic_folders
 
@@ -412,7 +414,7 @@ class ServicesDriver:
         self.started: dict[str, trainer_pb2.Job] = {}
         self.jobs: dict[str, trainer_pb2.Job] = {}  # by strategy
         self.analysis = analyzer_pb2.AnalyzeResponse()
-        self.best, self.answers = "", ""
+        self.best, self.answers, self.tracking = "", "", ""
 
     def steps_before(self) -> Sequence[Step]:
         return [("upload-dataset", self.upload_dataset)]
@@ -449,7 +451,29 @@ class ServicesDriver:
         return self.synthetic
 
     def steps_after(self) -> Sequence[Step]:
-        return [("serve", self.serve)]
+        return [("serve", self.serve)] + ([] if self.experiment.args.no_tracking else [("track", self.track)])
+
+    def track(self) -> None:
+        """Log the run to MLflow from what the services stored; register each strategy's served model."""
+        run = self.experiment
+        synthetic = self.synthetic_images()
+        tracked = TrackedRun(
+            run_id=run.run_id,
+            params={"profile": run.args.profile, "dataset": run.args.dataset, "repeats": run.args.repeats},
+            results=(run.buckets.results, f"{run.prefix}/"),
+            archives={
+                strategy: ref_from_proto(job.model_archive)
+                for strategy, job in self.jobs.items()
+                if job.model_archive.key
+            },
+            lineage={
+                "dataset": f"s3://{self.dataset.data.bucket}/{self.dataset.data.prefix}",
+                "gan_checkpoint": f"s3://{self.checkpoint.bucket}/{self.checkpoint.key}#sha256={self.checkpoint.sha256}",
+                "synthetic": f"s3://{synthetic.bucket}/{synthetic.prefix}",
+            },
+            served=self.best,
+        )
+        self.tracking = log_experiment(run.store, tracked, Path(run.args.work_dir))
 
     def serve(self) -> None:
         """Serve the strategy with the best cross-validation AUROC and ask it about a few hold-out images."""
@@ -472,6 +496,11 @@ class ServicesDriver:
         ]
         if self.analysis.skipped:
             lines.append("Skipped in the analysis: " + "; ".join(self.analysis.skipped))
+        if self.tracking:
+            lines.append(
+                f"MLflow: run {self.run_id} and models pneumonia-<strategy> (alias {SERVED_ALIAS!r} on the served "
+                f"one) in {self.tracking}; browse with `mlflow ui --backend-store-uri {self.tracking}`"
+            )
         return lines
 
     def report(self) -> str:

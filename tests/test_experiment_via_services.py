@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
+from pipeline.tracking import SERVED_ALIAS
 from shared.configs.classifier import STRATEGIES
 from shared.datasets import load_dataset
 from shared.splits import develop_and_holdout
@@ -94,6 +96,19 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
         rest, grpc = " ".join(row[2:4]), " ".join(row[4:6])
         assert rest == grpc and row[1] in ("normal", "pneumonia")
     assert "Hold-out test metrics" in out and "Report: " in out
+
+    # MLflow (embedded store in the work dir): the run with a child per step, every strategy's model registered,
+    # the served one under the alias "served".
+    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    assert f"mlflow ui --backend-store-uri {uri}" in out
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("pneumonia").experiment_id], "tags.mlflow.runName = 'e2e'"
+    )
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {run.info.run_name for run in children} == {"train-gan", *STRATEGIES}
+    served = [name for name in STRATEGIES if SERVED_ALIAS in client.get_registered_model(f"pneumonia-{name}").aliases]
+    assert len(served) == 1 and f"the {served[0]} model" in out
 
     # ... and every service was stopped and exited cleanly.
     assert stopped_cleanly(result.stderr) == dict.fromkeys(SERVICES, "0")

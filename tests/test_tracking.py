@@ -1,0 +1,100 @@
+"""pipeline.tracking: an experiment's stored outputs logged to MLflow (an embedded sqlite store here) and each
+strategy's served model registered, with its metrics, calibration and lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.tracking import SERVED_ALIAS, TrackedRun, epoch_metrics, log_experiment, tracking_uri
+from shared.storage import LocalStore
+
+GAN_HISTORY = {"config": {}, "epochs": [{"epoch": e, "loss_d": 1.0 - 0.1 * e, "loss_g": 2.0 + e} for e in range(3)]}
+
+
+def classifier_history(strategy: str) -> dict:
+    epochs = [{"epoch": e, "train_loss": 0.7 - 0.1 * e, "val_auroc": 0.6 + 0.1 * e, "lr": 1e-3} for e in range(2)]
+    return {"strategy": strategy, "config": {}, "folds": [{"fold": k, "epochs": epochs} for k in (1, 2)]}
+
+
+def final_metrics(auroc: float) -> dict:
+    return {
+        "holdout": {"n": 40, "accuracy": 0.8, "sensitivity": 0.75, "specificity": 0.85, "auroc": auroc},
+        "calibration": {"temperature": 1.3, "threshold": 0.42, "method": "youden"},
+    }
+
+
+def stored_run(store: LocalStore, run_id: str, strategies: dict[str, float]) -> TrackedRun:
+    """What the services store for a run: GAN history and figures, each strategy's files and .mar, the analysis."""
+    results = f"runs/{run_id}/"
+    store.put_bytes("results", f"{results}gan/metrics/gan_training_history.json", json.dumps(GAN_HISTORY).encode())
+    store.put_bytes("results", f"{results}gan/gan_images/epoch_001.png", b"png")
+    archives = {}
+    for strategy, auroc in strategies.items():
+        metrics = f"{results}classifiers/metrics/{strategy}"
+        store.put_bytes(
+            "results", f"{metrics}_training_history.json", json.dumps(classifier_history(strategy)).encode()
+        )
+        store.put_bytes("results", f"{metrics}_final_metrics.json", json.dumps(final_metrics(auroc)).encode())
+        store.put_bytes("results", f"{results}classifiers/figures/{strategy}_training_curves.png", b"png")
+        store.put_bytes("results", f"{results}analysis/model_cards/{strategy}.md", f"# {strategy}".encode())
+        archives[strategy] = store.put_bytes(
+            "models", f"model-store/pneumonia-{strategy}.mar", f"mar {run_id}".encode()
+        )
+    store.put_bytes("results", f"{results}analysis/comparison_report.txt", b"report")
+    return TrackedRun(
+        run_id=run_id,
+        params={"profile": "quick", "dataset": "phantom"},
+        results=("results", results),
+        archives=archives,
+        lineage={"dataset": "s3://datasets/phantom/", "gan_checkpoint": "s3://models/runs/x/gan/g.pth#sha256=ab"},
+        served=max(strategies, key=strategies.get),
+    )
+
+
+def test_epoch_metrics_name_a_classifiers_by_fold_and_a_gans_as_they_are() -> None:
+    assert list(epoch_metrics(GAN_HISTORY))[:2] == [("loss_d", 1.0, 0), ("loss_g", 2.0, 0)]
+    rows = list(epoch_metrics(classifier_history("baseline")))
+    assert ("fold2/val_auroc", pytest.approx(0.7), 1) in rows and len(rows) == 2 * 2 * 3
+
+
+def test_a_run_is_logged_and_its_models_registered(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "storage")
+    for bucket in ("results", "models"):
+        store.ensure_bucket(bucket)
+    uri = tracking_uri(tmp_path, environ={})
+    assert uri == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    first = stored_run(store, "run-1", {"baseline": 0.80, "augmented": 0.90})
+    assert log_experiment(store, first, tmp_path) == uri
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("pneumonia")
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'run-1'")
+    assert parent.data.params == {"profile": "quick", "dataset": "phantom"}
+    assert parent.data.tags["lineage.gan_checkpoint"].endswith("#sha256=ab")
+    children = {
+        run.info.run_name: run
+        for run in client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    }
+    assert set(children) == {"train-gan", "baseline", "augmented"}
+    assert [m.value for m in client.get_metric_history(children["train-gan"].info.run_id, "loss_g")] == [2, 3, 4]
+    augmented = children["augmented"]
+    history = client.get_metric_history(augmented.info.run_id, "fold2/val_auroc")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(0, 0.6), (1, 0.7)]
+    assert augmented.data.metrics["holdout_auroc"] == 0.90 and augmented.data.params["calibration_threshold"] == "0.42"
+    model_artifacts = {f.path for f in client.list_artifacts(augmented.info.run_id, "model")}
+    assert model_artifacts == {"model/augmented.md", "model/pneumonia-augmented.mar"}
+    (version,) = client.search_model_versions("name = 'pneumonia-augmented'")
+    assert version.tags["archive_sha256"] == hashlib.sha256(b"mar run-1").hexdigest()
+    assert version.tags["holdout_auroc"] == "0.9000" and version.tags["lineage.dataset"] == "s3://datasets/phantom/"
+    assert client.get_model_version_by_alias("pneumonia-augmented", SERVED_ALIAS).version == version.version
+    assert client.get_registered_model("pneumonia-baseline").aliases == {}
+    # A later run adds a version of each; the alias moves to what TorchServe serves now.
+    log_experiment(store, stored_run(store, "run-2", {"baseline": 0.95, "augmented": 0.90}), tmp_path)
+    assert str(client.get_model_version_by_alias("pneumonia-baseline", SERVED_ALIAS).version) == "2"
+    assert client.get_registered_model("pneumonia-augmented").aliases == {}
+    assert len(client.search_model_versions("name = 'pneumonia-augmented'")) == 2

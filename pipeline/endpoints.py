@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.auth import ClientToken
+
 
 @dataclass(frozen=True)
 class ServiceEndpoints:
@@ -35,5 +37,5 @@ class ServiceEndpoints:
             classifier_management_url=env.get("PNEUMONIA_CLASSIFIER_MANAGEMENT_URL", d.classifier_management_url),
             classifier_grpc=env.get("PNEUMONIA_CLASSIFIER_GRPC_ADDRESS", d.classifier_grpc),
             classifier_key_file=Path(key_file) if key_file else None,
-            token=env.get("PNEUMONIA_AUTH_TOKEN"),
+            token=ClientToken.from_env(env).value(),
         )

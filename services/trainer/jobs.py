@@ -69,6 +69,7 @@ class JobManager:
         self._changed = threading.Condition(self._lock)  # notified on every committed change
         self._persist_lock = threading.Lock()
         self._submit_lock = threading.Lock()
+        self._claims: dict[str, set[tuple[str, ...]]] = {}  # job id -> JobPlan.claims(), computed once
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
 
@@ -169,7 +170,8 @@ class JobManager:
         job_id = uuid.uuid4().hex
         request = effective_request(self.config, job_id, request)
         plan = plan_job(self.config, job_id, request)
-        self._check_claims(plan.claims())
+        claims = plan.claims()
+        self._check_claims(claims)
         check_inputs(self.store, self.config, plan, request)
         if isinstance(request, ClassifierRequest) and request.HasField("weights_checkpoint"):
             pin_weights(self.store, request)
@@ -179,6 +181,7 @@ class JobManager:
         job.created_at.GetCurrentTime()
         entry = JobEntry(job, request, request_digest=digest)
         self._persist(entry)  # a job that could not be recorded is not accepted
+        self._claims[job_id] = claims
         with self._changed:
             self._entries[job_id] = entry
             self._queue.append(job_id)
@@ -192,16 +195,22 @@ class JobManager:
         with self._lock:
             live = [entry for entry in self._entries.values() if entry.job.state in (QUEUED, RUNNING)]
         for entry in live:
-            try:
-                owned = plan_job(self.config, entry.job.job_id, entry.request).claims()
-            except PneumoniaError:  # a record planned under other settings: it claims nothing we can name
-                continue
-            for claim in sorted(claims & owned):
+            for claim in sorted(claims & self._claims_of(entry)):
                 what = f"model archive {claim[1]!r}" if claim[0] == "archive" else f"output prefix {claim[1]!r}"
                 state = common_pb2.JobState.Name(entry.job.state).removeprefix("JOB_STATE_").lower()
                 raise ConflictError(
                     f"{what} belongs to job {entry.job.job_id} ({state}): wait for it, cancel it, or write elsewhere"
                 )
+
+    def _claims_of(self, entry: JobEntry) -> set[tuple[str, ...]]:
+        """The claims of a recorded job (planned once; a job found at start is planned on first use)."""
+        job_id = entry.job.job_id
+        if job_id not in self._claims:
+            try:
+                self._claims[job_id] = plan_job(self.config, job_id, entry.request).claims()
+            except PneumoniaError:  # a record planned under other settings: it claims nothing we can name
+                self._claims[job_id] = set()
+        return self._claims[job_id]
 
     def get(self, job_id: str) -> trainer_pb2.Job:
         with self._lock:

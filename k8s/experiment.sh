@@ -6,7 +6,8 @@
 # 1. uploads DATA_DIR (PneumoniaMNIST's npz directory; skipped when empty) to the datasets bucket through a
 #    port-forward to MinIO, with this project's own storage code (.venv, `make install`);
 # 2. re-creates the step Jobs of OVERLAY_DIR (suspended) and resumes them in order: prepare-data, train-gan,
-#    generate-synthetic, the four train-classifier strategies together, analyze-results, publish-results;
+#    generate-synthetic, the four train-classifier strategies together, analyze-results, publish-results,
+#    track-experiment (into the MLflow server, k8s/base/mlflow.yaml);
 #    a failed step stops the run and shows its logs;
 # 3. copies the results (runs/k8s/ in the results bucket) to OUT_DIR/<time>/.
 #
@@ -99,6 +100,7 @@ run_steps generate-synthetic
 run_steps train-classifier-baseline train-classifier-baseline-matched train-classifier-augmented train-classifier-curriculum
 run_steps analyze-results
 run_steps publish-results
+run_steps track-experiment
 
 target="$out_dir/$(date -u +%Y%m%d-%H%M%S)"
 with_minio "$python" -c '

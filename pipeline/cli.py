@@ -60,6 +60,10 @@ COMMANDS: dict[str, Command] = {
         "Portable classifier artifacts: TorchScript or ONNX, carrying the checkpoint's config (preprocessing, "
         "calibration).",
     ),
+    "track": Command(
+        "pipeline.tracking",
+        "MLflow tracking and model registry for an experiment run, through the services or in this process.",
+    ),
     "experiment": Command(
         "pipeline.experiment",
         "Run the whole experiment: GAN -> synthetic images -> four classifier strategies with CV -> analysis.",

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-tracking",
         action="store_true",
-        help="with --via-services: do not log the run to MLflow nor register its models (pipeline/tracking.py)",
+        help="do not log the run to MLflow nor register its models (pipeline/tracking.py)",
     )
     for step in STEP_OVERRIDES:
         parser.add_argument(

@@ -9,12 +9,14 @@ import argparse
 import logging
 import shlex
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.cli import main as pneumonia
 from pipeline.plan import PlannedStep, WorkDir, plan
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
+from pipeline.tracking import SERVED_ALIAS, TrackedRun, log_work_dir
 from shared import layout
 from shared.errors import PneumoniaError
 from shared.images import atomic_write_bytes
@@ -27,9 +29,11 @@ class InProcessDriver:
 
     run_id = None
 
-    def __init__(self, work: WorkDir) -> None:
+    def __init__(self, work: WorkDir, args: argparse.Namespace) -> None:
         self.work = work
+        self.args = args
         self.synthetic_cleared = False
+        self.tracking = ""
 
     def clear_synthetic(self) -> None:
         """Empty the synthetic folder once, before the run's first generate step: generate-synthetic merges into
@@ -51,7 +55,21 @@ class InProcessDriver:
             raise PneumoniaError(f"experiment step {step.name!r} failed; see the messages above")
 
     def steps_after(self) -> Sequence[Step]:
-        return []
+        return [] if self.args.no_tracking else [("track", self.track)]
+
+    def track(self) -> None:
+        """Log the run to MLflow from the work directory; register each strategy's selected model (.pth)."""
+        args = self.args
+        tracked = TrackedRun(
+            run_id=time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + args.profile,
+            params={"profile": args.profile, "dataset": args.dataset, "repeats": args.repeats},
+            lineage={
+                "dataset": str(Path(args.data_dir).resolve()) if args.data_dir else args.dataset,
+                "gan_checkpoint": str(self.work.generator.resolve()),
+                "synthetic": str(self.work.synthetic.resolve()),
+            },
+        )
+        self.tracking = log_work_dir(self.work.root, tracked)
 
     def save_timings(self, timings: dict[str, float]) -> None:
         atomic_write_bytes(self.work.results / TIMINGS_FILE, timings_json(timings))
@@ -60,7 +78,12 @@ class InProcessDriver:
         return self.work.metrics
 
     def notes(self) -> list[str]:
-        return []
+        if not self.tracking:
+            return []
+        return [
+            f"MLflow: the run and models pneumonia-<strategy> (the alias {SERVED_ALIAS!r} marks a served version; "
+            f"this run serves none) in {self.tracking}; browse with `mlflow ui --backend-store-uri {self.tracking}`"
+        ]
 
     def report(self) -> str:
         return str(self.work.analysis / layout.COMPARISON_REPORT)
@@ -68,4 +91,4 @@ class InProcessDriver:
 
 def run_in_process(args: argparse.Namespace) -> int:
     """Each step as the `pneumonia` subcommand, called in this process."""
-    return run_steps(InProcessDriver(WorkDir(Path(args.work_dir))), plan(args))
+    return run_steps(InProcessDriver(WorkDir(Path(args.work_dir)), args), plan(args))

@@ -1,31 +1,39 @@
-"""MLflow tracking and model registry for an experiment run through the services.
+"""MLflow tracking and model registry for an experiment run, through the services or in this process.
 
-The services store everything a run produces (metrics per epoch, figures, sample grids, the report, the models);
-once the experiment has ended, the orchestrator logs it to MLflow from there:
+Everything a run produces lies in its folders (metrics per epoch, figures, sample grids, the report, the models);
+once the experiment has ended, it is logged to MLflow from there:
 
     experiment "pneumonia", run <run id>        params (profile, dataset), lineage tags, the analysis as artifacts
       child run train-gan                        GAN losses per epoch, its figures and sample grids
       child run <strategy>                       per fold and epoch: losses, accuracy, AUROC; hold-out metrics;
-                                                 calibration; figures; the model card; the served .mar
+                                                 calibration; figures; the model card; the model (.mar or .pth)
     registered model pneumonia-<strategy>        one version per run, tagged with its hold-out metrics, calibration
                                                  and lineage (dataset, GAN checkpoint, synthetic images); alias
-                                                 "served" on the version TorchServe serves
+                                                 "served" on the version the classifier serves
 
-MLFLOW_TRACKING_URI says where (an MLflow server in compose and Kubernetes); unset, an embedded store:
-sqlite:///<work dir>/mlflow.db with artifacts in <work dir>/mlartifacts (`mlflow ui --backend-store-uri ...`).
+Through the services the files come from storage (`log_experiment`, the runs/<run>/ layout); in this process from
+the work directory (`log_work_dir`, the seed's layout). MLFLOW_TRACKING_URI says where (an MLflow server in compose
+and Kubernetes); unset, an embedded store: sqlite:///<work dir>/mlflow.db with artifacts in <work dir>/mlartifacts
+(`mlflow ui --backend-store-uri ...`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared import layout
+from shared.configs.classifier import STRATEGIES
+from shared.errors import ConfigError
 from shared.storage import ObjectRef, ObjectStore
 from shared.storage.sync import download_prefix
 
@@ -33,7 +41,9 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "pneumonia"
 SERVED_ALIAS = "served"
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 HOLDOUT_METRICS = ("accuracy", "sensitivity", "specificity", "auroc", "f1")
+GAN_FIGURES = (layout.GAN_LOSS_FIGURE, layout.GAN_DIVERSITY_FIGURE, layout.GAN_COMPARISON_FIGURE)
 
 
 @dataclass
@@ -42,16 +52,44 @@ class TrackedRun:
 
     run_id: str
     params: dict[str, Any]
-    results: tuple[str, str]  # (bucket, prefix) of runs/<run>/ in the results bucket
+    results: tuple[str, str] = ("", "")  # through the services: (bucket, prefix) of runs/<run>/ in the results bucket
     archives: dict[str, ObjectRef] = field(default_factory=dict)  # strategy -> its .mar in the models bucket
     lineage: dict[str, str] = field(default_factory=dict)  # dataset, gan_checkpoint, synthetic ...
-    served: str = ""  # the strategy TorchServe serves
+    served: str = ""  # the strategy the classifier serves
+
+
+@dataclass
+class RunFiles:
+    """Where a run's files lie on this machine, in either layout."""
+
+    gan_history: Path
+    gan_figures: list[Path]
+    gan_samples: Path  # folder of sample grids
+    classifier_metrics: Path  # <strategy>_training_history.json, <strategy>_final_metrics.json
+    classifier_figures: Path  # <strategy>_*.png
+    analysis: Path  # the report, figures, model_cards/<strategy>.md
+    models: dict[str, Path]  # strategy -> the file registered as its model (.mar through the services, else .pth)
 
 
 def tracking_uri(work_dir: Path, environ: Mapping[str, str] | None = None) -> str:
     """MLFLOW_TRACKING_URI, else the embedded store in `work_dir`."""
     env = os.environ if environ is None else environ
-    return env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(work_dir / 'mlflow.db').resolve()}"
+    return env.get(TRACKING_URI_VARIABLE) or f"sqlite:///{(work_dir / 'mlflow.db').resolve()}"
+
+
+@contextmanager
+def tracking_to(uri: str) -> Iterator[None]:
+    """MLflow's tracking URI and experiment for the block, then MLFLOW_TRACKING_URI as it was before
+    (mlflow.set_tracking_uri also sets that variable, which would send a later run of this process here)."""
+    import mlflow
+
+    before = os.environ.get(TRACKING_URI_VARIABLE)
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(EXPERIMENT)
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the variable
 
 
 def epoch_metrics(history: Mapping[str, Any]) -> Iterable[tuple[str, float, int]]:
@@ -67,50 +105,98 @@ def epoch_metrics(history: Mapping[str, Any]) -> Iterable[tuple[str, float, int]
                     yield f"{prefix}{name}", float(value), int(row.get("epoch", 0))
 
 
+def service_run_files(results: Path, models: dict[str, Path]) -> RunFiles:
+    """The runs/<run>/ layout of the results bucket, downloaded to `results`."""
+    gan = results / "gan"
+    return RunFiles(
+        gan_history=gan / "metrics" / layout.GAN_HISTORY,
+        gan_figures=sorted((gan / "figures").glob("*.png")),
+        gan_samples=gan / layout.GAN_SAMPLES_DIR,
+        classifier_metrics=results / "classifiers" / "metrics",
+        classifier_figures=results / "classifiers" / "figures",
+        analysis=results / "analysis",
+        models=models,
+    )
+
+
+def work_dir_files(root: Path) -> RunFiles:
+    """The in-process experiment's layout under --work-dir (pipeline.plan.WorkDir): each strategy's selected model
+    is models/<strategy>_<arch>.pth (the newest, should several architectures have run)."""
+    results, models = root / "results", root / "models"
+    selected = {}
+    for strategy in STRATEGIES:
+        found = sorted(models.glob(layout.strategy_model_name(strategy, "*")), key=lambda p: p.stat().st_mtime)
+        if found:
+            selected[strategy] = found[-1]
+    return RunFiles(
+        gan_history=results / "metrics" / layout.GAN_HISTORY,
+        gan_figures=[results / "figures" / name for name in GAN_FIGURES if (results / "figures" / name).is_file()],
+        gan_samples=results / layout.GAN_SAMPLES_DIR,
+        classifier_metrics=results / "metrics",
+        classifier_figures=results / "figures",
+        analysis=results / "analysis",
+        models=selected,
+    )
+
+
+def log_work_dir(root: Path, tracked: TrackedRun, uri: str | None = None) -> str:
+    """Log an in-process experiment's work directory to MLflow; return where to browse it."""
+    files = work_dir_files(root)
+    if not files.models:
+        raise ConfigError(f"no classifier models (models/<strategy>_<arch>.pth) under {root}: nothing to register")
+    return log_run(files, tracked, root, uri)
+
+
 def log_experiment(store: ObjectStore, tracked: TrackedRun, work_dir: Path, uri: str | None = None) -> str:
-    """Log the run to MLflow and register each strategy's model; return where to browse it."""
+    """Log a run the services stored to MLflow and register each strategy's .mar; return where to browse it."""
+    with tempfile.TemporaryDirectory(prefix="pneumonia-tracking-") as tmp:
+        results = Path(tmp) / "results"
+        bucket, prefix = tracked.results
+        download_prefix(store, bucket, prefix, results)
+        models = {}
+        for strategy, archive in tracked.archives.items():
+            local = Path(tmp) / "models" / strategy / Path(archive.key).name
+            local.parent.mkdir(parents=True)
+            store.get_file(archive.bucket, archive.key, local)
+            models[strategy] = local
+        return log_run(service_run_files(results, models), tracked, work_dir, uri)
+
+
+def log_run(files: RunFiles, tracked: TrackedRun, work_dir: Path, uri: str | None = None) -> str:
+    """Log a run's files to MLflow and register each strategy's model; return where to browse it."""
     # MLflow records the git commit when it can; a container has no git: say nothing rather than three warnings.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import mlflow  # the pipeline's dependency only: the services never import it
     from mlflow import MlflowClient
 
     uri = uri or tracking_uri(work_dir)
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     if client.get_experiment_by_name(EXPERIMENT) is None:
         artifacts = (work_dir / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
         client.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
-    with tempfile.TemporaryDirectory(prefix="pneumonia-tracking-") as tmp:
-        results = Path(tmp) / "results"
-        bucket, prefix = tracked.results
-        download_prefix(store, bucket, prefix, results)
-        with mlflow.start_run(run_name=tracked.run_id) as parent:
-            mlflow.log_params(tracked.params)
-            mlflow.set_tags(
-                {"pneumonia.run_id": tracked.run_id, **{f"lineage.{k}": v for k, v in tracked.lineage.items()}}
-            )
-            _log_gan(results / "gan")
-            for strategy in sorted(tracked.archives):
-                _log_strategy(client, store, tracked, strategy, results / "classifiers", Path(tmp) / strategy)
-            if (results / "analysis").is_dir():
-                mlflow.log_artifacts(str(results / "analysis"), artifact_path="analysis")
-        log.info("logged run %s to MLflow (%s)", parent.info.run_id, uri)
+    with tracking_to(uri), mlflow.start_run(run_name=tracked.run_id) as parent:
+        mlflow.log_params(tracked.params)
+        mlflow.set_tags({"pneumonia.run_id": tracked.run_id, **{f"lineage.{k}": v for k, v in tracked.lineage.items()}})
+        _log_gan(files)
+        for strategy in sorted(files.models):
+            _log_strategy(client, files, tracked, strategy)
+        if files.analysis.is_dir():
+            mlflow.log_artifacts(str(files.analysis), artifact_path="analysis")
+    log.info("logged run %s to MLflow (%s)", parent.info.run_id, uri)
     return uri
 
 
-def _log_gan(gan: Path) -> None:
+def _log_gan(files: RunFiles) -> None:
     import mlflow
 
-    if not gan.is_dir():
+    if not files.gan_history.is_file():
         return
     with mlflow.start_run(run_name="train-gan", nested=True):
-        history = gan / "metrics" / "gan_training_history.json"
-        if history.is_file():
-            _log_history(json.loads(history.read_text()))
-        for folder in ("figures", "gan_images"):
-            if (gan / folder).is_dir():
-                mlflow.log_artifacts(str(gan / folder), artifact_path=folder)
+        _log_history(json.loads(files.gan_history.read_text()))
+        for figure in files.gan_figures:
+            mlflow.log_artifact(str(figure), artifact_path="figures")
+        if files.gan_samples.is_dir():
+            mlflow.log_artifacts(str(files.gan_samples), artifact_path=layout.GAN_SAMPLES_DIR)
 
 
 def _log_history(history: Mapping[str, Any]) -> None:
@@ -123,12 +209,12 @@ def _log_history(history: Mapping[str, Any]) -> None:
         mlflow.MlflowClient().log_batch(run_id, metrics=rows[start : start + 1000])
 
 
-def _log_strategy(
-    client: Any, store: ObjectStore, tracked: TrackedRun, strategy: str, classifiers: Path, tmp: Path
-) -> None:
+def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: str) -> None:
+    import hashlib
+
     import mlflow
 
-    metrics, figures = classifiers / "metrics", classifiers / "figures"
+    metrics, figures = files.classifier_metrics, files.classifier_figures
     with mlflow.start_run(run_name=strategy, nested=True) as run:
         history, final = metrics / f"{strategy}_training_history.json", metrics / f"{strategy}_final_metrics.json"
         if history.is_file():
@@ -145,19 +231,18 @@ def _log_strategy(
         )
         for figure in sorted(figures.glob(f"{strategy}_*.png")) if figures.is_dir() else []:
             mlflow.log_artifact(str(figure), artifact_path="figures")
-        card = classifiers.parent / "analysis" / "model_cards" / f"{strategy}.md"
+        card = files.analysis / layout.MODEL_CARDS_DIR / f"{strategy}.md"
         if card.is_file():
             mlflow.log_artifact(str(card), artifact_path="model")
-        archive = tracked.archives[strategy]
-        tmp.mkdir(parents=True, exist_ok=True)
-        local = store.get_file(archive.bucket, archive.key, tmp / Path(archive.key).name)
-        mlflow.log_artifact(str(tmp / Path(archive.key).name), artifact_path="model")
+        model = files.models[strategy]
+        mlflow.log_artifact(str(model), artifact_path="model")
         name = f"pneumonia-{strategy}"
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name, description=f"The {strategy} strategy's served classifier (.mar)")
+            client.create_registered_model(name, description=f"The {strategy} strategy's served classifier")
         tags = {
             "run_id": tracked.run_id,
-            "archive_sha256": local.sha256,
+            "model_file": model.name,
+            "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
             **{k: f"{v:.4f}" for k, v in holdout.items()},
             **{f"calibration_{k}": str(calibration.get(k)) for k in ("temperature", "threshold")},
             **{f"lineage.{k}": v for k, v in tracked.lineage.items()},
@@ -167,6 +252,38 @@ def _log_strategy(
         )
         if strategy == tracked.served:
             client.set_registered_model_alias(name, SERVED_ALIAS, version.version)
-        elif SERVED_ALIAS in client.get_registered_model(name).aliases:  # TorchServe serves another model now
+        elif SERVED_ALIAS in client.get_registered_model(name).aliases:  # the classifier serves another model now
             client.delete_registered_model_alias(name, SERVED_ALIAS)
         log.info("registered %s version %s", name, version.version)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`pneumonia track`: an in-process experiment's work directory (or a Kubernetes run's work volume) to MLflow."""
+    parser.add_argument("--work-dir", required=True, help="the experiment's --work-dir (models/, results/, data/)")
+    parser.add_argument("--run-id", default=None, help="the run's name in MLflow (default: time and profile)")
+    parser.add_argument("--profile", default="", help="the profile it ran with (a logged param)")
+    parser.add_argument("--dataset", default="", help="the dataset it ran on (a logged param)")
+    parser.add_argument("--data-dir", default="", help="where that dataset lay (lineage)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else <work-dir>/mlflow.db)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    root = Path(args.work_dir)
+    run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + (f"-{args.profile}" if args.profile else "")
+    tracked = TrackedRun(
+        run_id=run_id,
+        params={"profile": args.profile, "dataset": args.dataset},
+        lineage={
+            "dataset": str(Path(args.data_dir).resolve()) if args.data_dir else args.dataset,
+            "gan_checkpoint": str(layout.generator_path(root / "models").resolve()),
+            "synthetic": str((root / "data" / "synthetic").resolve()),
+        },
+    )
+    uri = log_work_dir(root, tracked, args.tracking_uri)
+    print(f"MLflow: run {run_id} and models pneumonia-<strategy> in {uri}")
+    print(f"browse with `mlflow ui --backend-store-uri {uri}`")
+    return 0

@@ -40,6 +40,7 @@ CONFIG_MODULES = {
     "generator": "services.generator.config",
     "analyzer": "services.analyzer.config",
     "classifier": "services.classifier.config",
+    "web": "services.web.config",
 }
 STORAGE_CONFIG = "shared.storage.config"
 BUCKET_VARIABLES = {
@@ -55,6 +56,7 @@ COMPOSE_SERVICES = {
     "generator": "generator",
     "classifier": "classifier",
     "analyzer": "analyzer",
+    "web": "web",
 }
 VARIANTS = {"gpu": "cuda", "cpu": "cpu"}  # device profile / overlay -> image variant
 PIPELINE = "pipeline"  # the image of the `pneumonia` command (pipeline/Dockerfile): orchestrator and step Jobs
@@ -62,6 +64,8 @@ IMAGES = [*sorted(CONFIG_MODULES), PIPELINE]
 OVERLAY_PROFILES = {"cpu": "quick", "gpu": "full"}  # overlay -> experiment profile its Jobs run
 FOLD_FLAG = ["--fold-index", "$(JOB_COMPLETION_INDEX)"]  # one pod per fold (docs/deployment.md)
 VARIABLE = re.compile(r"PNEUMONIA_[A-Z0-9_]+")
+# Deployments of servers that are not ours, run from our images: MLflow's tracking server (pipeline image).
+TOOL_DEPLOYMENTS = ("mlflow",)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -344,7 +348,7 @@ def test_dockerfile_env_ports_and_healthcheck_match_the_config(service: str) -> 
     target = re.sub(r"\$\{(\w+)\}", lambda match: env[match.group(1)], check[3])
     port = int(re.search(r":(\d+)", target).group(1))
     assert port in config_ports(config)
-    if service == "generator":
+    if service in ("generator", "web"):  # the web page has no gRPC server: its HTTP /healthz
         assert target == f"http://127.0.0.1:{config.http_port}/healthz"
     else:
         assert target == f"127.0.0.1:{config.grpc_port}"  # grpc.health.v1 of the service's server
@@ -443,7 +447,7 @@ def test_compose_services_match_their_config(profile: str, compose_models: dict[
     version, variant = project_version(), VARIANTS[profile]
     ours = [name for name in services if name in COMPOSE_SERVICES]
     assert sorted(ours) == sorted(
-        {"generator", "classifier", "analyzer", "trainer" if profile == "gpu" else "trainer-cpu"}
+        {"generator", "classifier", "analyzer", "web", "trainer" if profile == "gpu" else "trainer-cpu"}
     )
     for name in ours:
         service, spec = COMPOSE_SERVICES[name], services[name]
@@ -494,13 +498,19 @@ def test_compose_start_order_is_health_gated(compose_models: dict[str, dict[str,
 
 def test_compose_orchestrator_reaches_every_service(compose_models: dict[str, dict[str, Any]]) -> None:
     from pipeline.endpoints import ServiceEndpoints
+    from pipeline.tracking import TRACKING_URI_VARIABLE
 
     services = compose_models["gpu"]["services"]
     spec = services["orchestrator"]
     env = spec["environment"]
     known = {name for path in (ROOT / "pipeline").glob("*.py") for name in VARIABLE.findall(path.read_text())}
-    known |= documented_variables(STORAGE_CONFIG) | BUCKET_VARIABLES
+    known |= documented_variables(STORAGE_CONFIG) | BUCKET_VARIABLES | {TRACKING_URI_VARIABLE}
     assert set(env) <= known, set(env) - known
+    mlflow = services["mlflow"]  # the tracking server it logs to: its port, health-gated
+    assert env[TRACKING_URI_VARIABLE] == f"http://mlflow:{mlflow['ports'][0]['target']}"
+    assert f"--port={mlflow['ports'][0]['target']}" in mlflow["command"]
+    assert f"--allowed-hosts=mlflow:{mlflow['ports'][0]['target']}" in " ".join(mlflow["command"]).split(",")[0]
+    assert spec["depends_on"]["mlflow"]["condition"] == "service_healthy" and "healthcheck" in mlflow
     endpoints = ServiceEndpoints.from_env(env)
     configs = {name: service_config(name, services[name]["environment"]) for name in CONFIG_MODULES}
     assert endpoints.trainer == f"trainer:{configs['trainer'].grpc_port}"
@@ -531,7 +541,8 @@ def test_k8s_services_match_their_config(overlay: str, rendered: dict[str, list[
     objects = rendered[overlay]
     maps = config_maps(objects)
     deployments = {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == "Deployment"}
-    assert sorted(deployments) == sorted(CONFIG_MODULES)
+    assert sorted(set(deployments) - set(TOOL_DEPLOYMENTS)) == sorted(CONFIG_MODULES)
+    deployments = {name: obj for name, obj in deployments.items() if name in CONFIG_MODULES}
     k8s_services = [obj for obj in objects if obj["kind"] == "Service"]
     for name, deployment in deployments.items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -554,6 +565,38 @@ def test_k8s_services_match_their_config(overlay: str, rendered: dict[str, list[
         for service in k8s_services:
             if service["spec"]["selector"] == {"app.kubernetes.io/name": name}:
                 assert {port["targetPort"] for port in service["spec"]["ports"]} <= set(ports)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAY_PROFILES))
+def test_k8s_mlflow_server_is_what_the_track_step_logs_to(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], compose_models: dict[str, dict[str, Any]]
+) -> None:
+    """The MLflow server runs compose's command, answers its Service's name, keeps its data on a claim, and the
+    track-experiment Job (the last step of k8s/experiment.sh) logs to it."""
+    objects = {(obj["kind"], obj["metadata"]["name"]): obj for obj in rendered[overlay]}
+    pod = objects[("Deployment", "mlflow")]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    compose = compose_models["cpu"]["services"]["mlflow"]["command"]
+    assert container["command"][:-1] == compose[:-1]  # only the Host headers it answers differ
+    port = container["ports"][0]["containerPort"]
+    hosts = container["command"][-1].removeprefix("--allowed-hosts=").split(",")
+    assert f"mlflow:{port}" in hosts and f"mlflow.pneumonia.svc.cluster.local:{port}" in hosts
+    assert all(container[probe]["httpGet"]["path"] == "/health" for probe in ("startupProbe", "readinessProbe"))
+    data = next(m for m in container["volumeMounts"] if m["name"] == "data")
+    claim = next(v for v in pod["volumes"] if v["name"] == "data")["persistentVolumeClaim"]["claimName"]
+    assert ("PersistentVolumeClaim", claim) in objects and "--backend-store-uri=sqlite:///" + data[
+        "mountPath"
+    ] + "/mlflow.db" in container["command"]
+    assert objects[("Service", "mlflow")]["spec"]["ports"][0]["port"] == port
+    track = objects[("Job", "track-experiment")]["spec"]["template"]["spec"]["containers"][0]
+    assert (
+        track["args"][0] == "track"
+        and {"name": "MLFLOW_TRACKING_URI", "value": f"http://mlflow:{port}"} in track["env"]
+    )
+    assert "run_steps track-experiment" in (ROOT / "k8s" / "experiment.sh").read_text()
+    policy = objects[("NetworkPolicy", "mlflow-in-namespace")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
+    assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": port}]
 
 
 def test_k8s_and_compose_use_the_same_images(
@@ -800,7 +843,8 @@ def test_each_service_gets_only_the_credentials_it_uses(
                     assert not storage_keys & set(env) and "PNEUMONIA_AUTH_TOKENS" not in env
                 if name in ("trainer", "generator", "analyzer"):
                     assert env["PNEUMONIA_AUTH_TOKENS"] == validate_deploy.K8S_SECRETS["PNEUMONIA_AUTH_TOKENS"]
-                account = name if name in ("trainer", "generator", "analyzer") else "orchestrator"  # Jobs: its account
+                own_account = ("trainer", "generator", "analyzer", "web")
+                account = name if name in own_account else "orchestrator"  # Jobs: its account
                 if "PNEUMONIA_S3_ACCESS_KEY" in env:
                     assert env["PNEUMONIA_S3_ACCESS_KEY"] == f"pneumonia-{account}", name
                     secret = validate_deploy.K8S_SECRETS[f"PNEUMONIA_{account.upper()}_S3_SECRET_KEY"]
@@ -880,3 +924,176 @@ def test_third_party_images_are_pinned_by_digest(
     for dockerfile in validate_deploy.dockerfiles():
         default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile.read_text(), re.MULTILINE)
         assert default and pinned.fullmatch(default.group(1)), dockerfile
+
+
+def test_the_web_page_reads_torchserves_key_read_only_and_is_published_on_loopback(
+    compose_models: dict[str, dict[str, Any]], rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """services/web: the operator's token only, its own read-only storage account, TorchServe's key file from the
+    classifier's workdir mounted read-only (compose volume; k8s: the classifier's claim, on its node), its port on
+    127.0.0.1 only, and no NetworkPolicy letting other pods in (a person uses kubectl port-forward)."""
+    for model in compose_models.values():
+        services = model["services"]
+        spec, env = services["web"], services["web"]["environment"]
+        classifier = service_config("classifier", services["classifier"]["environment"])
+        web = service_config("web", env)
+        assert env["PNEUMONIA_AUTH_TOKENS"] == f"operator={validate_deploy.COMPOSE_SECRETS['PNEUMONIA_OPERATOR_TOKEN']}"
+        assert web.inference_url == f"http://classifier:{classifier.inference_port}"
+        assert web.key_file == classifier.workdir / "key_file.json"
+        mounts = {volume["target"]: volume for volume in spec["volumes"]}
+        assert mounts[str(classifier.workdir)]["read_only"] is True
+        assert mounts[str(classifier.workdir)]["source"] == next(
+            volume["source"]
+            for volume in services["classifier"]["volumes"]
+            if volume["target"] == str(classifier.workdir)
+        )
+        assert [(port["host_ip"], int(port["target"])) for port in spec["ports"]] == [("127.0.0.1", web.http_port)]
+    for objects in rendered.values():
+        deployment = next(obj for obj in objects if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "web")
+        spec = pod_spec(deployment)
+        container = spec["containers"][0]
+        env = {variable["name"]: variable.get("value") for variable in container["env"]}
+        volumes = {volume["name"]: volume for volume in spec["volumes"]}
+        mount = next(
+            m
+            for m in container["volumeMounts"]
+            if Path(env["PNEUMONIA_CLASSIFIER_KEY_FILE"]).parent == Path(m["mountPath"])
+        )
+        assert mount["readOnly"] is True and mount["subPath"] == "workdir"
+        assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == "classifier-state"
+        (affinity,) = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert affinity["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "classifier"}
+        for policy in (obj for obj in objects if obj["kind"] == "NetworkPolicy"):
+            selector = policy["spec"]["podSelector"]
+            names = selector.get("matchLabels", {}).get("app.kubernetes.io/name")
+            names = [names] if names else [v for e in selector.get("matchExpressions", []) for v in e["values"]]
+            assert "web" not in names or not policy["spec"].get("ingress"), policy["metadata"]["name"]
+
+
+# ---------------------------------------------------------------------- the Open Inference Protocol runtime (KServe v2)
+
+# Every key of a manifest object must be a field of kserve's own v1beta1 API models (kserve.models; Kubernetes'
+# types from kubernetes.client.models): kubernetes-validate has no schema for KServe's CRD and only warns. Run in a
+# subprocess: kserve's protobufs and tritonclient's (tests/test_classifier_oip.py) cannot share one process.
+KSERVE_FIELDS_CHECK = r"""
+import json, sys
+import kserve.models as kserve_models
+import kubernetes.client.models as k8s_models
+PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
+def check(value, type_name, path, problems):
+    if type_name.startswith(("list[", "List[")):  # kserve's models say list[X], kubernetes' List[X]
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list")
+            return
+        for i, item in enumerate(value):
+            check(item, type_name[5:-1], f"{path}[{i}]", problems)
+    elif type_name.startswith(("dict(", "Dict[")):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping")
+    elif type_name in PRIMITIVES:
+        if not isinstance(value, PRIMITIVES[type_name]) or (type_name == "int" and isinstance(value, bool)):
+            problems.append(f"{path}: expected {type_name}, got {value!r}")
+    else:
+        model = getattr(kserve_models, type_name, None) or getattr(k8s_models, type_name)
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected an object ({type_name})")
+            return
+        fields = {key: attribute for attribute, key in model.attribute_map.items()}
+        for key, item in value.items():
+            if key not in fields:
+                problems.append(f"{path}.{key}: not a field of {type_name}")
+            else:
+                check(item, model.openapi_types[fields[key]], f"{path}.{key}", problems)
+problems = []
+check(json.load(sys.stdin), "V1beta1InferenceService", "InferenceService", problems)
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+"""
+
+
+def oip_variables() -> set[str]:
+    from services.classifier.oip_models import OipConfig  # no kserve import (see KSERVE_FIELDS_CHECK)
+    from shared.auth import AuthConfig
+
+    return {field.alias for model in (OipConfig, AuthConfig) for field in model.model_fields.values() if field.alias}
+
+
+def test_the_kserve_inference_service_is_valid_and_runs_the_oip_runtime() -> None:
+    """k8s/overlays/kserve: the InferenceService's fields are KServe's, its container runs the v2 runtime with
+    settings it accepts on the ports it declares, probes the open v2 health paths, reads /mnt/models (where KServe's
+    storage initializer puts STORAGE_URI) and holds no storage credential; the overlay is the CPU one plus it."""
+    from services.classifier.oip_models import OipConfig
+
+    objects = k8s_objects(validate_deploy.render_kustomization(Path("overlays/kserve")))
+    (service,) = [obj for obj in objects if obj["kind"] == "InferenceService"]
+    result = subprocess.run(
+        [sys.executable, "-c", KSERVE_FIELDS_CHECK],
+        input=json.dumps(service),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = copy.deepcopy(service)
+    broken["spec"]["predictor"]["containers"][0]["readinesProbe"] = {}  # the check is real: a typo fails
+    command = [sys.executable, "-c", KSERVE_FIELDS_CHECK]
+    result = subprocess.run(command, input=json.dumps(broken), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "readinesProbe: not a field of V1Container" in result.stdout
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert service["metadata"]["namespace"] == "pneumonia"
+    predictor = service["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"] == f"pneumonia/classifier:{project_version()}-cpu"
+    assert container["command"] == ["python", "-m", "services.classifier.oip"]
+    assert module_runs("services.classifier.oip")
+    env = {variable["name"]: variable.get("value") for variable in container["env"]}
+    assert set(env) - {"STORAGE_URI"} <= oip_variables(), set(env) - oip_variables()
+    assert env["STORAGE_URI"].startswith("s3://models/model-store/") and env["STORAGE_URI"].endswith(".mar")
+    assert not {"PNEUMONIA_S3_ACCESS_KEY", "PNEUMONIA_S3_SECRET_KEY"} & set(env)
+    config = OipConfig.from_env({name: value for name, value in env.items() if name.startswith("PNEUMONIA_OIP_")})
+    assert config.model_dir == Path("/mnt/models") and config.host == "0.0.0.0"
+    assert {port["name"]: port["containerPort"] for port in container["ports"]} == {
+        "http1": config.http_port,
+        "h2c": config.grpc_port,
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": config.http_port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": config.http_port}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    (policy,) = [
+        o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "classifier-oip-inference"
+    ]
+    assert {port["port"] for port in policy["spec"]["ingress"][0]["ports"]} == {config.http_port, config.grpc_port}
+    cpu = k8s_objects(validate_deploy.render_kustomization(Path("overlays/cpu")))
+    names = {(obj["kind"], obj["metadata"]["name"]) for obj in objects}
+    assert {(obj["kind"], obj["metadata"]["name"]) for obj in cpu} <= names
+
+
+def test_compose_classifier_oip_reads_the_model_store_and_publishes_on_loopback(
+    compose_models: dict[str, dict[str, Any]],
+) -> None:
+    """compose's classifier-oip: the classifier image, the v2 runtime with settings it accepts, TorchServe's model
+    store mounted read-only, the callers' tokens, no storage credential, its ports on 127.0.0.1, a health check."""
+    from services.classifier.oip_models import OipConfig
+
+    for model in compose_models.values():
+        services = model["services"]
+        spec, env = services["classifier-oip"], services["classifier-oip"]["environment"]
+        assert spec["image"] == services["classifier"]["image"]
+        assert spec["command"] == ["python", "-m", "services.classifier.oip"]
+        assert set(env) <= oip_variables(), set(env) - oip_variables()
+        config = OipConfig.from_env({name: value for name, value in env.items() if name.startswith("PNEUMONIA_OIP_")})
+        classifier = service_config("classifier", services["classifier"]["environment"])
+        (mount,) = spec["volumes"]
+        assert mount["target"] == str(config.model_dir) and mount["read_only"] is True
+        store = next(v for v in services["classifier"]["volumes"] if v["target"] == str(classifier.model_store))
+        assert mount["source"] == store["source"]
+        assert env["PNEUMONIA_AUTH_TOKENS"] == services["generator"]["environment"]["PNEUMONIA_AUTH_TOKENS"]
+        assert [(p["host_ip"], int(p["target"])) for p in spec["ports"]] == [
+            ("127.0.0.1", config.http_port),
+            ("127.0.0.1", config.grpc_port),
+        ]
+        assert spec["healthcheck"]["test"] == ["CMD", "python", "-m", "services.classifier.oip", "--health"]
+        assert spec["read_only"] and spec["cap_drop"] == ["ALL"]

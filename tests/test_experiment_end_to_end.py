@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from mlflow import MlflowClient
 from PIL import Image
 
 from pipeline.cli import main as pneumonia
@@ -80,3 +81,22 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
     for name in ("cv_comparison.png", "ssim_distribution.png", "analysis_summary.json"):
         assert (analysis / name).is_file(), name
     assert list(analysis.glob("gradcam_*.png"))
+
+    # MLflow: the run logged in the embedded store, each strategy's selected model registered
+    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    assert f"mlflow ui --backend-store-uri {uri}" in out
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([client.get_experiment_by_name("pneumonia").experiment_id], "", max_results=5)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
+    )
+    assert {run.info.run_name for run in children} == {"train-gan", *STRATEGIES}
+    gan = next(run for run in children if run.info.run_name == "train-gan")
+    assert len(client.get_metric_history(gan.info.run_id, "loss_d")) == 2  # one per GAN epoch
+    for strategy in STRATEGIES:
+        (version,) = client.search_model_versions(f"name = 'pneumonia-{strategy}'")
+        assert version.tags["model_file"] == f"{strategy}_resnet18.pth"
+        assert float(version.tags["holdout_auroc"]) == pytest.approx(
+            json.loads((work / f"results/metrics/{strategy}_final_metrics.json").read_text())["holdout"]["auroc"],
+            abs=1e-4,
+        )

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
+from storage_server import free_port
 
 from pipeline.tracking import SERVED_ALIAS, TrackedRun, epoch_metrics, log_experiment, tracking_uri
 from shared.storage import LocalStore
@@ -89,7 +96,7 @@ def test_a_run_is_logged_and_its_models_registered(tmp_path: Path) -> None:
     model_artifacts = {f.path for f in client.list_artifacts(augmented.info.run_id, "model")}
     assert model_artifacts == {"model/augmented.md", "model/pneumonia-augmented.mar"}
     (version,) = client.search_model_versions("name = 'pneumonia-augmented'")
-    assert version.tags["archive_sha256"] == hashlib.sha256(b"mar run-1").hexdigest()
+    assert version.tags["model_sha256"] == hashlib.sha256(b"mar run-1").hexdigest()
     assert version.tags["holdout_auroc"] == "0.9000" and version.tags["lineage.dataset"] == "s3://datasets/phantom/"
     assert client.get_model_version_by_alias("pneumonia-augmented", SERVED_ALIAS).version == version.version
     assert client.get_registered_model("pneumonia-baseline").aliases == {}
@@ -98,3 +105,107 @@ def test_a_run_is_logged_and_its_models_registered(tmp_path: Path) -> None:
     assert str(client.get_model_version_by_alias("pneumonia-baseline", SERVED_ALIAS).version) == "2"
     assert client.get_registered_model("pneumonia-augmented").aliases == {}
     assert len(client.search_model_versions("name = 'pneumonia-augmented'")) == 2
+
+
+def test_logging_leaves_the_tracking_uri_of_the_process_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI: a second run in the same process must still log into
+    its own work dir's store, not the first one's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = LocalStore(tmp_path / "storage")
+    for bucket in ("results", "models"):
+        store.ensure_bucket(bucket)
+    first, second = tmp_path / "first", tmp_path / "second"
+    log_experiment(store, stored_run(store, "run-1", {"baseline": 0.8}), first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert log_experiment(store, stored_run(store, "run-2", {"baseline": 0.8}), second) == tracking_uri(second, {})
+    (version,) = MlflowClient(tracking_uri(second, {})).search_model_versions("name = 'pneumonia-baseline'")
+    assert version.tags["run_id"] == "run-2"
+
+
+def work_dir_run(root: Path) -> None:
+    """What the in-process experiment leaves under --work-dir (pipeline.plan.WorkDir), for two strategies."""
+    results, models = root / "results", root / "models"
+    for folder in (results / "metrics", results / "figures", results / "analysis" / "model_cards", models):
+        folder.mkdir(parents=True, exist_ok=True)
+    (results / "metrics" / "gan_training_history.json").write_text(json.dumps(GAN_HISTORY))
+    (results / "figures" / "gan_loss_curve.png").write_bytes(b"png")
+    for strategy, auroc in {"baseline": 0.8, "augmented": 0.9}.items():
+        (results / "metrics" / f"{strategy}_training_history.json").write_text(json.dumps(classifier_history(strategy)))
+        (results / "metrics" / f"{strategy}_final_metrics.json").write_text(json.dumps(final_metrics(auroc)))
+        (results / "analysis" / "model_cards" / f"{strategy}.md").write_text(f"# {strategy}")
+        (models / f"{strategy}_resnet18.pth").write_bytes(f"weights {strategy}".encode())
+        (models / f"fold_1_{strategy}_resnet18.pth").write_bytes(b"a fold model, not the selected one")
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Until `url` answers 200; fail early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with {process.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def compose_mlflow_command(port: int, data: Path) -> list[str]:
+    """docker-compose.yml's MLflow server command, on 127.0.0.1:`port` with its data under `data`."""
+    compose = yaml.safe_load(Path("docker-compose.yml").read_text())
+    command = []
+    for word in compose["services"]["mlflow"]["command"]:
+        word = word.replace("/var/lib/pneumonia/mlflow", str(data)).replace("--host=0.0.0.0", "--host=127.0.0.1")
+        word = word.replace("--port=5000", f"--port={port}").replace("127.0.0.1:5000", f"127.0.0.1:{port}")
+        command.append(word)
+    return command
+
+
+def test_pneumonia_track_logs_a_work_dir_to_the_compose_mlflow_server(tmp_path: Path) -> None:
+    """`pneumonia track` (the Kubernetes track step) into a real MLflow server started as compose starts it: runs,
+    metrics and registered versions in its database, the model files in its artifact store (uploaded through it)."""
+    work, data = tmp_path / "work", tmp_path / "mlflow"
+    work_dir_run(work)
+    data.mkdir()
+    port = free_port()
+    command = compose_mlflow_command(port, data)
+    assert command[:2] == ["mlflow", "server"]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), *command[1:]],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GIT_PYTHON_REFRESH": "quiet"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", server)
+        rc = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "track", "--work-dir", str(work), "--run-id", "k8s-run",
+             "--profile", "quick", "--dataset", "phantom", "--tracking-uri", uri],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert rc.returncode == 0, rc.stderr
+        assert f"browse with `mlflow ui --backend-store-uri {uri}`" in rc.stdout
+        client = MlflowClient(uri)
+        versions = {v.name: v for v in client.search_model_versions("")}
+        assert set(versions) == {"pneumonia-baseline", "pneumonia-augmented"}
+        assert versions["pneumonia-augmented"].tags["model_file"] == "augmented_resnet18.pth"
+        assert versions["pneumonia-augmented"].tags["holdout_auroc"] == "0.9000"
+        stored = sorted(p.name for p in (data / "artifacts").rglob("*.pth"))
+        assert stored == ["augmented_resnet18.pth", "baseline_resnet18.pth"]  # selected models only, via the server
+        (parent,) = client.search_runs(
+            [client.get_experiment_by_name("pneumonia").experiment_id], "tags.mlflow.runName = 'k8s-run'"
+        )
+        assert parent.data.params["profile"] == "quick"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_pneumonia_track_refuses_a_work_dir_without_models(tmp_path: Path, capsys) -> None:
+    from pipeline.cli import main as pneumonia
+
+    assert pneumonia(["track", "--work-dir", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "no classifier models" in capsys.readouterr().err

@@ -5,7 +5,7 @@
 #     image
 #  3. make experiment PROFILE=smoke STOP=0: every service healthy, the orchestrator completes, the report is copied out
 #  4. TorchServe answers on the published ports, REST and gRPC, with the inference key read as the docs say; its
-#     management port is not published
+#     management port is not published; MLflow holds the run and the registered models
 #  5. down -v, and nothing of the project is left: no container, volume or network
 # A throwaway project (pneumonia-smoke) with throwaway secrets; a user's own stack and .env are not touched.
 set -euo pipefail
@@ -30,6 +30,7 @@ PNEUMONIA_TRAINER_S3_SECRET_KEY=$(secret)
 PNEUMONIA_GENERATOR_S3_SECRET_KEY=$(secret)
 PNEUMONIA_ANALYZER_S3_SECRET_KEY=$(secret)
 PNEUMONIA_ORCHESTRATOR_S3_SECRET_KEY=$(secret)
+PNEUMONIA_WEB_S3_SECRET_KEY=$(secret)
 PNEUMONIA_ORCHESTRATOR_TOKEN=$(secret)$(secret)
 PNEUMONIA_OPERATOR_TOKEN=$(secret)$(secret)
 PNEUMONIA_PUBLISH_HOST=127.0.0.1
@@ -61,7 +62,7 @@ make --no-print-directory experiment DEVICE=cpu VARIANT=cuda PROFILE=smoke DATAS
 t_experiment=$(seconds "$t2")
 
 say "checking the services, the report and the log"
-for service in minio trainer-cpu generator classifier analyzer; do
+for service in minio trainer-cpu generator classifier analyzer mlflow; do
     health="$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' \
         "$(COMPOSE_PROFILES=cpu compose ps -q "$service")")"
     [ "$health" = "running healthy" ] || { say "FAIL: $service is '$health'"; exit 1; }
@@ -109,10 +110,17 @@ with urllib.request.urlopen("http://127.0.0.1:8082/healthz", timeout=30) as heal
     assert health.status == 200
 assert generate_status(None) == 401 and generate_status("a-wrong-token-" * 3) == 401
 assert generate_status(os.environ["OPERATOR_TOKEN"]) == 422  # let in: the empty body is what is refused
+# MLflow (published for a person's browser): the run was logged and every strategy's model registered, the alias
+# "served" on the version TorchServe serves.
+with urllib.request.urlopen("http://127.0.0.1:5000/api/2.0/mlflow/registered-models/search?max_results=100") as r:
+    registered = {m["name"]: m for m in json.load(r)["registered_models"]}
+assert {"pneumonia-baseline", "pneumonia-augmented"} <= set(registered), sorted(registered)
+served = [name for name, m in registered.items() if any(a["alias"] == "served" for a in m.get("aliases", []))]
+assert len(served) == 1, registered
 for port in (8081, 7071, 8083, 9000):  # management, metrics and storage stay on the compose network
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is published"
-print(f"REST and gRPC agree: {rest}")
+print(f"REST and gRPC agree: {rest}; MLflow registered {sorted(registered)}, serving {served[0]}")
 PYTHON
 
 say "inside the network: a call without a token is refused, and each account has only its service's rights"

@@ -69,7 +69,7 @@ class InProcessDriver:
                 "synthetic": str(self.work.synthetic.resolve()),
             },
         )
-        self.tracking = log_work_dir(self.work.root, tracked)
+        self.tracking = log_work_dir(self.work.root, tracked).uri
 
     def save_timings(self, timings: dict[str, float]) -> None:
         atomic_write_bytes(self.work.results / TIMINGS_FILE, timings_json(timings))

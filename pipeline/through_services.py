@@ -55,7 +55,7 @@ from pipeline.endpoints import ServiceEndpoints
 from pipeline.plan import PlannedStep, plan
 from pipeline.profiles import STRATEGIES
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
-from pipeline.tracking import SERVED_ALIAS, TrackedRun, log_experiment
+from pipeline.tracking import SERVED_ALIAS, Registered, TrackedRun, log_experiment, store_registered_archive
 from services.classifier.client import ClassifierClient, ClassifierError, register_from_store
 from shared import layout
 from shared.auth import authenticated_channel
@@ -335,7 +335,7 @@ def holdout_samples(
     return samples
 
 
-def serve_and_ask(run: Run, archive: common_pb2.ObjectRef) -> str:
+def serve_and_ask(run: Run, archive: ObjectRef) -> str:
     """Register the archive in TorchServe as MODEL_NAME and classify a few hold-out images over REST and gRPC."""
     endpoints = run.endpoints
     if endpoints.classifier_key_file is None:
@@ -346,8 +346,9 @@ def serve_and_ask(run: Run, archive: common_pb2.ObjectRef) -> str:
         endpoints.classifier_grpc,
         key_file=endpoints.classifier_key_file,
     )
-    ref = ObjectRef(archive.bucket, archive.key, archive.sha256, archive.size)
-    log.info("registering %s as %r: %s", ref.uri, MODEL_NAME, register_from_store(client, run.store, ref, MODEL_NAME))
+    log.info(
+        "registering %s as %r: %s", archive.uri, MODEL_NAME, register_from_store(client, run.store, archive, MODEL_NAME)
+    )
     rows = [f"{'hold-out image':<16} {'truth':<10} {'REST answer':<32} gRPC answer"]
     versions = set()
     for patient, truth, png in holdout_samples(run.args):
@@ -362,7 +363,8 @@ def serve_and_ask(run: Run, archive: common_pb2.ObjectRef) -> str:
 
 
 def sample_answer(ask: Callable[[str, bytes], dict[str, Any]], png: bytes) -> tuple[str, str | None]:
-    """('label (p=...)', model version), or ('refused (reason)', None) when the served model turns the image away
+    """('label (p=...)', model version [= registry version]), or ('refused (reason)', None) when the served model
+    turns the image away
     with a 400 (its plausibility gate): an answer to show, not a failure of the experiment."""
     try:
         answer = ask(MODEL_NAME, png)
@@ -371,7 +373,10 @@ def sample_answer(ask: Callable[[str, bytes], dict[str, Any]], png: bytes) -> tu
             raise
         reason = re.search(r"\[(\w+)\]", exc.message)
         return f"refused ({reason.group(1) if reason else 'bad_input'})", None
-    return f"{answer['label']} (p={answer['pneumonia_probability']:.3f})", str(answer["model_version"])
+    version = str(answer["model_version"])
+    if answer.get("registered_model"):  # the MLflow registry version the served archive names
+        version += f" = {answer['registered_model']}"
+    return f"{answer['label']} (p={answer['pneumonia_probability']:.3f})", version
 
 
 def best_strategy(run: Run, metrics_dir: Path) -> str:
@@ -415,6 +420,7 @@ class ServicesDriver:
         self.jobs: dict[str, trainer_pb2.Job] = {}  # by strategy
         self.analysis = analyzer_pb2.AnalyzeResponse()
         self.best, self.answers, self.tracking = "", "", ""
+        self.registered: Registered | None = None  # the served strategy's registry version
 
     def steps_before(self) -> Sequence[Step]:
         return [("upload-dataset", self.upload_dataset)]
@@ -451,10 +457,20 @@ class ServicesDriver:
         return self.synthetic
 
     def steps_after(self) -> Sequence[Step]:
-        return [("serve", self.serve)] + ([] if self.experiment.args.no_tracking else [("track", self.track)])
+        return ([] if self.experiment.args.no_tracking else [("track", self.track)]) + [("serve", self.serve)]
+
+    def choose_served(self) -> str:
+        """The strategy to serve: the best mean cross-validation AUROC (chosen once)."""
+        if not self.best:
+            run = self.experiment
+            metrics = f"{run.prefix}/classifiers/metrics/"
+            download_prefix(run.store, run.buckets.results, metrics, self.metrics_dir())
+            self.best = best_strategy(run, self.metrics_dir())
+        return self.best
 
     def track(self) -> None:
-        """Log the run to MLflow from what the services stored; register each strategy's served model."""
+        """Log the run to MLflow from what the services stored; register each strategy's model, the one about to be
+        served under the alias "served"."""
         run = self.experiment
         synthetic = self.synthetic_images()
         tracked = TrackedRun(
@@ -471,16 +487,19 @@ class ServicesDriver:
                 "gan_checkpoint": f"s3://{self.checkpoint.bucket}/{self.checkpoint.key}#sha256={self.checkpoint.sha256}",
                 "synthetic": f"s3://{synthetic.bucket}/{synthetic.prefix}",
             },
-            served=self.best,
+            served=self.choose_served(),
         )
-        self.tracking = log_experiment(run.store, tracked, Path(run.args.work_dir))
+        logged = log_experiment(run.store, tracked, Path(run.args.work_dir))
+        self.tracking, self.registered = logged.uri, logged.versions.get(self.best)
 
     def serve(self) -> None:
-        """Serve the strategy with the best cross-validation AUROC and ask it about a few hold-out images."""
+        """Serve the strategy with the best cross-validation AUROC -- its registry version, when tracked -- and ask
+        it about a few hold-out images."""
         run = self.experiment
-        download_prefix(run.store, run.buckets.results, f"{run.prefix}/classifiers/metrics/", self.metrics_dir())
-        self.best = best_strategy(run, self.metrics_dir())
-        self.answers = serve_and_ask(run, self.jobs[self.best].model_archive)
+        archive = ref_from_proto(self.jobs[self.choose_served()].model_archive)
+        if self.registered is not None:
+            archive = store_registered_archive(run.store, archive, self.registered)
+        self.answers = serve_and_ask(run, archive)
 
     def save_timings(self, timings: dict[str, float]) -> None:
         run = self.experiment
@@ -490,8 +509,9 @@ class ServicesDriver:
         return Path(self.experiment.args.work_dir) / "results" / self.run_id / "metrics"
 
     def notes(self) -> list[str]:
+        registry = f", registry version {self.registered.uri}" if self.registered else ""
         lines = [
-            f"\nServed by TorchServe as {MODEL_NAME!r}: the {self.best} model (best cross-validation AUROC).",
+            f"\nServed by TorchServe as {MODEL_NAME!r}: the {self.best} model (best cross-validation AUROC{registry}).",
             self.answers,
         ]
         if self.analysis.skipped:

@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,6 +70,31 @@ class RunFiles:
     classifier_figures: Path  # <strategy>_*.png
     analysis: Path  # the report, figures, model_cards/<strategy>.md
     models: dict[str, Path]  # strategy -> the file registered as its model (.mar through the services, else .pth)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A version of a registered model: what the served archive names and its answers carry."""
+
+    name: str  # pneumonia-<strategy>
+    version: str
+
+    @property
+    def uri(self) -> str:
+        """MLflow's models:/ URI of this version (mlflow.pyfunc / the registry UI resolve it)."""
+        return f"models:/{self.name}/{self.version}"
+
+    def entry(self) -> dict[str, str]:
+        """What a served archive holds in layout.REGISTRY_FILE."""
+        return {"name": self.name, "version": self.version, "uri": self.uri}
+
+
+@dataclass(frozen=True)
+class Logged:
+    """Where a run was logged, and the version each strategy's model was registered as."""
+
+    uri: str
+    versions: dict[str, Registered]
 
 
 def tracking_uri(work_dir: Path, environ: Mapping[str, str] | None = None) -> str:
@@ -139,16 +165,16 @@ def work_dir_files(root: Path) -> RunFiles:
     )
 
 
-def log_work_dir(root: Path, tracked: TrackedRun, uri: str | None = None) -> str:
-    """Log an in-process experiment's work directory to MLflow; return where to browse it."""
+def log_work_dir(root: Path, tracked: TrackedRun, uri: str | None = None) -> Logged:
+    """Log an in-process experiment's work directory to MLflow and register each strategy's selected model."""
     files = work_dir_files(root)
     if not files.models:
         raise ConfigError(f"no classifier models (models/<strategy>_<arch>.pth) under {root}: nothing to register")
     return log_run(files, tracked, root, uri)
 
 
-def log_experiment(store: ObjectStore, tracked: TrackedRun, work_dir: Path, uri: str | None = None) -> str:
-    """Log a run the services stored to MLflow and register each strategy's .mar; return where to browse it."""
+def log_experiment(store: ObjectStore, tracked: TrackedRun, work_dir: Path, uri: str | None = None) -> Logged:
+    """Log a run the services stored to MLflow and register each strategy's .mar."""
     with tempfile.TemporaryDirectory(prefix="pneumonia-tracking-") as tmp:
         results = Path(tmp) / "results"
         bucket, prefix = tracked.results
@@ -162,8 +188,8 @@ def log_experiment(store: ObjectStore, tracked: TrackedRun, work_dir: Path, uri:
         return log_run(service_run_files(results, models), tracked, work_dir, uri)
 
 
-def log_run(files: RunFiles, tracked: TrackedRun, work_dir: Path, uri: str | None = None) -> str:
-    """Log a run's files to MLflow and register each strategy's model; return where to browse it."""
+def log_run(files: RunFiles, tracked: TrackedRun, work_dir: Path, uri: str | None = None) -> Logged:
+    """Log a run's files to MLflow and register each strategy's model."""
     # MLflow records the git commit when it can; a container has no git: say nothing rather than three warnings.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import mlflow  # the pipeline's dependency only: the services never import it
@@ -178,12 +204,11 @@ def log_run(files: RunFiles, tracked: TrackedRun, work_dir: Path, uri: str | Non
         mlflow.log_params(tracked.params)
         mlflow.set_tags({"pneumonia.run_id": tracked.run_id, **{f"lineage.{k}": v for k, v in tracked.lineage.items()}})
         _log_gan(files)
-        for strategy in sorted(files.models):
-            _log_strategy(client, files, tracked, strategy)
+        versions = {strategy: _log_strategy(client, files, tracked, strategy) for strategy in sorted(files.models)}
         if files.analysis.is_dir():
             mlflow.log_artifacts(str(files.analysis), artifact_path="analysis")
     log.info("logged run %s to MLflow (%s)", parent.info.run_id, uri)
-    return uri
+    return Logged(uri, versions)
 
 
 def _log_gan(files: RunFiles) -> None:
@@ -192,11 +217,23 @@ def _log_gan(files: RunFiles) -> None:
     if not files.gan_history.is_file():
         return
     with mlflow.start_run(run_name="train-gan", nested=True):
-        _log_history(json.loads(files.gan_history.read_text()))
+        history = json.loads(files.gan_history.read_text())
+        _log_config(history)
+        _log_history(history)
         for figure in files.gan_figures:
             mlflow.log_artifact(str(figure), artifact_path="figures")
         if files.gan_samples.is_dir():
             mlflow.log_artifacts(str(files.gan_samples), artifact_path=layout.GAN_SAMPLES_DIR)
+
+
+def _log_config(history: Mapping[str, Any]) -> None:
+    """The step's config (what its history saved) as the run's params; lists and mappings as JSON."""
+    import mlflow
+
+    config = history.get("config") or {}
+    mlflow.log_params(
+        {k: v if isinstance(v, str | int | float | bool) or v is None else json.dumps(v) for k, v in config.items()}
+    )
 
 
 def _log_history(history: Mapping[str, Any]) -> None:
@@ -209,7 +246,7 @@ def _log_history(history: Mapping[str, Any]) -> None:
         mlflow.MlflowClient().log_batch(run_id, metrics=rows[start : start + 1000])
 
 
-def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: str) -> None:
+def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: str) -> Registered:
     import hashlib
 
     import mlflow
@@ -218,6 +255,7 @@ def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: s
     with mlflow.start_run(run_name=strategy, nested=True) as run:
         history, final = metrics / f"{strategy}_training_history.json", metrics / f"{strategy}_final_metrics.json"
         if history.is_file():
+            _log_config(json.loads(history.read_text()))
             _log_history(json.loads(history.read_text()))
         found = json.loads(final.read_text()) if final.is_file() else {}
         holdout = {f"holdout_{k}": v for k, v in (found.get("holdout") or {}).items() if k in HOLDOUT_METRICS}
@@ -255,6 +293,29 @@ def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: s
         elif SERVED_ALIAS in client.get_registered_model(name).aliases:  # the classifier serves another model now
             client.delete_registered_model_alias(name, SERVED_ALIAS)
         log.info("registered %s version %s", name, version.version)
+        return Registered(name, str(version.version))
+
+
+def with_registry_entry(archive: Path, registered: Registered, out: Path) -> Path:
+    """A copy of the model archive (.mar, a zip) at `out` that also holds layout.REGISTRY_FILE, naming the registry
+    version it is: the served model's handler puts that version in every answer."""
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as copy:
+        for item in source.infolist():
+            if item.filename != layout.REGISTRY_FILE:
+                copy.writestr(item, source.read(item))
+        copy.writestr(layout.REGISTRY_FILE, json.dumps(registered.entry(), indent=2) + "\n")
+    return out
+
+
+def store_registered_archive(store: ObjectStore, archive: ObjectRef, registered: Registered) -> ObjectRef:
+    """The stored archive with its registry entry, as model-store/<registered name>-v<version>.mar beside it."""
+    key = f"{archive.key.rsplit('/', 1)[0]}/{registered.name}-v{registered.version}.mar"
+    with tempfile.TemporaryDirectory(prefix="pneumonia-registry-") as tmp:
+        local = store.get_file(archive.bucket, archive.key, Path(tmp) / "archive.mar")  # verified by its digest
+        if archive.sha256 and local.sha256 != archive.sha256:
+            raise ConfigError(f"{archive.uri} changed since it was registered (sha256 {local.sha256[:12]})")
+        stamped = with_registry_entry(Path(tmp) / "archive.mar", registered, Path(tmp) / "registered.mar")
+        return store.put_file(archive.bucket, key, stamped)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,7 +344,7 @@ def main(args: argparse.Namespace) -> int:
             "synthetic": str((root / "data" / "synthetic").resolve()),
         },
     )
-    uri = log_work_dir(root, tracked, args.tracking_uri)
+    uri = log_work_dir(root, tracked, args.tracking_uri).uri
     print(f"MLflow: run {run_id} and models pneumonia-<strategy> in {uri}")
     print(f"browse with `mlflow ui --backend-store-uri {uri}`")
     return 0

@@ -22,6 +22,9 @@ COMPARISON_REPORT = "comparison_report.txt"
 ANALYSIS_SUMMARY = "analysis_summary.json"
 DATASET_CARD = "dataset_card.md"  # shared.cards: the data the models were trained and measured on
 MODEL_CARDS_DIR = "model_cards"  # <strategy>.md: each strategy's served model (shared.cards)
+# In a served model archive (.mar) or beside a served model: the MLflow registry version it is, {"name", "version",
+# "uri"} (pipeline.tracking); the serving runtimes put it in every answer.
+REGISTRY_FILE = "registry.json"
 
 
 def gan_dir(model_dir: str | Path) -> Path:

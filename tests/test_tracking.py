@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,28 @@ import yaml
 from mlflow import MlflowClient
 from storage_server import free_port
 
-from pipeline.tracking import SERVED_ALIAS, TrackedRun, epoch_metrics, log_experiment, tracking_uri
+from pipeline.tracking import (
+    SERVED_ALIAS,
+    Registered,
+    TrackedRun,
+    epoch_metrics,
+    log_experiment,
+    store_registered_archive,
+    tracking_uri,
+)
+from shared.errors import ConfigError
 from shared.storage import LocalStore
 
-GAN_HISTORY = {"config": {}, "epochs": [{"epoch": e, "loss_d": 1.0 - 0.1 * e, "loss_g": 2.0 + e} for e in range(3)]}
+GAN_HISTORY = {
+    "config": {"epochs": 3, "latent_dim": 100, "loss": "bce"},
+    "epochs": [{"epoch": e, "loss_d": 1.0 - 0.1 * e, "loss_g": 2.0 + e} for e in range(3)],
+}
 
 
 def classifier_history(strategy: str) -> dict:
     epochs = [{"epoch": e, "train_loss": 0.7 - 0.1 * e, "val_auroc": 0.6 + 0.1 * e, "lr": 1e-3} for e in range(2)]
-    return {"strategy": strategy, "config": {}, "folds": [{"fold": k, "epochs": epochs} for k in (1, 2)]}
+    config = {"arch": "resnet18", "use_synthetic": strategy != "baseline", "curriculum_schedule": [[0, 0.0], [1, 0.3]]}
+    return {"strategy": strategy, "config": config, "folds": [{"fold": k, "epochs": epochs} for k in (1, 2)]}
 
 
 def final_metrics(auroc: float) -> dict:
@@ -76,7 +90,8 @@ def test_a_run_is_logged_and_its_models_registered(tmp_path: Path) -> None:
     uri = tracking_uri(tmp_path, environ={})
     assert uri == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
     first = stored_run(store, "run-1", {"baseline": 0.80, "augmented": 0.90})
-    assert log_experiment(store, first, tmp_path) == uri
+    logged = log_experiment(store, first, tmp_path)
+    assert logged.uri == uri and logged.versions["augmented"] == Registered("pneumonia-augmented", "1")
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("pneumonia")
     assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
@@ -93,6 +108,9 @@ def test_a_run_is_logged_and_its_models_registered(tmp_path: Path) -> None:
     history = client.get_metric_history(augmented.info.run_id, "fold2/val_auroc")
     assert [(m.step, round(m.value, 3)) for m in history] == [(0, 0.6), (1, 0.7)]
     assert augmented.data.metrics["holdout_auroc"] == 0.90 and augmented.data.params["calibration_threshold"] == "0.42"
+    assert augmented.data.params["use_synthetic"] == "True" and augmented.data.params["arch"] == "resnet18"
+    assert augmented.data.params["curriculum_schedule"] == "[[0, 0.0], [1, 0.3]]"
+    assert children["train-gan"].data.params == {"epochs": "3", "latent_dim": "100", "loss": "bce"}
     model_artifacts = {f.path for f in client.list_artifacts(augmented.info.run_id, "model")}
     assert model_artifacts == {"model/augmented.md", "model/pneumonia-augmented.mar"}
     (version,) = client.search_model_versions("name = 'pneumonia-augmented'")
@@ -117,7 +135,7 @@ def test_logging_leaves_the_tracking_uri_of_the_process_as_it_was(tmp_path: Path
     first, second = tmp_path / "first", tmp_path / "second"
     log_experiment(store, stored_run(store, "run-1", {"baseline": 0.8}), first)
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    assert log_experiment(store, stored_run(store, "run-2", {"baseline": 0.8}), second) == tracking_uri(second, {})
+    assert log_experiment(store, stored_run(store, "run-2", {"baseline": 0.8}), second).uri == tracking_uri(second, {})
     (version,) = MlflowClient(tracking_uri(second, {})).search_model_versions("name = 'pneumonia-baseline'")
     assert version.tags["run_id"] == "run-2"
 
@@ -209,3 +227,30 @@ def test_pneumonia_track_refuses_a_work_dir_without_models(tmp_path: Path, capsy
 
     assert pneumonia(["track", "--work-dir", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     assert "no classifier models" in capsys.readouterr().err
+
+
+def test_the_served_archive_names_its_registry_version(tmp_path: Path) -> None:
+    """store_registered_archive: a copy of the .mar beside it with registry.json added, every other entry as it was;
+    an archive whose bytes changed since it was registered is refused."""
+    store = LocalStore(tmp_path / "storage")
+    store.ensure_bucket("models")
+    mar = tmp_path / "pneumonia-augmented.mar"
+    with zipfile.ZipFile(mar, "w") as archive:
+        archive.writestr("MAR-INF/MANIFEST.json", '{"model": {"modelVersion": "abc"}}')
+        archive.writestr("augmented_resnet18.pth", b"weights")
+    stored = store.put_file("models", "model-store/pneumonia-augmented.mar", mar)
+    registered = Registered("pneumonia-augmented", "3")
+    copy = store_registered_archive(store, stored, registered)
+    assert copy.key == "model-store/pneumonia-augmented-v3.mar"
+    store.get_file("models", copy.key, tmp_path / "copy.mar")
+    with zipfile.ZipFile(tmp_path / "copy.mar") as archive:
+        assert json.loads(archive.read("registry.json")) == {
+            "name": "pneumonia-augmented",
+            "version": "3",
+            "uri": "models:/pneumonia-augmented/3",
+        }
+        assert archive.read("augmented_resnet18.pth") == b"weights"
+        assert sorted(archive.namelist()) == ["MAR-INF/MANIFEST.json", "augmented_resnet18.pth", "registry.json"]
+    store.put_bytes("models", "model-store/pneumonia-augmented.mar", b"another model")
+    with pytest.raises(ConfigError, match="changed since it was registered"):
+        store_registered_archive(store, stored, registered)

@@ -30,7 +30,9 @@ proto: install
 docs: install
 	$(BIN)/python scripts/settings_docs.py
 
+# The web page's tests drive Debian's chromium headless: installed here when the machine has none.
 test: install lint
+	scripts/ensure_chromium.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Every service as a local process on 127.0.0.1 (storage, logs and scratch under runs/local), the experiment

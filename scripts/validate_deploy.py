@@ -35,6 +35,7 @@ STORAGE_SECRETS = {
     "PNEUMONIA_GENERATOR_S3_SECRET_KEY": "placeholder-generator-secret",
     "PNEUMONIA_ANALYZER_S3_SECRET_KEY": "placeholder-analyzer-secret",
     "PNEUMONIA_ORCHESTRATOR_S3_SECRET_KEY": "placeholder-orchestrator-secret",
+    "PNEUMONIA_WEB_S3_SECRET_KEY": "placeholder-web-secret",
 }
 # .env's secrets (compose makes PNEUMONIA_AUTH_TOKENS of the two tokens) and k8s/base/secrets.env's.
 COMPOSE_SECRETS = {

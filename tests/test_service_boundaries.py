@@ -225,8 +225,8 @@ def missing_dependencies(files: list[Path], declared: set[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- the tests
 
 
-def test_the_four_services_are_found() -> None:
-    assert SERVICES == ["analyzer", "classifier", "generator", "trainer"]
+def test_the_five_services_are_found() -> None:
+    assert SERVICES == ["analyzer", "classifier", "generator", "trainer", "web"]
 
 
 def test_services_import_only_shared_the_protos_and_themselves() -> None:

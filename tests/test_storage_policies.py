@@ -29,6 +29,8 @@ RIGHTS = {
     "generator": {"models": "r", "synthetic": "rwd"},
     "analyzer": {"datasets": "r", "synthetic": "r", "models": "r", "results": "rwd"},
     "orchestrator": {"datasets": "rw", "synthetic": "rw", "models": "rw", "results": "rw"},
+    # the web page reads reports, and the checkpoints' sha256 to tell which run's model TorchServe serves
+    "web": {"models": "r", "results": "r"},
 }
 PROBE = "probe/object.bin"
 

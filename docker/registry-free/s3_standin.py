@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 S3_URL = os.environ.get("S3_URL", "http://minio:9000")
-SERVICES = ("trainer", "generator", "analyzer", "orchestrator")
+SERVICES = ("trainer", "generator", "analyzer", "orchestrator", "web")
 POLICIES = Path(os.environ.get("POLICY_DIR", "/policies"))
 BUCKET_VARIABLES = (
     "PNEUMONIA_DATASETS_BUCKET",

@@ -35,7 +35,7 @@ def train_gan(data: Path, work: Path, *extra: str) -> None:
 
 def generate(model: Path, out: Path, seed: int) -> None:
     argv = ["generate-synthetic", "--model-path", str(model), "--output-dir", str(out), "--num-images", "64",
-            "--batch-size", "24", "--seed", str(seed), "--cpu"]  # fmt: skip
+            "--batch-size", "24", "--seed", str(seed), "--layout", "png", "--cpu"]  # fmt: skip
     assert pneumonia(argv) == 0
 
 

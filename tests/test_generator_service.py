@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -31,6 +32,7 @@ from services.generator.http_api import MAX_BODY_BYTES, create_app
 from services.generator.service import (
     SERVICE_NAME,
     GeneratorServicer,
+    Progress,
     SyntheticImageService,
     request_from_proto,
 )
@@ -58,7 +60,7 @@ from shared.storage import (
     StorageUnavailableError,
 )
 from shared.storage.proto import ref_from_proto
-from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest
+from shared.synthetic import MANIFEST_NAME, ManifestRow, load_synthetic, read_layout, read_manifest
 
 CHECKPOINT_KEY = "gan/generator_final.pth"
 # A tiny unconditional generator of pneumonia images: 16 x 16 gray, 8-d latent, 4 feature maps.
@@ -102,11 +104,16 @@ class Running:
         return generator_pb2.GenerateRequest(checkpoint=checkpoint, count=count, seed=seed, **fields)
 
 
+SHARD_SIZE = 2  # images per shard in these tests: a request of a few images spans several shards
+
+
 @contextmanager
-def running_service(store: ObjectStore, checkpoint_file: Path, config: GeneratorConfig) -> Iterator[Running]:
+def running_service(
+    store: ObjectStore, checkpoint_file: Path, config: GeneratorConfig, **options: Any
+) -> Iterator[Running]:
     store.ensure_bucket(config.models_bucket)
     checkpoint = store.put_file(config.models_bucket, CHECKPOINT_KEY, checkpoint_file)
-    service = SyntheticImageService(config, store)
+    service = SyntheticImageService(config, store, **{"shard_size": SHARD_SIZE, **options})
     servicer = Service(
         SERVICE_NAME, GeneratorServicer(service), generator_pb2_grpc.add_GeneratorServiceServicer_to_server
     )
@@ -171,7 +178,7 @@ def rpc_error(call: Callable[..., object], request: generator_pb2.GenerateReques
 # ---------------------------------------------------------------- gRPC: the result
 
 
-def test_generate_stores_the_cli_images_and_manifest_and_is_idempotent(
+def test_generate_stores_the_cli_shards_and_manifest_and_is_idempotent(
     any_backend: Running, checkpoint_file: Path, tmp_path: Path
 ) -> None:
     running = any_backend
@@ -180,28 +187,93 @@ def test_generate_stores_the_cli_images_and_manifest_and_is_idempotent(
     assert not response.reused
     assert response.prefix == f"{running.checkpoint.sha256[:16]}/pneumonia/seed-3-count-5/"
     assert response.manifest.key == response.prefix + MANIFEST_NAME
-    assert len(response.images) == 5
-    for ref in response.images:
-        assert ref.bucket == running.service.config.synthetic_bucket and ref.key.startswith(response.prefix)
+    names = ["000000-000001", "000002-000003", "000004-000004"]
+    assert [ref.key for ref in response.images] == [f"{response.prefix}synthetic_pneumonia_{n}.npz" for n in names]
+    stored = tmp_path / "stored"
+    for ref in [*response.images, response.manifest]:
+        assert ref.bucket == running.service.config.synthetic_bucket
         data = running.store.get_bytes(ref.bucket, ref.key)
         assert hashlib.sha256(data).hexdigest() == ref.sha256 and len(data) == ref.size
-        with Image.open(io.BytesIO(data)) as image:
-            assert (image.format, image.mode, image.size) == ("PNG", "L", (16, 16))
+        (stored / ref.key.removeprefix(response.prefix)).parent.mkdir(exist_ok=True)
+        (stored / ref.key.removeprefix(response.prefix)).write_bytes(data)
 
-    rows = manifest_rows(running.store, ref_from_proto(response.manifest), tmp_path)
-    assert [row.index for row in rows] == list(range(5))
-    assert {(row.label, row.seed, row.generator_sha256) for row in rows} == {(PNEUMONIA, 3, running.checkpoint.sha256)}
-    assert [response.prefix + row.file for row in rows] == [ref.key for ref in response.images]
+    shards = read_layout(stored).shards  # one row per shard, with the sha256 the response carries
+    assert [row.sha256 for row in shards] == [ref.sha256 for ref in response.images]
+    assert [(row.first_index, row.count) for row in shards] == [(0, 2), (2, 2), (4, 1)]
+    assert {(row.label, row.seed, row.generator_sha256) for row in shards} == {
+        (PNEUMONIA, 3, running.checkpoint.sha256)
+    }
+    images = load_synthetic(stored)  # what the trainer reads
+    assert images.patient_ids.tolist() == [f"synthetic-synthetic_pneumonia_{i:06d}.png" for i in range(5)]
+    assert images.load(0).size == (16, 16)
 
-    # The same bytes as `pneumonia generate-synthetic` with this checkpoint and seed (another batch size).
-    cli_rows = generate_images(checkpoint_file, tmp_path / "cli", 5, PNEUMONIA, 3, 3, torch.device("cpu"))
-    cli_digests = [hashlib.sha256((tmp_path / "cli" / row.file).read_bytes()).hexdigest() for row in cli_rows]
+    # The same bytes as `pneumonia generate-synthetic` with this checkpoint, seed and shard size (another batch size).
+    generate_images(checkpoint_file, tmp_path / "cli", 5, PNEUMONIA, 3, 3, torch.device("cpu"), shard_size=SHARD_SIZE)
+    cli_digests = [row.sha256 for row in read_layout(tmp_path / "cli").shards]
     assert cli_digests == [ref.sha256 for ref in response.images]
 
     again = running.stub.Generate(running.request(count=5, seed=3, batch_size=5), timeout=60)
     assert again.reused
     assert refs(again.images) == refs(response.images)
     assert refs([again.manifest]) == refs([response.manifest])
+
+
+def test_a_killed_request_resumes_from_its_stored_shards(local: Running, checkpoint_file: Path, tmp_path: Path) -> None:
+    """A request stopped after its first shards were stored leaves them and no manifest; the identical request keeps
+    them and draws only the rest, and its result is the one an uninterrupted request stores."""
+    request = request_from_proto(local.request(count=20, seed=4, batch_size=2))
+
+    def stop_after_two_stored_shards(progress: Progress) -> None:
+        if progress.phase == "uploading" and progress.done >= 2 * SHARD_SIZE:
+            raise RequestCancelledError("the client went away")
+
+    with pytest.raises(RequestCancelledError):
+        local.service.generate(request, on_progress=stop_after_two_stored_shards)
+    prefix = local.service.result_prefix(request, local.checkpoint.sha256)
+    bucket = local.service.config.synthetic_bucket
+    assert not local.store.exists(bucket, prefix + MANIFEST_NAME)
+    left = [ref.key.removeprefix(prefix) for ref in local.store.list(bucket, prefix)]
+    assert 2 <= len(left) < 10 and all(name.endswith(".npz") for name in left)  # at most 4 more were in flight
+
+    messages = list(local.stub.GenerateStream(local.request(count=20, seed=4, batch_size=2), timeout=60))
+    drawn = [m.images_done for m in messages if m.phase == generator_pb2.GENERATE_PHASE_GENERATING]
+    kept = SHARD_SIZE * len(left)
+    assert drawn == list(range(kept + 2, 21, 2))  # the kept shards' images count as done and are not drawn again
+    result = messages[-1].result
+    assert not result.reused and len(result.images) == 10
+
+    with running_service(LocalStore(tmp_path / "other"), checkpoint_file, unique_config("fresh")) as other:
+        straight = other.stub.Generate(other.request(count=20, seed=4, batch_size=3), timeout=60)
+    assert [ref.sha256 for ref in straight.images] == [ref.sha256 for ref in result.images]
+
+
+def test_png_layout_stores_one_png_per_image_and_a_shard_service_reuses_it(
+    local: Running, checkpoint_file: Path, tmp_path: Path
+) -> None:
+    """The old layout stays available (layout="png"), and a result stored in it (a run from before shards) is a
+    result for the shard service too: the trainer reads both."""
+    with running_service(local.store, checkpoint_file, local.service.config, layout="png") as png:
+        response = png.stub.Generate(png.request(count=3, seed=6), timeout=60)
+    assert [ref.key.removeprefix(response.prefix) for ref in response.images] == [
+        f"synthetic_pneumonia_{i:06d}.png" for i in range(3)
+    ]
+    for ref in response.images:
+        with Image.open(io.BytesIO(local.store.get_bytes(ref.bucket, ref.key))) as image:
+            assert (image.format, image.mode, image.size) == ("PNG", "L", (16, 16))
+    rows = manifest_rows(local.store, ref_from_proto(response.manifest), tmp_path)
+    assert [response.prefix + row.file for row in rows] == [ref.key for ref in response.images]
+
+    again = local.stub.Generate(local.request(count=3, seed=6), timeout=60)  # the shard service, same prefix
+    assert again.reused and refs(again.images) == refs(response.images)
+
+
+def test_a_stored_shard_that_does_not_match_its_manifest_is_not_reused(local: Running) -> None:
+    response = local.stub.Generate(local.request(count=3), timeout=60)
+    shard = response.images[1]
+    local.store.put_bytes(shard.bucket, shard.key, b"not the shard the manifest lists")
+    again = local.stub.Generate(local.request(count=3), timeout=60)
+    assert not again.reused  # regenerated: the replaced shard is redrawn (it cannot be decoded), the others kept
+    assert refs(again.images) == refs(response.images) and refs([again.manifest]) == refs([response.manifest])
 
 
 def test_other_seed_or_count_gets_its_own_prefix(local: Running) -> None:
@@ -225,12 +297,16 @@ def test_a_stale_manifest_is_replaced_not_trusted(local: Running) -> None:
 
 def test_stream_reports_progress_then_the_result(local: Running) -> None:
     messages = list(local.stub.GenerateStream(local.request(count=6, batch_size=4), timeout=60))
-    phases = [(m.phase, m.images_done, m.images_total) for m in messages[:-1]]
-    assert phases == [
-        (generator_pb2.GENERATE_PHASE_GENERATING, 4, 6),
-        (generator_pb2.GENERATE_PHASE_GENERATING, 6, 6),
-        *[(generator_pb2.GENERATE_PHASE_UPLOADING, done, 6) for done in range(1, 7)],
-    ]
+    progress = [(m.phase, m.images_done, m.images_total) for m in messages[:-1]]
+    generating = [done for phase, done, _ in progress if phase == generator_pb2.GENERATE_PHASE_GENERATING]
+    uploading = [done for phase, done, _ in progress if phase == generator_pb2.GENERATE_PHASE_UPLOADING]
+    assert generating == [4, 6]
+    assert uploading == sorted(uploading) and uploading[-1] == 6  # shards stored while the next batch is drawn
+    assert all(done % SHARD_SIZE == 0 for done in uploading) and {total for *_, total in progress} == {6}
+    drawn = 0
+    for phase, done, _ in progress:  # nothing is stored before it is drawn
+        drawn = done if phase == generator_pb2.GENERATE_PHASE_GENERATING else drawn
+        assert done <= drawn
     last = messages[-1]
     assert last.phase == generator_pb2.GENERATE_PHASE_DONE and last.images_done == 6
     unary = local.stub.Generate(local.request(count=6), timeout=60)
@@ -418,7 +494,8 @@ def test_graceful_stop_turns_health_not_serving_and_finishes_work_in_flight(loca
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     watch.cancel()  # an open Watch is a call in flight too: it would hold the stop for the whole grace
     last = list(stream)[-1]  # the call in flight runs to its end
-    assert last.phase == generator_pb2.GENERATE_PHASE_DONE and len(last.result.images) == 24
+    assert last.phase == generator_pb2.GENERATE_PHASE_DONE and last.images_done == 24
+    assert len(last.result.images) == 24 // SHARD_SIZE
     stopper.join(timeout=30)
     assert not stopper.is_alive()
     error = rpc_error(local.stub.Generate, local.request(), timeout=5)
@@ -491,7 +568,7 @@ def test_http_generate_matches_grpc_and_is_idempotent(http: TestClient, local: R
     response = http.post("/v1/generate", json=http_body(local))
     assert response.status_code == 200, response.text
     result = response.json()
-    assert not result["reused"] and len(result["images"]) == 4
+    assert not result["reused"] and len(result["images"]) == 4 // SHARD_SIZE
     assert result["manifest"]["key"] == result["prefix"] + MANIFEST_NAME
     for image in result["images"]:
         assert hashlib.sha256(local.store.get_bytes(image["bucket"], image["key"])).hexdigest() == image["sha256"]

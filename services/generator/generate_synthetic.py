@@ -2,7 +2,10 @@
 
 The checkpoint carries its own configuration, so --model-path is all it needs; --latent-dim and --feature-maps-g
 only check it. Image i is drawn from a latent seeded by (--seed, i): the same checkpoint and seed give
-byte-identical files. The output folder's manifest.csv records each file's label, seed, index and generator.
+byte-identical files. By default the images go into .npz shards of --shard-size images, stored while the generator
+draws; --layout png writes one PNG per image instead. The output folder's manifest.csv records each shard (its
+sha256, label, seed, index range and generator) or each PNG. A run killed midway resumes when run again: the shards
+it wrote are kept (see shared.generation).
 """
 
 from __future__ import annotations
@@ -51,13 +54,15 @@ def generate(options: GenerationConfig, on_batch: Callable[[int], None] | None =
     check_options(options, load_checkpoint(path, "dcgan-generator")["config"], path)
     label = None if options.label is None else LABELS[options.label]
     return generate_images(
-        path, options.output_dir, options.num_images, label, options.seed, options.batch_size, device, on_batch
-    )
+        path, options.output_dir, options.num_images, label, options.seed, options.batch_size, device, on_batch,
+        layout=options.layout, shard_size=options.shard_size,
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
     options = GenerationConfig.from_args(args)
     rows = generate(options)
     log.info("wrote %d images with generator sha256 %s", len(rows), rows[0].generator_sha256[:12])
-    print(f"{len(rows)} {CLASS_NAMES[rows[0].label]} images and {MANIFEST_NAME} in {options.output_dir}")
+    stored = "PNG files" if options.layout == "png" else f"shards of up to {options.shard_size}"
+    print(f"{len(rows)} {CLASS_NAMES[rows[0].label]} images ({stored}) and {MANIFEST_NAME} in {options.output_dir}")
     return 0

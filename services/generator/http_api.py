@@ -100,7 +100,9 @@ class StoredObject(BaseModel):
 class GenerateResult(BaseModel):
     """Where the images are (GenerateResponse)."""
 
-    images: list[StoredObject] = Field(description="the PNG images, in manifest order")
+    images: list[StoredObject] = Field(
+        description="the objects holding the images, in manifest order: .npz shards (or one PNG per image)"
+    )
     manifest: StoredObject = Field(description="manifest.csv, stored after every image")
     prefix: str = Field(description="the key prefix holding the images and the manifest")
     reused: bool = Field(description="an identical earlier request's stored result was returned")

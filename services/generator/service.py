@@ -5,23 +5,32 @@ the HTTP API (services.generator.http_api).
 
 Where a result goes, in the synthetic bucket (`prefix` below):
     [OUTPUT_PREFIX/]<checkpoint sha256, 16 hex digits>/<normal|pneumonia>/seed-<SEED>-count-<COUNT>/
-        synthetic_<label>_<index:06d>.png     the images (generate-synthetic's names and bytes)
-        manifest.csv                          file,label,seed,index,generator_sha256 (shared.synthetic)
+        synthetic_<label>_<first:06d>-<last:06d>.npz   shards of up to shard_size images (shared.shards; the bytes
+                                                       generate-synthetic writes with the same --shard-size)
+        manifest.csv                                   shard,sha256,label,seed,first_index,count,generator_sha256
+or, in the PNG layout (a service built with layout="png"; the trainer and analyzer read both):
+        synthetic_<label>_<index:06d>.png              one image per object
+        manifest.csv                                   file,label,seed,index,generator_sha256
+
+Shards are encoded, hashed and uploaded on background threads while the generator draws the next batches
+(shared.generation.write_synthetic): one object write per shard instead of one per image.
 
 The prefix is a function of the request (checkpoint bytes, label, seed, count) and image i's latent is seeded by
 (seed, i), so a repeated request yields the same objects; when the prefix already holds a manifest that matches the
-request, the stored result is returned without generating (`reused`). Nothing is ever half-written: every image is
-uploaded before the manifest, and a prefix without manifest.csv is never a result (a failed or cancelled request
-may leave images there; the next identical request overwrites them with the same bytes).
+request, the stored result is returned without generating (`reused`). Nothing is ever half-written: every shard is
+uploaded before the manifest, and a prefix without manifest.csv is never a result. A failed or cancelled request
+leaves the shards it stored: the next identical request keeps those whose content matches (resume) and draws only
+the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import tempfile
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +40,15 @@ import grpc
 from pneumonia_proto.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 
 from services.generator.config import GeneratorConfig
-from services.generator.generate_synthetic import generate_images
 from shared.datasets import CLASS_NAMES, NORMAL, PNEUMONIA
 from shared.errors import CheckpointError, ConfigError, DatasetError
+from shared.generation import LoadedGenerator, open_generator, resolve_label, write_synthetic
 from shared.grpc_service import FinalMessage, ensure_active, rpc_method
+from shared.shards import DEFAULT_SHARD_SIZE, WRITE_WORKERS
 from shared.storage import InvalidKeyError, NotFoundError, ObjectRef, ObjectStore, StorageUnavailableError
 from shared.storage.base import object_uri, validate_key
 from shared.storage.proto import ref_to_proto
-from shared.synthetic import MANIFEST_NAME, ManifestRow, read_manifest
+from shared.synthetic import LAYOUTS, MANIFEST_NAME, Layout, Manifest, ManifestRow, manifest_bytes, parse_manifest
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,7 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 MAX_BATCH_SIZE = 1024
 MAX_SEED = 2**63 - 1
 PREFIX_DIGEST_CHARS = 16  # 64 bits of the checkpoint's sha256 name the prefix; the manifest holds all of it
+CACHED_GENERATORS = 2  # loaded generators kept by checkpoint sha256: a repeated checkpoint is not downloaded again
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,8 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """The stored images (manifest order), the manifest, their prefix and whether an earlier result was reused."""
+    """The stored objects holding the images (shards, or one PNG each; manifest order), the manifest, their prefix
+    and whether an earlier result was reused."""
 
     images: list[ObjectRef]
     manifest: ObjectRef
@@ -74,7 +86,8 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Progress:
-    """`done` of `total` images finished in `phase` ('generating' or 'uploading')."""
+    """`done` of `total` images finished in `phase` ('generating': drawn; 'uploading': stored). The phases
+    interleave: shards are stored while the next ones are drawn."""
 
     phase: str
     done: int
@@ -89,15 +102,34 @@ def _no_progress(progress: Progress) -> None:
 
 
 class SyntheticImageService:
-    """Generates into a temp dir with the GAN engineer's generate_images and stores the result idempotently."""
+    """Generates with shared.generation.write_synthetic straight into object storage and stores results idempotently.
 
-    def __init__(self, config: GeneratorConfig, store: ObjectStore) -> None:
+    `layout` ("shards", the default, or "png") and `shard_size` choose how the images are stored; `write_workers`
+    threads encode and upload while the generator draws.
+    """
+
+    def __init__(
+        self,
+        config: GeneratorConfig,
+        store: ObjectStore,
+        *,
+        layout: Layout = "shards",
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        write_workers: int = WRITE_WORKERS,
+    ) -> None:
+        if layout not in LAYOUTS or shard_size < 1 or write_workers < 1:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, shard_size and write_workers >= 1")
         self.config = config
         self.store = store
         self.device = config.torch_device()
+        self.layout: Layout = layout
+        self.shard_size = shard_size
+        self.write_workers = write_workers
         # Identical requests in this process run one after the other, so the second reuses the first's result.
         self._prefix_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        self._generators: OrderedDict[str, LoadedGenerator] = OrderedDict()  # by checkpoint sha256, newest last
+        self._generators_guard = threading.Lock()
 
     def validate(self, request: GenerationRequest) -> None:
         """ConfigError (or InvalidKeyError) naming the first field that cannot work."""
@@ -151,87 +183,132 @@ class SyntheticImageService:
             self.store.ensure_bucket(self.config.synthetic_bucket)
             stored = self._stored_result(prefix, request, checkpoint.sha256)
             if stored is not None:
-                log.info("reusing stored result", extra={"prefix": prefix, "images": len(stored.images)})
+                log.info("reusing stored result", extra={"prefix": prefix, "objects": len(stored.images)})
                 return stored
-            with tempfile.TemporaryDirectory(prefix="pneumonia-generator-") as tmp:
-                images_dir = Path(tmp, "images")
-                rows = self._generate_locally(request, checkpoint, Path(tmp, "generator.pth"), images_dir, on_progress)
-                return self._upload(prefix, images_dir, rows, on_progress)
+            loaded = self._generator(checkpoint)
+            label = resolve_label(loaded.config, request.label, checkpoint.uri)
+            return self._write(request, label, loaded, prefix, on_progress)
 
     def _lock_for(self, prefix: str) -> threading.Lock:
         with self._locks_guard:
             return self._prefix_locks[prefix]
 
-    def _generate_locally(
+    def _generator(self, checkpoint: ObjectRef) -> LoadedGenerator:
+        """The checkpoint's generator: from the cache by sha256, else downloaded (sha256-verified) and loaded."""
+        with self._generators_guard:
+            if checkpoint.sha256 in self._generators:
+                self._generators.move_to_end(checkpoint.sha256)
+                return self._generators[checkpoint.sha256]
+        with tempfile.TemporaryDirectory(prefix="pneumonia-generator-") as tmp:
+            path = Path(tmp, "generator.pth")
+            downloaded = self.store.get_file(checkpoint.bucket, checkpoint.key, path)
+            if downloaded.sha256 != checkpoint.sha256:
+                raise CheckpointError(f"{checkpoint.uri} was replaced while it was being read; retry the request")
+            try:
+                loaded = open_generator(path, self.device)
+            except (CheckpointError, ConfigError) as exc:  # name the stored object, not this container's temp file
+                raise type(exc)(str(exc).replace(str(path), checkpoint.uri)) from exc
+        with self._generators_guard:
+            self._generators[checkpoint.sha256] = loaded
+            while len(self._generators) > CACHED_GENERATORS:
+                self._generators.popitem(last=False)
+        return loaded
+
+    def _write(
         self,
         request: GenerationRequest,
-        checkpoint: ObjectRef,
-        checkpoint_path: Path,
-        images_dir: Path,
+        label: int,
+        loaded: LoadedGenerator,
+        prefix: str,
         on_progress: ProgressCallback,
-    ) -> list[ManifestRow]:
-        """Download the checkpoint (sha256-verified) and write the PNGs and manifest.csv to `images_dir`."""
-        downloaded = self.store.get_file(checkpoint.bucket, checkpoint.key, checkpoint_path)
-        if downloaded.sha256 != checkpoint.sha256:
-            raise CheckpointError(f"{checkpoint.uri} was replaced while it was being read; retry the request")
-        log.info("generating", extra={"checkpoint": checkpoint.uri, "count": request.count, "seed": request.seed})
-        try:
-            return generate_images(
-                checkpoint_path,
-                images_dir,
-                request.count,
-                request.label,
-                request.seed,
-                request.batch_size or self.config.batch_size,
-                self.device,
-                on_batch=lambda done: on_progress(Progress("generating", done, request.count)),
-            )
-        except (CheckpointError, ConfigError) as exc:  # name the stored object, not this container's temp file
-            raise type(exc)(str(exc).replace(str(checkpoint_path), checkpoint.uri)) from exc
-
-    def _upload(
-        self, prefix: str, images_dir: Path, rows: list[ManifestRow], on_progress: ProgressCallback
     ) -> GenerationResult:
-        """Store every image, then (last) the manifest."""
+        """Draw and store the images (storing while drawing), then (last) the manifest."""
         bucket = self.config.synthetic_bucket
-        images: list[ObjectRef] = []
+        stored = [0]
+
+        def report(phase: str, done: int) -> None:
+            if phase == "uploading":
+                stored[0] = done
+            on_progress(Progress(phase, done, request.count))
+
+        log.info("generating", extra={"prefix": prefix, "count": request.count, "seed": request.seed})
         try:
-            for row in rows:
-                images.append(self.store.put_file(bucket, prefix + row.file, images_dir / row.file, "image/png"))
-                on_progress(Progress("uploading", len(images), len(rows)))
-            manifest = self.store.put_file(bucket, prefix + MANIFEST_NAME, images_dir / MANIFEST_NAME, "text/csv")
+            written = write_synthetic(
+                loaded, label, request.seed, request.count, request.batch_size or self.config.batch_size,
+                self.device, StoreSink(self.store, bucket, prefix), layout=self.layout, shard_size=self.shard_size,
+                workers=self.write_workers, on_progress=report,
+            )  # fmt: skip
+            rows = written.shards if self.layout == "shards" else written.images
+            manifest = self.store.put_bytes(bucket, prefix + MANIFEST_NAME, manifest_bytes(rows), "text/csv")
         except StorageUnavailableError as exc:
+            resumes = " (it keeps the shards already stored)" if self.layout == "shards" else ""
             raise StorageUnavailableError(
-                f"storing {object_uri(bucket, prefix)} failed after {len(images)} of {len(rows)} images, before the "
-                f"manifest, so it is not a result; retry the request. {exc}"
+                f"storing {object_uri(bucket, prefix)} failed after {stored[0]} of {request.count} images, before the "
+                f"manifest, so it is not a result; retry the request{resumes}. {exc}"
             ) from exc
-        log.info("stored result", extra={"prefix": prefix, "images": len(images)})
-        return GenerationResult(images, manifest, prefix, reused=False)
+        log.info(
+            "stored result",
+            extra={"prefix": prefix, "images": request.count, "objects": len(written.refs), "resumed": written.reused},
+        )
+        return GenerationResult(written.refs, manifest, prefix, reused=False)
 
     def _stored_result(
         self, prefix: str, request: GenerationRequest, checkpoint_sha256: str
     ) -> GenerationResult | None:
-        """The result already under `prefix` if its manifest matches the request, else None.
+        """The result already under `prefix` if its manifest (either layout) matches the request, else None.
 
         A manifest that does not match is deleted, so that the prefix is no result while it is rewritten.
         """
         bucket = self.config.synthetic_bucket
-        with tempfile.TemporaryDirectory(prefix="pneumonia-manifest-") as tmp:
-            try:
-                manifest = self.store.get_file(bucket, prefix + MANIFEST_NAME, Path(tmp, MANIFEST_NAME))
-            except NotFoundError:
-                return None
-            try:
-                rows = read_manifest(tmp)
-                problem = _mismatch(rows, request, checkpoint_sha256)
-                images = [] if problem else [self.store.stat(bucket, prefix + row.file) for row in rows]
-            except (DatasetError, NotFoundError) as exc:
-                problem = str(exc)
+        try:
+            data = self.store.get_bytes(bucket, prefix + MANIFEST_NAME)
+        except NotFoundError:
+            return None
+        manifest = ObjectRef(bucket, prefix + MANIFEST_NAME, hashlib.sha256(data).hexdigest(), len(data))
+        try:
+            parsed = parse_manifest(data.decode("utf-8", errors="replace"), manifest.uri)
+            problem = _mismatch(parsed.images, request, checkpoint_sha256)
+            objects = [] if problem else self._stored_objects(prefix, parsed)
+            problem = problem or _replaced_shard(parsed, objects)
+        except (DatasetError, NotFoundError) as exc:
+            problem, objects = str(exc), []
         if problem:
             log.warning("replacing a stored manifest: %s", problem, extra={"prefix": prefix})
             self.store.delete(bucket, prefix + MANIFEST_NAME)
             return None
-        return GenerationResult(images, manifest, prefix, reused=True)
+        return GenerationResult(objects, manifest, prefix, reused=True)
+
+    def _stored_objects(self, prefix: str, manifest: Manifest) -> list[ObjectRef]:
+        """The references of the objects a manifest lists (NotFoundError for a missing one)."""
+        names = (
+            [row.shard for row in manifest.shards] if manifest.layout == "shards" else [r.file for r in manifest.images]
+        )
+        return [self.store.stat(self.config.synthetic_bucket, prefix + name) for name in names]
+
+
+class StoreSink:
+    """shared.shards.ShardSink on a prefix of a bucket: one put per shard; references are ObjectRefs."""
+
+    def __init__(self, store: ObjectStore, bucket: str, prefix: str) -> None:
+        self.store, self.bucket, self.prefix = store, bucket, prefix
+
+    def stored(self) -> set[str]:
+        return {ref.key[len(self.prefix) :] for ref in self.store.list(self.bucket, self.prefix)}
+
+    def read(self, name: str) -> tuple[bytes, ObjectRef]:
+        data = self.store.get_bytes(self.bucket, self.prefix + name)
+        return data, ObjectRef(self.bucket, self.prefix + name, hashlib.sha256(data).hexdigest(), len(data))
+
+    def write(self, name: str, data: bytes, content_type: str) -> ObjectRef:
+        return self.store.put_bytes(self.bucket, self.prefix + name, data, content_type)
+
+
+def _replaced_shard(manifest: Manifest, objects: list[ObjectRef]) -> str:
+    """Why the stored shards are not the ones the manifest lists ('' when they are; always '' for PNGs)."""
+    for row, ref in zip(manifest.shards, objects, strict=False):
+        if ref.sha256 != row.sha256:
+            return f"{row.shard} is not the shard its manifest lists (sha256 {ref.sha256}, not {row.sha256})"
+    return ""
 
 
 def _mismatch(rows: list[ManifestRow], request: GenerationRequest, checkpoint_sha256: str) -> str:
@@ -314,7 +391,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                 yield FinalMessage(
                     generator_pb2.GenerateProgress(
                         phase=generator_pb2.GENERATE_PHASE_DONE,
-                        images_done=len(event.images),
+                        images_done=generation.count,
                         images_total=generation.count,
                         result=response_to_proto(event),
                     )

@@ -13,4 +13,5 @@ MAX_WIDTH = 2_048  # latent size, feature maps
 MAX_IMAGES = 10_000_000  # images generated, sampled or compared
 MAX_FOLDS = 20
 MAX_WORKERS = 64
+MAX_SHARD_IMAGES = 65_536  # images in one synthetic shard (held in memory while it is written)
 MAX_SAMPLES = 100_000  # images in an O(n^2) comparison (SSIM pairs, memorization), Grad-CAM samples

@@ -30,7 +30,10 @@ class GeneratorServiceStub:
 
     Results are idempotent: the images go under a prefix derived from (checkpoint sha256, label, seed, count), and
     image i's latent is seeded by (seed, i), so a repeated request returns the same objects (reusing them when their
-    manifest is already stored). The manifest is uploaded last: a prefix without manifest.csv is never a result.
+    manifest is already stored). The images are stored as .npz shards of many images each (one object per shard,
+    uploaded while the generator draws the next ones); a service may store one PNG per image instead. The manifest is
+    uploaded last: a prefix without manifest.csv is never a result, and a failed request's stored shards are kept
+    by the next identical request (it resumes).
     """
 
     def __init__(self, channel):
@@ -56,7 +59,10 @@ class GeneratorServiceServicer:
 
     Results are idempotent: the images go under a prefix derived from (checkpoint sha256, label, seed, count), and
     image i's latent is seeded by (seed, i), so a repeated request returns the same objects (reusing them when their
-    manifest is already stored). The manifest is uploaded last: a prefix without manifest.csv is never a result.
+    manifest is already stored). The images are stored as .npz shards of many images each (one object per shard,
+    uploaded while the generator draws the next ones); a service may store one PNG per image instead. The manifest is
+    uploaded last: a prefix without manifest.csv is never a result, and a failed request's stored shards are kept
+    by the next identical request (it resumes).
     """
 
     def Generate(self, request, context):
@@ -99,7 +105,10 @@ class GeneratorService:
 
     Results are idempotent: the images go under a prefix derived from (checkpoint sha256, label, seed, count), and
     image i's latent is seeded by (seed, i), so a repeated request returns the same objects (reusing them when their
-    manifest is already stored). The manifest is uploaded last: a prefix without manifest.csv is never a result.
+    manifest is already stored). The images are stored as .npz shards of many images each (one object per shard,
+    uploaded while the generator draws the next ones); a service may store one PNG per image instead. The manifest is
+    uploaded last: a prefix without manifest.csv is never a result, and a failed request's stored shards are kept
+    by the next identical request (it resumes).
     """
 
     @staticmethod

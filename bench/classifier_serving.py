@@ -1,4 +1,5 @@
-"""Classifier throughput and latency through TorchServe (REST and gRPC) versus the same model called in-process.
+"""Classifier throughput and latency through TorchServe and through the Open Inference Protocol runtime (KServe v2;
+services.classifier.oip), each over REST and gRPC, versus the same model called in-process.
 
     .venv/bin/python bench/classifier_serving.py --checkpoint models/baseline_resnet18.pth
 
@@ -10,6 +11,11 @@ is the same work without a server -- PNG decode, the model's transform and a for
 this process. Both sides compute with OMP_NUM_THREADS threads (default 1). The three modes take turns in --rounds
 rounds per cell, so that other load on the machine hits each alike. Throughput is images over the time each mode
 ran; latency is per request (in-process: per batch of B). Prints a Markdown table.
+
+The v2 runtime (`python -m services.classifier.oip`, started here on the same checkpoint, bearer token on) is called
+by the standard v2 client, tritonclient: one image per request as well (REST with the binary data extension, gRPC),
+from the same C client threads, in the same rounds. It has no server-side batching (each request is one forward
+pass), so B applies to TorchServe and in-process only.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import argparse
 import io
 import os
 import platform
+import secrets
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -34,15 +44,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import tritonclient.grpc as triton_grpc  # noqa: E402
+import tritonclient.http as triton_http  # noqa: E402
+import urllib3  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from services.classifier.config import ClassifierConfig  # noqa: E402
-from services.classifier.torchserve import TorchServe  # noqa: E402
+from services.classifier.oip_models import IMAGE_INPUT, PROBABILITY_OUTPUT  # noqa: E402 (no kserve here)
+from services.classifier.torchserve import TorchServe, free_port  # noqa: E402
 from shared.datasets.base import PNEUMONIA  # noqa: E402
 from shared.models.classifier import classifier_transform, load_classifier  # noqa: E402
 from shared.serving.archive import build_model_archive  # noqa: E402
 from shared.serving.handler import decode_image  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pneumoniamnist" / "pneumoniamnist.npz"
 PORTS = {f"{name}_port": 0 for name in ("inference", "management", "metrics", "grpc", "grpc_management")}
 
@@ -98,6 +113,78 @@ def served(call: Callable[[bytes], object], bodies: list[bytes], concurrency: in
     return len(bodies) / (time.perf_counter() - start), latencies
 
 
+@contextmanager
+def oip_server(checkpoint: Path, root: Path, name: str) -> Iterator[tuple[str, str, str]]:
+    """`python -m services.classifier.oip` serving `checkpoint` as `name`: (REST host:port, gRPC host:port, token)."""
+    model_dir = root / "mnt-models"
+    (model_dir / name).mkdir(parents=True)
+    (model_dir / name / "model.pth").symlink_to(checkpoint.resolve())
+    http_port, grpc_port, token = free_port(), free_port(), secrets.token_hex(32)
+    env = {
+        **os.environ,
+        "PNEUMONIA_OIP_HTTP_PORT": str(http_port),
+        "PNEUMONIA_OIP_GRPC_PORT": str(grpc_port),
+        "PNEUMONIA_OIP_MODEL_DIR": str(model_dir),
+        "PNEUMONIA_OIP_DEVICE": "cpu",
+        "PNEUMONIA_AUTH_TOKENS": f"bench={token}",
+    }
+    with open(root / "oip.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.classifier.oip"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the v2 runtime did not start: {(root / 'oip.log').read_text()[-2000:]}")
+            try:
+                url = f"http://127.0.0.1:{http_port}/v2/models/{name}/ready"
+                if urllib3.request("GET", url, timeout=2, retries=False).status == 200:
+                    break
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.25)
+        yield f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", token
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class V2Clients:
+    """tritonclient's REST and gRPC clients of the v2 runtime, one of each per client thread."""
+
+    def __init__(self, http: str, grpc: str, token: str, model: str) -> None:
+        self.http, self.grpc, self.token, self.model = http, grpc, token, model
+        self.local = threading.local()
+
+    def _client(self, kind: str) -> triton_http.InferenceServerClient | triton_grpc.InferenceServerClient:
+        client = getattr(self.local, kind, None)
+        if client is None:
+            client = (
+                triton_http.InferenceServerClient(self.http)
+                if kind == "rest"
+                else triton_grpc.InferenceServerClient(self.grpc)
+            )
+            setattr(self.local, kind, client)
+        return client
+
+    def rest(self, body: bytes) -> float:
+        tensor = triton_http.InferInput(IMAGE_INPUT, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([body], dtype=np.object_))
+        result = self._client("rest").infer(self.model, [tensor], headers={"authorization": f"Bearer {self.token}"})
+        return float(result.as_numpy(PROBABILITY_OUTPUT)[0])
+
+    def grpc_(self, body: bytes) -> float:
+        tensor = triton_grpc.InferInput(IMAGE_INPUT, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([body], dtype=np.object_))
+        result = self._client("grpc").infer(self.model, [tensor], headers={"authorization": f"Bearer {self.token}"})
+        return float(result.as_numpy(PROBABILITY_OUTPUT)[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=Path("models/baseline_resnet18.pth"))
@@ -124,7 +211,14 @@ def main() -> None:
                 args.checkpoint, store, f"bench-b{batch}", batch_size=batch, max_batch_delay_ms=args.delay
             )
         config = ClassifierConfig(**PORTS, model_store=store, workdir=Path(root, "work"), workers=1)
-        with TorchServe(config) as server, server.client(max_connections=32) as client:
+        with (
+            TorchServe(config) as server,
+            server.client(max_connections=32) as client,
+            oip_server(args.checkpoint, Path(root), "bench") as (v2_http, v2_grpc, token),
+        ):
+            v2 = V2Clients(v2_http, v2_grpc, token, "bench")
+            for warm in (v2.rest, v2.grpc_):
+                served(warm, bodies[:16], 4)
             for batch in batches:
                 name = f"bench-b{batch}"
                 client.register(f"{name}.mar", name, batch_size=batch, max_batch_delay_ms=args.delay)
@@ -138,6 +232,8 @@ def main() -> None:
                     "gRPC": lambda part, name=name, c=concurrency: served(
                         lambda b: client.predict_grpc(name, b), part, c
                     ),
+                    "v2 REST": lambda part, c=concurrency: served(v2.rest, part, c),
+                    "v2 gRPC": lambda part, c=concurrency: served(v2.grpc_, part, c),
                 }
                 # Rounds interleave the three modes, so that background load on the machine hits each alike.
                 seconds = dict.fromkeys(modes, 0.0)
@@ -161,17 +257,18 @@ def main() -> None:
         f"{torch.get_num_threads()} torch thread(s), checkpoint {args.checkpoint}"
     )
     print(
-        "| server batch | clients | in-process (img/s) | REST (img/s) | gRPC (img/s) | REST / in-process "
-        "| gRPC / in-process | in-process p50 / p99 (ms, per batch) | REST p50 / p99 (ms) | gRPC p50 / p99 (ms) |"
+        "| server batch | clients | in-process (img/s) | TorchServe REST | TorchServe gRPC | v2 REST | v2 gRPC "
+        "| TS REST / in-process | TS gRPC / in-process | v2 REST / in-process | v2 gRPC / in-process "
+        "| p50 / p99 ms: in-process (per batch) | TS REST | TS gRPC | v2 REST | v2 gRPC |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    served_modes = ("REST", "gRPC", "v2 REST", "v2 gRPC")
     for batch, concurrency, rates, latencies in rows:
-        local_rate, rest, grpc_ = rates["in-process"], rates["REST"], rates["gRPC"]
-        p50_p99 = [ms(latencies[mode]) for mode in ("in-process", "REST", "gRPC")]
-        print(
-            f"| {batch} | {concurrency} | {local_rate:,.0f} | {rest:,.0f} | {grpc_:,.0f} | {rest / local_rate:.2f} "
-            f"| {grpc_ / local_rate:.2f} | {' | '.join(p50_p99)} |"
-        )
+        local_rate = rates["in-process"]
+        cells = [f"{rates[mode]:,.0f}" for mode in served_modes]
+        ratios = [f"{rates[mode] / local_rate:.2f}" for mode in served_modes]
+        p50_p99 = [ms(latencies[mode]) for mode in ("in-process", *served_modes)]
+        print(f"| {batch} | {concurrency} | {local_rate:,.0f} | {' | '.join(cells + ratios + p50_p99)} |")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ MODELS = [
     ("generator", "services.generator.config", "GeneratorConfig"),
     ("analyzer", "services.analyzer.config", "AnalyzerConfig"),
     ("classifier", "services.classifier.config", "ClassifierConfig"),
+    ("classifier, Open Inference Protocol runtime", "services.classifier.oip_models", "OipConfig"),
+    ("web", "services.web.config", "WebConfig"),
 ]
 
 

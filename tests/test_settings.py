@@ -23,7 +23,7 @@ _spec.loader.exec_module(settings_docs)
 
 MODELS = {model.__name__: model for _, _, model in settings_docs.models()}
 SERVICES = {"trainer": "TrainerConfig", "generator": "GeneratorConfig", "analyzer": "AnalyzerConfig"}
-SERVICES |= {"classifier": "ClassifierConfig"}
+SERVICES |= {"classifier": "ClassifierConfig", "web": "WebConfig"}
 BAD = "Not a valid value ("  # no number, choice, bucket name, model entry or regular expression
 S3 = {
     "PNEUMONIA_STORAGE_BACKEND": "s3",

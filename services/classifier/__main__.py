@@ -1,6 +1,7 @@
 """Run the classifier service: TorchServe in the foreground with our configuration and handler.
 
     python -m services.classifier
+    python -m services.classifier.oip    # the other runtime: the Open Inference Protocol (KServe v2), see its --help
 
 Settings come from environment variables (services.classifier.config, listed below). Logs are JSON, one object per
 line, on stderr; TorchServe's own console lines come through as records of the logger 'torchserve'. Token

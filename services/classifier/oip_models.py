@@ -1,0 +1,119 @@
+"""The Open Inference Protocol runtime's settings, tensor names and model directory, without kserve: clients and
+tests import these (tritonclient's gRPC stubs and kserve's register the same protobuf names, so one process cannot
+import both). services.classifier.oip is the server.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import field_validator
+from pydantic_settings import NoDecode
+
+from shared.errors import ConfigError
+from shared.serving.archive import check_model_name
+from shared.serving.predictor import EXPORTED_SUFFIXES, Predictor
+from shared.settings import Device, Port, Settings, env_prefix, setting
+
+IMAGE_INPUT = "image"
+PROBABILITY_OUTPUT = "pneumonia_probability"
+LABEL_OUTPUT = "label"
+GRADCAM_OUTPUT = "gradcam_png"
+EXPLAIN_PARAMETER = "explain"
+ARCHIVE_SUFFIX = ".mar"
+MODEL_SUFFIXES = frozenset({".pth", ARCHIVE_SUFFIX, *EXPORTED_SUFFIXES})
+MAR_MANIFEST = "MAR-INF/MANIFEST.json"
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+class OipConfig(Settings, alias_generator=env_prefix("PNEUMONIA_OIP_")):
+    """The Open Inference Protocol runtime's settings, one field per PNEUMONIA_OIP_* variable."""
+
+    host: str = setting("127.0.0.1", "address of the REST and gRPC APIs (0.0.0.0 in a container)")
+    http_port: Port = setting(8085, "v2 REST (/v2/...)")
+    grpc_port: Port = setting(8086, "v2 gRPC (inference.GRPCInferenceService)")
+    model_dir: Path = setting(Path("/mnt/models"), "where models are read from (never written): <name>.mar or <name>/")
+    models: Annotated[tuple[str, ...], NoDecode] = setting(
+        (), "models loaded at start, comma-separated names", kind="comma-separated list", shown_default="every entry"
+    )
+    device: Device = setting("auto", "where the models run (auto: CUDA when there is one)")
+    max_message_bytes: int = setting(
+        MAX_MESSAGE_BYTES, "largest request (REST body, gRPC message) and gRPC answer, in bytes", ge=1 << 20
+    )
+    grace: int = setting(30, "seconds requests in flight get to finish on SIGTERM", ge=0)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        return tuple(entry.strip() for entry in value.split(",") if entry.strip()) if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, models: tuple[str, ...]) -> tuple[str, ...]:
+        for name in models:
+            try:
+                check_model_name(name)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return models
+
+
+# ----------------------------------------------------------------------------------------------- the model directory
+
+
+def model_file(model_dir: Path, name: str) -> Path:
+    """The file model `name` is served from: <dir>/<name>.mar, else the one model file in <dir>/<name>/;
+    ConfigError saying what is there instead."""
+    check_model_name(name)
+    archive = model_dir / f"{name}{ARCHIVE_SUFFIX}"
+    if archive.is_file():
+        return archive
+    folder = model_dir / name
+    if not folder.is_dir():
+        raise ConfigError(f"no model {name!r} in {model_dir}: expected {archive.name} or a directory {name}/")
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_SUFFIXES)
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise ConfigError(
+            f"{folder} must hold exactly one model file ({', '.join(sorted(MODEL_SUFFIXES))}); found {found}"
+        )
+    return candidates[0]
+
+
+def model_names(model_dir: Path) -> list[str]:
+    """The models the directory holds: <name>.mar files and <name>/ directories."""
+    if not model_dir.is_dir():
+        raise ConfigError(f"model directory {model_dir} does not exist")
+    names = {p.stem for p in model_dir.glob(f"*{ARCHIVE_SUFFIX}") if p.is_file()}
+    names |= {p.name for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return sorted(names)
+
+
+def unpack_archive(archive: Path, into: Path) -> tuple[Path, str]:
+    """The model file inside one of our .mar archives, extracted to `into`, and the archive's model version."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            manifest = json.loads(zipped.read(MAR_MANIFEST))["model"]
+            serialized = manifest["serializedFile"]
+            if Path(serialized).name != serialized or Path(serialized).suffix not in MODEL_SUFFIXES - {ARCHIVE_SUFFIX}:
+                raise ConfigError(f"{archive}: unexpected serialized file {serialized!r}")
+            target = into / serialized
+            target.write_bytes(zipped.read(serialized))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{archive} is not a model archive of ours: {exc}") from exc
+    return target, str(manifest.get("modelVersion") or "unknown")
+
+
+def load_predictor(model_dir: Path, name: str, device: str | None) -> Predictor:
+    """The Predictor of model `name` of the directory (an archive is unpacked into a private temporary directory)."""
+    path = model_file(model_dir, name)
+    chosen = None if device in (None, "auto") else device
+    if path.suffix != ARCHIVE_SUFFIX:
+        return Predictor.load(path, device=chosen)
+    with tempfile.TemporaryDirectory(prefix="oip-") as tmp:
+        inner, version = unpack_archive(path, Path(tmp))
+        return Predictor.load(inner, version, chosen)

@@ -1,0 +1,420 @@
+"""The classifier over the Open Inference Protocol (KServe v2): `python -m services.classifier.oip` started as a
+process on 127.0.0.1 with a model directory holding a calibrated, gated checkpoint (as a .mar) and its ONNX export,
+called by the standard v2 client (tritonclient) over REST (binary data extension and plain JSON) and gRPC. Its
+answers must equal the in-process predictor's and the TorchServe handler's for PNG, JPEG and DICOM; bad and
+implausible images, missing and wrong tokens, explanations, and loading a model while running are checked too."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+import urllib3
+from PIL import Image
+from test_classifier_handler import batch_context, dicom_bytes, encode, gated, pixels  # noqa: F401 (fixtures)
+from tritonclient.utils import InferenceServerException
+
+from services.classifier.oip_models import (  # not .oip: kserve and tritonclient.grpc clash in one process
+    GRADCAM_OUTPUT,
+    IMAGE_INPUT,
+    LABEL_OUTPUT,
+    PROBABILITY_OUTPUT,
+    OipConfig,
+    model_file,
+    model_names,
+)
+from services.classifier.torchserve import free_port
+from shared.errors import ConfigError
+from shared.models.export import export_classifier
+from shared.serving.archive import build_model_archive
+from shared.serving.handler import PneumoniaHandler
+from shared.serving.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "oip-test-token-" + "0123456789abcdef" * 2
+OTHER_TOKEN = "not-the-token-" + "fedcba9876543210" * 2
+MODEL, ONNX_MODEL, VERSION = "pneumonia", "pneumonia-onnx", "2.0"
+
+
+class Server(NamedTuple):
+    http: str  # host:port
+    grpc: str
+    model_dir: Path
+    env: dict[str, str]
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    """A fresh headers dict each call (tritonclient adds its own entries to the dict it is given)."""
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, gated: PneumoniaHandler) -> Path:  # noqa: F811
+    """<dir>/pneumonia.mar (the handler tests' calibrated, gated checkpoint; version 2.0) and
+    <dir>/pneumonia-onnx/ (its ONNX export)."""
+    directory = tmp_path_factory.mktemp("mnt-models")
+    checkpoint = Path(gated.model_pt_path)
+    build_model_archive(checkpoint, directory, MODEL, version=VERSION)
+    (directory / ONNX_MODEL).mkdir()
+    export_classifier(checkpoint, "onnx", directory / ONNX_MODEL / "model.onnx")
+    return directory
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if urllib3.request("GET", url, timeout=2, retries=False).status == 200:
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"not ready after {timeout_s} s: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`python -m services.classifier.oip` as its container runs it; SIGTERM at the end must exit 0."""
+    http_port, grpc_port = free_port(), free_port()
+    env = {
+        "PNEUMONIA_OIP_HOST": "127.0.0.1",
+        "PNEUMONIA_OIP_HTTP_PORT": str(http_port),
+        "PNEUMONIA_OIP_GRPC_PORT": str(grpc_port),
+        "PNEUMONIA_OIP_MODEL_DIR": str(model_dir),
+        "PNEUMONIA_OIP_DEVICE": "cpu",
+        "PNEUMONIA_OIP_MAX_MESSAGE_BYTES": str(4 << 20),
+        "PNEUMONIA_AUTH_TOKENS": f"tester={TOKEN}",
+    }
+    log = tmp_path_factory.mktemp("oip-log") / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.classifier.oip"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_ready(f"http://127.0.0.1:{http_port}/v2/health/ready", process, log)
+        yield Server(f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", model_dir, env)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def rest(server: Server) -> Iterator[triton_http.InferenceServerClient]:
+    client = triton_http.InferenceServerClient(server.http, network_timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server: Server) -> Iterator[triton_grpc.InferenceServerClient]:
+    client = triton_grpc.InferenceServerClient(server.grpc)
+    yield client
+    client.close()
+
+
+def jpeg(px: np.ndarray) -> bytes:
+    """Near-lossless JPEG: the gated model's layout check is fitted on this very noise image."""
+    buffer = io.BytesIO()
+    Image.fromarray(px).save(buffer, format="JPEG", quality=100, subsampling=0)
+    return buffer.getvalue()
+
+
+def bodies(px: np.ndarray) -> list[bytes]:
+    """PNG, JPEG and DICOM of the same pixels."""
+    return [encode(px, "PNG"), jpeg(px), dicom_bytes(px)]
+
+
+def rest_infer(
+    client: triton_http.InferenceServerClient,
+    images: list[bytes],
+    model: str = MODEL,
+    binary: bool = True,
+    **kwargs: object,
+) -> triton_http.InferResult:
+    """REST: raw bytes with the binary data extension, or base64 strings in plain JSON."""
+    tensor = triton_http.InferInput(IMAGE_INPUT, [len(images)], "BYTES")
+    values = images if binary else [base64.b64encode(body) for body in images]
+    tensor.set_data_from_numpy(np.array(values, dtype=np.object_), binary_data=binary)
+    kwargs.setdefault("headers", auth())
+    return client.infer(model, [tensor], **kwargs)
+
+
+def grpc_infer(
+    client: triton_grpc.InferenceServerClient, images: list[bytes], model: str = MODEL, **kwargs: object
+) -> triton_grpc.InferResult:
+    tensor = triton_grpc.InferInput(IMAGE_INPUT, [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    kwargs.setdefault("headers", auth())
+    return client.infer(model, [tensor], **kwargs)
+
+
+def answers(result: triton_http.InferResult | triton_grpc.InferResult) -> list[tuple[str, float]]:
+    labels = [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy(LABEL_OUTPUT)]
+    return list(zip(labels, result.as_numpy(PROBABILITY_OUTPUT).tolist(), strict=True))
+
+
+def version_of(result: triton_http.InferResult | triton_grpc.InferResult) -> str:
+    response = result.get_response()
+    return response["model_version"] if isinstance(response, dict) else response.model_version
+
+
+# --- answers ------------------------------------------------------------------------------------------------------
+
+
+def test_png_jpeg_dicom_answers_equal_in_process_and_torchserve_handler(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    gated: PneumoniaHandler,  # noqa: F811
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    images = bodies(pixels)
+    predictor = Predictor.load(Path(gated.model_pt_path), VERSION, "cpu")
+    decoded, errors = predictor.decode_rows(images)
+    assert not errors
+    expected = predictor.predict_images(decoded)
+    handled = gated.handle([{"body": body} for body in images], batch_context([{}] * len(images)))
+    for i in range(len(images)):  # the TorchServe handler is the same shared predictor
+        assert handled[i]["label"] == expected[i]["label"]
+        assert handled[i]["pneumonia_probability"] == pytest.approx(expected[i]["pneumonia_probability"], abs=1e-9)
+
+    results = {
+        "REST binary": rest_infer(rest, images),
+        "REST JSON": rest_infer(rest, images, binary=False),
+        "gRPC": grpc_infer(grpc_client, images),
+    }
+    for transport, result in results.items():
+        assert version_of(result) == VERSION, transport
+        assert [label for label, _ in answers(result)] == [expected[i]["label"] for i in range(3)], transport
+        for (_, p), i in zip(answers(result), range(3), strict=True):
+            assert p == pytest.approx(expected[i]["pneumonia_probability"], abs=1e-6), transport  # FP32 on the wire
+    assert answers(results["REST binary"]) == answers(results["gRPC"]) == answers(results["REST JSON"])
+
+
+def test_the_onnx_export_answers_like_its_checkpoint_and_refuses_explanations(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    images = bodies(pixels)
+    onnx, checkpoint = grpc_infer(grpc_client, images, ONNX_MODEL), grpc_infer(grpc_client, images)
+    assert [label for label, _ in answers(onnx)] == [label for label, _ in answers(checkpoint)]
+    np.testing.assert_allclose(onnx.as_numpy(PROBABILITY_OUTPUT), checkpoint.as_numpy(PROBABILITY_OUTPUT), atol=1e-5)
+    with pytest.raises(InferenceServerException, match="explanations need the PyTorch checkpoint") as refused:
+        rest_infer(rest, images[:1], ONNX_MODEL, parameters={"explain": True})
+    assert refused.value.status() == "400"
+
+
+def test_model_metadata_names_the_v2_tensors(rest: triton_http.InferenceServerClient) -> None:
+    metadata = rest.get_model_metadata(MODEL, headers=auth())
+    assert metadata["inputs"] == [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
+    assert [o["name"] for o in metadata["outputs"]] == [PROBABILITY_OUTPUT, LABEL_OUTPUT, GRADCAM_OUTPUT]
+    onnx = rest.get_model_metadata(ONNX_MODEL, headers=auth())
+    assert GRADCAM_OUTPUT not in [o["name"] for o in onnx["outputs"]]
+
+
+# --- explanations -------------------------------------------------------------------------------------------------
+
+
+def test_explanations_are_grad_cam_pngs_over_rest_and_grpc(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    images = [encode(pixels, "PNG"), dicom_bytes(pixels)]
+    by_parameter = rest_infer(rest, images, parameters={"explain": True})
+    by_output = grpc_infer(
+        grpc_client,
+        images,
+        outputs=[triton_grpc.InferRequestedOutput(name) for name in (PROBABILITY_OUTPUT, LABEL_OUTPUT, GRADCAM_OUTPUT)],
+    )
+    plain = grpc_infer(grpc_client, images)
+    assert plain.as_numpy(GRADCAM_OUTPUT) is None  # only on request
+    for result in (by_parameter, by_output):
+        assert answers(result) == answers(plain)
+        pngs = [base64.b64decode(v) for v in result.as_numpy(GRADCAM_OUTPUT)]
+        assert len(pngs) == 2
+        for png in pngs:
+            picture = Image.open(io.BytesIO(png))
+            assert picture.format == "PNG" and picture.mode == "RGB" and picture.size == (224, 224)
+            rgb = np.asarray(picture, dtype=np.int16)
+            assert np.abs(rgb[..., 0] - rgb[..., 2]).max() > 20  # coloured by the heat map
+    assert list(by_parameter.as_numpy(GRADCAM_OUTPUT)) == list(by_output.as_numpy(GRADCAM_OUTPUT))
+
+
+# --- refusals -----------------------------------------------------------------------------------------------------
+
+
+def refusals(
+    rest: triton_http.InferenceServerClient, grpc_client: triton_grpc.InferenceServerClient, images: list[bytes]
+) -> tuple[InferenceServerException, InferenceServerException]:
+    with pytest.raises(InferenceServerException) as over_rest:
+        rest_infer(rest, images)
+    with pytest.raises(InferenceServerException) as over_grpc:
+        grpc_infer(grpc_client, images)
+    return over_rest.value, over_grpc.value
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda px: b"this is not an image", "image 0: request body is not an image"),
+        (lambda px: encode(px, "PNG")[:200], "image 0: truncated or corrupt PNG"),
+        (lambda px: encode(np.full((24, 24), 77, dtype=np.uint8), "PNG"), r"image 0: implausible input \[constant\]"),
+        (lambda px: encode(np.stack([px, px // 2, 255 - px], axis=2), "PNG"), r"\[not_grayscale\]"),
+        (lambda px: encode(255 - px, "PNG"), r"image 0: implausible input \[out_of_distribution\]"),
+    ],
+)
+def test_a_bad_or_implausible_image_is_a_400_naming_it(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    pixels: np.ndarray,  # noqa: F811
+    make,
+    message: str,
+) -> None:
+    over_rest, over_grpc = refusals(rest, grpc_client, [make(pixels)])
+    assert over_rest.status() == "400" and over_grpc.status() == "StatusCode.INVALID_ARGUMENT"
+    assert re.search(message, over_rest.message())
+    assert over_rest.message() == over_grpc.message()
+
+
+def test_a_refused_element_fails_its_request_naming_each(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    images = [encode(pixels, "PNG"), b"garbage", encode(np.full((24, 24), 9, dtype=np.uint8), "PNG")]
+    over_rest, over_grpc = refusals(rest, grpc_client, images)
+    assert over_rest.message().startswith("2 of 3 images refused; image 1: request body is not an image")
+    assert "image 2: implausible input [constant]" in over_rest.message()
+    assert over_grpc.message() == over_rest.message()
+    assert answers(grpc_infer(grpc_client, images[:1]))  # and it keeps serving
+
+
+def test_malformed_requests_are_400(rest: triton_http.InferenceServerClient, server: Server) -> None:
+    wrong_name = triton_http.InferInput("pixels", [1], "BYTES")
+    wrong_name.set_data_from_numpy(np.array([b"x"], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="expected one input named 'image'"):
+        rest.infer(MODEL, [wrong_name], headers=auth())
+    floats = triton_http.InferInput(IMAGE_INPUT, [2], "FP32")
+    floats.set_data_from_numpy(np.zeros(2, dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="must be BYTES"):
+        rest.infer(MODEL, [floats], headers=auth())
+    with pytest.raises(InferenceServerException, match="base64"):
+        rest.infer(MODEL, [json_input(["not base64!"])], headers=auth())
+    too_big = urllib3.request(
+        "POST",
+        f"http://{server.http}/v2/models/{MODEL}/infer",
+        body=b"{" + b" " * (5 << 20) + b"}",
+        headers={**auth(), "Content-Type": "application/json"},
+        retries=False,
+    )
+    assert too_big.status == 413
+
+
+def json_input(values: list[str]) -> triton_http.InferInput:
+    tensor = triton_http.InferInput(IMAGE_INPUT, [len(values)], "BYTES")
+    tensor.set_data_from_numpy(np.array(values, dtype=np.object_), binary_data=False)
+    return tensor
+
+
+# --- authentication -----------------------------------------------------------------------------------------------
+
+
+def test_a_missing_or_wrong_token_is_refused_and_probes_are_open(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    server: Server,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    images = [encode(pixels, "PNG")]
+    for headers, reason in (({}, "missing credential"), (auth(OTHER_TOKEN), "invalid credential")):
+        with pytest.raises(InferenceServerException, match=reason) as over_rest:
+            rest_infer(rest, images, headers=dict(headers))
+        assert over_rest.value.status() == "401"
+        with pytest.raises(InferenceServerException, match=reason) as over_grpc:
+            grpc_infer(grpc_client, images, headers=dict(headers))
+        assert over_grpc.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException, match=reason):
+            grpc_client.get_model_metadata(MODEL, headers=dict(headers))
+        with pytest.raises(InferenceServerException, match=reason):
+            rest.load_model(MODEL, headers=dict(headers))
+    # the probes need no token, REST and gRPC
+    assert rest.is_server_live() and rest.is_server_ready() and rest.is_model_ready(MODEL)
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready() and grpc_client.is_model_ready(MODEL)
+    health = subprocess.run(
+        [sys.executable, "-m", "services.classifier.oip", "--health"],
+        cwd=ROOT,
+        env={**os.environ, **server.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert health.returncode == 0 and health.stdout.startswith("healthy"), health.stdout + health.stderr
+
+
+# --- the model directory ------------------------------------------------------------------------------------------
+
+
+def test_a_model_put_in_the_directory_is_loaded_while_running(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    server: Server,
+    gated: PneumoniaHandler,  # noqa: F811
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    name = "late"
+    assert not rest.is_model_ready(name)
+    with pytest.raises(InferenceServerException, match="no model 'late'"):
+        rest.load_model(name, headers=auth())
+    (server.model_dir / name).mkdir()
+    shutil.copy(gated.model_pt_path, server.model_dir / name / "model.pth")  # the writer is not the server
+    rest.load_model(name, headers=auth())  # REST: kserve 0.21's gRPC RepositoryModelLoad differs from Triton's
+    assert rest.is_model_ready(name)
+    late, served = (
+        grpc_infer(grpc_client, [encode(pixels, "PNG")], name),
+        grpc_infer(grpc_client, [encode(pixels, "PNG")]),
+    )
+    assert answers(late) == answers(served)
+    assert len(version_of(late)) == 12  # the checkpoint's sha256, 12 hex digits
+    rest.unload_model(name, headers=auth())
+    assert not rest.is_model_ready(name)
+
+
+def test_model_directory_layout(tmp_path: Path) -> None:
+    (tmp_path / "a.mar").write_bytes(b"")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "one.pth").write_bytes(b"")
+    (tmp_path / "b" / "two.onnx").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert model_names(tmp_path) == ["a", "b"]
+    assert model_file(tmp_path, "a") == tmp_path / "a.mar"
+    with pytest.raises(ConfigError, match="exactly one model file.*one.pth, two.onnx"):
+        model_file(tmp_path, "b")
+    with pytest.raises(ConfigError, match="invalid model name"):
+        model_file(tmp_path, "../etc")
+    with pytest.raises(ConfigError, match="PNEUMONIA_OIP_MODELS"):
+        OipConfig.from_env({"PNEUMONIA_OIP_MODELS": "good,../bad"})
+    assert OipConfig.from_env({"PNEUMONIA_OIP_MODELS": "a, b"}).models == ("a", "b")

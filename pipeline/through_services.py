@@ -249,7 +249,13 @@ def generate_synthetic(
     if config.label is None:  # the service needs a label: the unconditional GAN's own, pneumonia (--train-on positive)
         generate_request.label = common_pb2.LABEL_PNEUMONIA
     result = generate(generator, generate_request)
-    log.info("%d synthetic images in s3://%s/%s", len(result.images), result.manifest.bucket, result.prefix)
+    log.info(
+        "%d synthetic images (%d objects) in s3://%s/%s",
+        generate_request.count,
+        len(result.images),
+        result.manifest.bucket,
+        result.prefix,
+    )
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import tracemalloc
 import zlib
@@ -39,6 +40,7 @@ from shared.models.export import FORMATS as EXPORT_FORMATS
 from shared.models.export import export_classifier
 from shared.plausibility import PlausibilityGate, PpcaScore, layout_vector
 from shared.serving.handler import PneumoniaHandler, decode_image
+from shared.serving.predictor import ServingError
 
 SIZE = 16
 
@@ -133,7 +135,8 @@ def test_each_format_gives_an_answer(handler: PneumoniaHandler, pixels: np.ndarr
     batch = handler.preprocess([{"body": bytearray(body)}])
     assert batch.shape == (1, 1, SIZE, SIZE)
     (answer,) = handler.postprocess(handler.inference(batch))
-    assert set(answer) == {"label", "pneumonia_probability", "model_version"}
+    assert set(answer) == {"label", "pneumonia_probability", "decision_threshold", "model_version"}
+    assert answer["decision_threshold"] == 0.5  # saved without calibration
     p = answer["pneumonia_probability"]
     assert isinstance(p, float) and 0.0 <= p <= 1.0
     assert answer["label"] == ("pneumonia" if p >= 0.5 else "normal")
@@ -388,6 +391,28 @@ def test_answers_use_the_saved_temperature_and_threshold(gated: PneumoniaHandler
     expected = torch.softmax(logits.double() / 2.0, dim=1)[0, 1].item()
     assert answer["pneumonia_probability"] == pytest.approx(expected, abs=1e-9)
     assert answer["label"] == ("pneumonia" if expected >= 0.3 else "normal")
+    assert answer["decision_threshold"] == 0.3 and "registered_model" not in answer
+
+
+def test_answers_name_the_registry_version_the_archive_holds(tmp_path: Path, pixels: np.ndarray) -> None:
+    """registry.json in the .mar (extracted into model_dir by TorchServe): every answer carries its models:/ URI;
+    an entry that is not one fails the model's load instead of answering under a wrong name."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", in_channels=1, image_size=SIZE, weights="none")
+    save_classifier(tmp_path / "model.pth", model, classifier_config("resnet18", 1, SIZE, "baseline", "none"))
+    entry = {"name": "pneumonia-augmented", "version": "3", "uri": "models:/pneumonia-augmented/3"}
+    (tmp_path / "registry.json").write_text(json.dumps(entry))
+    context = SimpleNamespace(
+        system_properties={"model_dir": str(tmp_path), "gpu_id": None},
+        manifest={"model": {"serializedFile": "model.pth", "modelVersion": "1.0"}},
+    )
+    handler = PneumoniaHandler()
+    handler.initialize(context)
+    (answer,) = predict(handler, [{"data": encode(pixels, "PNG")}])
+    assert answer["registered_model"] == "models:/pneumonia-augmented/3" and answer["model_version"] == "1.0"
+    (tmp_path / "registry.json").write_text(json.dumps({"name": "pneumonia-augmented"}))
+    with pytest.raises(ServingError, match="is not a registry entry"):
+        PneumoniaHandler().initialize(context)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -391,6 +392,8 @@ def test_a_model_put_in_the_directory_is_loaded_while_running(
         rest.load_model(name, headers=auth())
     (server.model_dir / name).mkdir()
     shutil.copy(gated.model_pt_path, server.model_dir / name / "model.pth")  # the writer is not the server
+    entry = {"name": "pneumonia-curriculum", "version": "7", "uri": "models:/pneumonia-curriculum/7"}
+    (server.model_dir / name / "registry.json").write_text(json.dumps(entry))  # its MLflow registry version
     rest.load_model(name, headers=auth())  # REST: kserve 0.21's gRPC RepositoryModelLoad differs from Triton's
     assert rest.is_model_ready(name)
     late, served = (
@@ -399,6 +402,14 @@ def test_a_model_put_in_the_directory_is_loaded_while_running(
     )
     assert answers(late) == answers(served)
     assert len(version_of(late)) == 12  # the checkpoint's sha256, 12 hex digits
+    # response parameters: the operating point the labels used, and the registry version (REST and gRPC alike)
+    parameters = late.get_response().parameters
+    assert parameters["registered_model"].string_param == "models:/pneumonia-curriculum/7"
+    assert float(parameters["decision_threshold"].string_param) == pytest.approx(0.3)
+    rest_parameters = rest_infer(rest, [encode(pixels, "PNG")], name).get_response()["parameters"]
+    assert rest_parameters["registered_model"] == entry["uri"]
+    assert float(rest_parameters["decision_threshold"]) == pytest.approx(0.3)
+    assert "registered_model" not in served.get_response().parameters  # a model without a registry.json
     rest.unload_model(name, headers=auth())
     assert not rest.is_model_ready(name)
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from pipeline.tracking import SERVED_ALIAS
 from shared.configs.classifier import STRATEGIES
 from shared.datasets import load_dataset
 from shared.splits import develop_and_holdout
+from shared.synthetic import read_layout
 
 TINY = [
     "--profile", "quick", "--dataset", "phantom", "--cpu",
@@ -73,14 +75,22 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
         second = json.loads((metrics / "repeat-1" / f"{strategy}_cv_summary.json").read_text())["folds"]
         assert len(second) == 2 and second != first
         assert (storage / f"models/runs/e2e/classifiers/repeat-1/{strategy}_resnet18.pth").is_file()
-    assert sorted(p.name for p in (storage / "models/model-store").glob("*.mar")) == sorted(
-        f"pneumonia-{strategy}.mar" for strategy in STRATEGIES
-    )
+    # each strategy's archive, and the served one's copy that names its MLflow registry version (pipeline.tracking)
+    archives = sorted(p.name for p in (storage / "models/model-store").glob("*.mar"))
+    served = [name for name in archives if name.endswith("-v1.mar")]
+    assert len(served) == 1 and archives == sorted([*(f"pneumonia-{s}.mar" for s in STRATEGIES), *served])
+    with zipfile.ZipFile(storage / "models/model-store" / served[0]) as archive:
+        entry = json.loads(archive.read("registry.json"))
+    assert entry["uri"] == f"models:/{served[0].removesuffix('-v1.mar')}/1"
     # --synthesize balanced: the generator was called once per class, the two results merged into one pool.
     augmented = json.loads((metrics / "augmented_final_metrics.json").read_text())
     assert augmented["class_mix"]["synthetic"] == {"normal": 2 * 24, "pneumonia": 2 * 24}  # 2 folds x 24 each
     merged = storage / "synthetic/runs/e2e/synthetic"
-    assert len(list(merged.glob("synthetic_normal_*.png"))) == len(list(merged.glob("synthetic_pneumonia_*.png"))) == 24
+    shards = read_layout(merged).shards  # the generator stores shards (one object per up to 1024 images), not PNGs
+    assert [(row.shard, row.count) for row in shards] == [
+        ("synthetic_normal_000000-000023.npz", 24),
+        ("synthetic_pneumonia_000000-000023.npz", 24),
+    ]
     summary = json.loads((storage / "results/runs/e2e/analysis/analysis_summary.json").read_text())
     assert tuple(summary["strategies"]) == STRATEGIES
     assert summary["tstr"] is not None  # the conditional generator makes a labelled set
@@ -109,6 +119,10 @@ def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_p
     assert {run.info.run_name for run in children} == {"train-gan", *STRATEGIES}
     served = [name for name in STRATEGIES if SERVED_ALIAS in client.get_registered_model(f"pneumonia-{name}").aliases]
     assert len(served) == 1 and f"the {served[0]} model" in out
+    # ... and TorchServe's answers (REST and gRPC) name that registry version
+    version = client.get_model_version_by_alias(f"pneumonia-{served[0]}", SERVED_ALIAS).version
+    (line,) = [line for line in out.splitlines() if line.startswith("model_version ")]
+    assert line.endswith(f" = models:/pneumonia-{served[0]}/{version}"), line
 
     # ... and every service was stopped and exited cleanly.
     assert stopped_cleanly(result.stderr) == dict.fromkeys(SERVICES, "0")

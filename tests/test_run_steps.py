@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ class RecordingDriver(InProcessDriver):
     """The in-process driver's layout and timings file, with steps that only record that they ran."""
 
     def __init__(self, work: WorkDir) -> None:
-        super().__init__(work)
+        super().__init__(work, argparse.Namespace(no_tracking=True))
         self.ran: list[str] = []
 
     def steps_before(self) -> Sequence[Step]:
@@ -77,7 +78,7 @@ def test_a_rerun_starts_from_an_empty_synthetic_folder(tmp_path: Path) -> None:
     work.synthetic.mkdir(parents=True)
     stale = work.synthetic / "synthetic_pneumonia_000000.png"
     stale.write_bytes(b"a previous run's image")
-    driver = InProcessDriver(work)
+    driver = InProcessDriver(work, argparse.Namespace(no_tracking=True))
     driver.clear_synthetic()
     assert not work.synthetic.exists()
     work.synthetic.mkdir()

@@ -33,6 +33,9 @@ Answers (model_name, model_version: the served model's version, id: the request'
   output "pneumonia_probability"  FP32 [N]   calibrated P(pneumonia)
   output "label"                  BYTES [N]  "pneumonia" or "normal" at the model's operating point
   output "gradcam_png"            BYTES [N]  with explanations: base64 text of the PNG (the heat map over the image)
+  parameters "decision_threshold" (the operating point the labels used, a decimal string) and, when the model
+             names its MLflow registry version (registry.json in its archive or folder), "registered_model":
+             models:/<name>/<version>
 The N images are one batch (one forward pass); the server does not batch across requests. The protocol has no
 per-element status: any refused element (not an image, corrupt, too large, refused by the plausibility gate) fails
 the request with HTTP 400 / gRPC INVALID_ARGUMENT whose message names each refused element and, for the gate, its
@@ -224,10 +227,15 @@ class PneumoniaModel(Model):
         if explain:
             pngs = self.predictor.explain_images([images[i] for i in rows])
             outputs.append(output(GRADCAM_OUTPUT, "BYTES", [base64.b64encode(png).decode() for png, _ in pngs]))
+        # kserve 0.21 sends bool, int and string parameters only: the threshold as its decimal string
+        parameters: dict[str, Any] = {"decision_threshold": str(self.predictor.threshold)}
+        if self.predictor.registered:
+            parameters["registered_model"] = self.predictor.registered["uri"]
         return InferResponse(
             response_id=request.id or "",
             model_name=self.name,
             model_version=self.predictor.version,
+            parameters=parameters,
             infer_outputs=outputs,
             requested_outputs=request.request_outputs,
             use_binary_outputs=request.use_binary_outputs,

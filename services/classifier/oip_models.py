@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import field_validator
 from pydantic_settings import NoDecode
 
+from shared import layout
 from shared.errors import ConfigError
 from shared.serving.archive import check_model_name
 from shared.serving.predictor import EXPORTED_SUFFIXES, Predictor
@@ -103,6 +104,8 @@ def unpack_archive(archive: Path, into: Path) -> tuple[Path, str]:
                 raise ConfigError(f"{archive}: unexpected serialized file {serialized!r}")
             target = into / serialized
             target.write_bytes(zipped.read(serialized))
+            if layout.REGISTRY_FILE in zipped.namelist():  # the registry version it is (pipeline.tracking)
+                (into / layout.REGISTRY_FILE).write_bytes(zipped.read(layout.REGISTRY_FILE))
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{archive} is not a model archive of ours: {exc}") from exc
     return target, str(manifest.get("modelVersion") or "unknown")

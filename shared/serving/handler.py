@@ -6,10 +6,12 @@ and message.
 
 The .mar's serialized file is one of our classifier checkpoints (`save_classifier`); its saved config gives the
 preprocessing, so the served model sees exactly what it saw in evaluation. Each answer is
-{"label": "pneumonia" | "normal", "pneumonia_probability": float, "model_version": str}.
+{"label": "pneumonia" | "normal", "pneumonia_probability": float, "decision_threshold": float (the operating point
+the label used), "model_version": str} and, when the .mar names its MLflow registry version (registry.json, written
+by the orchestrator), "registered_model": "models:/<name>/<version>".
 
 /explanations/{model} answers a PNG (Content-Type image/png): the input with the Grad-CAM map of the pneumonia output
-over it (shared.gradcam), and the header X-Pneumonia-Probability.
+over it (shared.gradcam), and the headers X-Pneumonia-Probability and X-Decision-Threshold.
 
 Server-side batching: TorchServe hands `handle` up to batch_size requests at once, possibly from different clients
 and of both kinds (predictions and explanations); each row is answered on its own. A bad row (not an image,
@@ -41,6 +43,7 @@ BAD_REQUEST = shared_predictor.BAD_REQUEST
 PNG_CONTENT_TYPE = "image/png"
 BATCH_SIZE_HEADER = "X-Batch-Size"
 PROBABILITY_HEADER = "X-Pneumonia-Probability"
+THRESHOLD_HEADER = "X-Decision-Threshold"
 __all__ = ["EXPORTED_SUFFIXES", "PneumoniaHandler", "decode_image"]
 
 
@@ -144,6 +147,7 @@ class PneumoniaHandler(BaseHandler):
                 answers[i] = png
                 _set_header(context, i, "content-type", PNG_CONTENT_TYPE)
                 _set_header(context, i, PROBABILITY_HEADER, f"{p:.6f}")
+                _set_header(context, i, THRESHOLD_HEADER, f"{self.predictor.threshold:.6f}")
         for i, exc in errors.items():
             answers[i] = {"code": exc.error_code, "type": type(exc).__name__, "message": exc.message}
             if context is not None:

@@ -15,6 +15,7 @@ HTTP status (400) and, for the plausibility gate, its reason code; each front en
 from __future__ import annotations
 
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 
+from shared import layout
 from shared.calibration import Calibration, calibrated_probability, decision_threshold, recalibrate
 from shared.datasets.base import CLASS_NAMES, NORMAL, PNEUMONIA
 from shared.dicom import DicomError, check_inflated_size, display_values
@@ -139,6 +141,21 @@ def decode_image(body: Any) -> Image.Image:
     return decode_picture(body)
 
 
+def read_registry(folder: Path) -> dict[str, str] | None:
+    """The registry entry (layout.REGISTRY_FILE: name, version, uri) in `folder`, or None; ServingError(500) for
+    one that is not such an entry, so that a model never answers under a wrong name."""
+    path = Path(folder) / layout.REGISTRY_FILE
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if not all(isinstance(entry.get(key), str) and entry[key] for key in ("name", "version", "uri")):
+            raise ValueError("needs the strings name, version and uri")
+    except ValueError as exc:
+        raise ServingError(f"{path} is not a registry entry: {exc}", status=500) from exc
+    return {key: entry[key] for key in ("name", "version", "uri")}
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -147,8 +164,11 @@ class Predictor:
     """One served classifier: a checkpoint (Grad-CAM available) or its ONNX / TorchScript export (predictions
     only), with the calibration and plausibility gate saved in its config."""
 
-    def __init__(self, path: Path, version: str, device: torch.device) -> None:
+    def __init__(
+        self, path: Path, version: str, device: torch.device, registered: dict[str, str] | None = None
+    ) -> None:
         self.path, self.version, self.device = Path(path), version, device
+        self.registered = registered  # the MLflow registry version it is (layout.REGISTRY_FILE), when one says so
         self.model: torch.nn.Module | None = None
         self.exported: Any = None
         if self.path.suffix in EXPORTED_SUFFIXES:  # `pneumonia export` artifact
@@ -165,9 +185,11 @@ class Predictor:
     @classmethod
     def load(cls, path: Path, version: str | None = None, device: torch.device | str | None = None) -> Predictor:
         """The model at `path` (.pth checkpoint, .onnx or .torchscript export); `version` defaults to the first
-        12 hex digits of the file's sha256, `device` to CUDA when there is one."""
+        12 hex digits of the file's sha256, `device` to CUDA when there is one; the registry version from
+        layout.REGISTRY_FILE beside the file, when there is one."""
         chosen = torch.device(device) if device is not None else default_device()
-        return cls(Path(path), version or sha256_file(path)[:VERSION_DIGITS], chosen)
+        path = Path(path)
+        return cls(path, version or sha256_file(path)[:VERSION_DIGITS], chosen, read_registry(path.parent))
 
     @property
     def format(self) -> str:
@@ -227,16 +249,25 @@ class Predictor:
                 refusals[i] = implausible(exc)
         return refusals
 
+    @property
+    def threshold(self) -> float:
+        """The operating point: P(pneumonia) at or above it is labelled pneumonia (0.5 without calibration)."""
+        return float(decision_threshold(self.calibration))
+
     def answers(self, logits: torch.Tensor) -> list[dict[str, Any]]:
         """Logits -> one answer per row: calibrated P(pneumonia), label at the model's operating point (plain
-        softmax and 0.5 for a model saved without calibration), model version."""
+        softmax and 0.5 for a model saved without calibration) and that threshold, model version, and the MLflow
+        registry version when the model names one."""
         values = logits.detach().double().cpu().numpy()
-        threshold = decision_threshold(self.calibration)
+        threshold = self.threshold
+        registry = {"registered_model": self.registered["uri"]} if self.registered else {}
         return [
             {
                 "label": CLASS_NAMES[PNEUMONIA if p >= threshold else NORMAL],
                 "pneumonia_probability": float(p),
+                "decision_threshold": threshold,
                 "model_version": self.version,
+                **registry,
             }
             for p in calibrated_probability(values, self.calibration)
         ]

@@ -5,7 +5,8 @@
 #     image
 #  3. make experiment PROFILE=smoke STOP=0: every service healthy, the orchestrator completes, the report is copied out
 #  4. TorchServe answers on the published ports, REST and gRPC, with the inference key read as the docs say; its
-#     management port is not published; MLflow holds the run and the registered models
+#     management port is not published; MLflow holds the run and the registered models; the v2 runtime answers the
+#     same for the served archive; the web page classifies with the operator's token
 #  5. down -v, and nothing of the project is left: no container, volume or network
 # A throwaway project (pneumonia-smoke) with throwaway secrets; a user's own stack and .env are not touched.
 set -euo pipefail
@@ -62,7 +63,7 @@ make --no-print-directory experiment DEVICE=cpu VARIANT=cuda PROFILE=smoke DATAS
 t_experiment=$(seconds "$t2")
 
 say "checking the services, the report and the log"
-for service in minio trainer-cpu generator classifier analyzer mlflow; do
+for service in minio trainer-cpu generator classifier classifier-oip analyzer mlflow web; do
     health="$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' \
         "$(COMPOSE_PROFILES=cpu compose ps -q "$service")")"
     [ "$health" = "running healthy" ] || { say "FAIL: $service is '$health'"; exit 1; }
@@ -79,9 +80,13 @@ compose exec -T classifier cat /var/lib/pneumonia/torchserve/key_file.json >"$wo
 cp "$(find "$work/data/phantom" -name '*.png' -print -quit)" "$work/client/probe.png"
 chmod 644 "$work/client/key_file.json" "$work/client/probe.png"
 operator_token="$(sed -n 's/^PNEUMONIA_OPERATOR_TOKEN=//p' "$work/smoke.env")"
-docker run -i --rm --network host -v "$work/client:/smoke:ro" -e OPERATOR_TOKEN="$operator_token" "$pipeline_image" \
+# the archive TorchServe downloaded into the model store, which the v2 runtime reads (read-only) under its file name
+oip_model="$(compose exec -T classifier-oip ls /mnt/models | sed -n 's/\.mar$//p' | head -n 1)"
+[ -n "$oip_model" ] || { say "FAIL: no .mar in the v2 runtime's model directory"; exit 1; }
+docker run -i --rm --network host -v "$work/client:/smoke:ro" -e OPERATOR_TOKEN="$operator_token" \
+    -e OIP_MODEL="$oip_model" "$pipeline_image" \
     python - <<'PYTHON'
-import json, os, socket, urllib.error, urllib.request
+import base64, json, os, socket, urllib.error, urllib.request
 from services.classifier.client import ClassifierClient, ClassifierError, TorchServeKeys
 
 keys = json.load(open("/smoke/key_file.json"))
@@ -117,10 +122,46 @@ with urllib.request.urlopen("http://127.0.0.1:5000/api/2.0/mlflow/registered-mod
 assert {"pneumonia-baseline", "pneumonia-augmented"} <= set(registered), sorted(registered)
 served = [name for name, m in registered.items() if any(a["alias"] == "served" for a in m.get("aliases", []))]
 assert len(served) == 1, registered
+# The v2 runtime (classifier-oip): the archive TorchServe serves, loaded from the shared model store, answers the
+# same over the Open Inference Protocol; without a token it is refused.
+def v2(path, body=None, token=os.environ["OPERATOR_TOKEN"]):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(f"http://127.0.0.1:8085{path}", body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as answer:
+        return answer.code, None
+model = os.environ["OIP_MODEL"]
+assert v2(f"/v2/repository/models/{model}/load", b"{}")[0] == 200
+infer = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                "data": [base64.b64encode(image).decode()]}]}).encode()
+status, v2_answer = v2(f"/v2/models/{model}/infer", infer)
+assert status == 200, status
+outputs = {o["name"]: o["data"][0] for o in v2_answer["outputs"]}
+assert abs(outputs["pneumonia_probability"] - rest["pneumonia_probability"]) < 1e-5, (outputs, rest)
+assert outputs["label"] == rest["label"] and v2_answer["model_version"] == rest["model_version"], (v2_answer, rest)
+assert v2_answer["parameters"]["registered_model"] == rest["registered_model"], (v2_answer, rest)
+assert v2(f"/v2/models/{model}/infer", infer, token=None)[0] == 401
+# The web page: open pages, the operator's token for its API, TorchServe's answer with its Grad-CAM.
+with urllib.request.urlopen("http://127.0.0.1:8090/", timeout=30) as page:
+    assert b"Not for clinical use" in page.read()
+def classify(token):
+    request = urllib.request.Request("http://127.0.0.1:8090/api/classify", image,
+                                     {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as answer:
+        return answer.code, None
+status, page_answer = classify(os.environ["OPERATOR_TOKEN"])
+assert status == 200 and page_answer["label"] == rest["label"], (status, page_answer)
+assert page_answer["overlay"].startswith("data:image/png;base64,"), page_answer.get("overlay_note")
+assert classify("a-wrong-token-" * 3)[0] == 401
 for port in (8081, 7071, 8083, 9000):  # management, metrics and storage stay on the compose network
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} is published"
-print(f"REST and gRPC agree: {rest}; MLflow registered {sorted(registered)}, serving {served[0]}")
+print(f"REST, gRPC, v2 and the web page agree: {rest}; MLflow registered {sorted(registered)}, serving {served[0]}")
 PYTHON
 
 say "inside the network: a call without a token is refused, and each account has only its service's rights"

@@ -56,7 +56,6 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Awaitable, Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -94,6 +93,7 @@ from services.classifier.oip_models import (
     load_predictor,
     model_names,
 )
+from shared.asgi import BearerAuth, BodyLimit
 from shared.auth import AUTHORIZATION, AuthConfig, Callers, refusal_reason
 from shared.errors import ConfigError, PneumoniaError
 from shared.grpc_service import configure_json_logging
@@ -106,8 +106,6 @@ OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
 OPEN_PATH_PATTERNS = (re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$"),)
 GRPC_SERVICE = "/inference.GRPCInferenceService/"
 OPEN_GRPC_METHODS = frozenset(GRPC_SERVICE + name for name in ("ServerLive", "ServerReady", "ModelReady"))
-REQUEST_TOO_LARGE = 413
-UNAUTHORIZED = 401
 
 
 # ------------------------------------------------------------------------------------------------------- the model
@@ -327,80 +325,14 @@ def binary_request(body: bytes, header_length: str, model_name: str) -> InferReq
 
 # ---------------------------------------------------------------------------------------------- authentication
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+def error_body(reason: str) -> dict[str, Any]:
+    """kserve's error body: {"error": reason}."""
+    return {"error": reason}
 
 
-async def send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    """A whole JSON answer over ASGI (before the app has sent anything)."""
-    body = json.dumps(content).encode()
-    fields = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    fields += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": fields})
-    await send({"type": "http.response.body", "body": body})
-
-
-class BearerAuth:
-    """ASGI middleware: 401 (WWW-Authenticate: Bearer) for a request without an accepted bearer token, before its
-    body is read; `is_open(path)` says which paths (the probes) need none."""
-
-    def __init__(self, app: ASGIApp, callers: Callers, is_open: Callable[[str], bool]) -> None:
-        self.app, self.callers, self.is_open = app, callers, is_open
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.is_open(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization")
-        authorization = None if header is None else header.decode("latin-1")
-        if self.callers.identify(authorization) is not None:
-            await self.app(scope, receive, send)
-            return
-        reason = refusal_reason(authorization)
-        log.warning("refused an unauthenticated request: %s", reason, extra={"path": scope["path"]})
-        await send_json(send, UNAUTHORIZED, {"error": reason}, {"WWW-Authenticate": "Bearer"})
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over `max_bytes` (by its Content-Length, else as it streams in);
-    uvicorn sets no limit of its own."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise RequestTooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except RequestTooLarge:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"request body over {self.max_bytes} bytes (PNEUMONIA_OIP_MAX_MESSAGE_BYTES)"
-        await send_json(send, REQUEST_TOO_LARGE, {"error": message})
-
-
-class RequestTooLarge(Exception):
-    """A streamed request body passed the limit."""
+def too_large(limit: int) -> dict[str, Any]:
+    return error_body(f"request body over {limit} bytes (PNEUMONIA_OIP_MAX_MESSAGE_BYTES)")
 
 
 def open_path(path: str) -> bool:
@@ -454,9 +386,11 @@ class AuthRESTServer(RESTServer):
 
     def _add_middlewares(self, app: Any) -> None:
         super()._add_middlewares(app)
-        app.add_middleware(BodyLimit, max_bytes=self.max_body_bytes)
+        app.add_middleware(BodyLimit, limit=self.max_body_bytes, answer=too_large)
         if self.callers is not None:
-            app.add_middleware(BearerAuth, callers=self.callers, is_open=open_path)  # added last: runs first
+            app.add_middleware(
+                BearerAuth, callers=self.callers, is_open=open_path, answer=error_body
+            )  # added last: runs first
 
 
 class AuthGRPCServer(GRPCServer):

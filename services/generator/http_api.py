@@ -11,8 +11,8 @@ docs needs `Authorization: Bearer <token>` of one of them: 401 otherwise, with n
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import grpc
 from fastapi import Depends, FastAPI, HTTPException
@@ -22,22 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.generator.generate_synthetic import LABELS
 from services.generator.service import GenerationRequest, SyntheticImageService
-from shared.auth import Callers, refusal_reason
+from shared.asgi import BearerAuth, BodyLimit
+from shared.auth import Callers
 from shared.grpc_service import status_for
 from shared.storage import ObjectRef
 
 log = logging.getLogger(__name__)
 
-# ASGI's shapes (the spec's, as Starlette spells them; FastAPI's dependency, not declared by this service).
-Message = MutableMapping[str, Any]
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 # A GenerateBody is a few hundred bytes; nothing larger is read into memory.
 MAX_BODY_BYTES = 64 * 1024
-REQUEST_TOO_LARGE = 413
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 # Declares the bearer scheme in the OpenAPI document (the Authorize button of /docs); BearerAuth enforces it.
 BEARER_SCHEME = HTTPBearer(auto_error=False, description="a caller's token from PNEUMONIA_AUTH_TOKENS")
@@ -108,63 +101,6 @@ class GenerateResult(BaseModel):
     reused: bool = Field(description="an identical earlier request's stored result was returned")
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length before anything is read,
-    or once the bytes received pass it (a body sent without a length)."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self.too_large(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise HTTPException(REQUEST_TOO_LARGE, self.message)
-            return message
-
-        await self.app(scope, counted, send)
-
-    @property
-    def message(self) -> str:
-        return f"request body larger than {self.limit} bytes"
-
-    async def too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await JSONResponse({"detail": self.message}, status_code=REQUEST_TOO_LARGE)(scope, receive, send)
-
-
-class BearerAuth:
-    """ASGI middleware: 401 (WWW-Authenticate: Bearer) for a request without an accepted bearer token, before its
-    body is read; the paths in `open_paths` (health, the API docs) need none."""
-
-    def __init__(self, app: ASGIApp, callers: Callers, open_paths: frozenset[str] = OPEN_PATHS) -> None:
-        self.app, self.callers, self.open_paths = app, callers, open_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization")
-        authorization = None if header is None else header.decode("latin-1")
-        if self.callers.identify(authorization) is not None:
-            await self.app(scope, receive, send)
-            return
-        reason = refusal_reason(authorization)
-        log.warning("refused an unauthenticated request: %s", reason, extra={"path": scope["path"]})
-        refusal = JSONResponse({"detail": reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        await refusal(scope, receive, send)
-
-
 def create_app(
     service: SyntheticImageService, callers: Callers | None, is_serving: Callable[[], bool] = lambda: True
 ) -> FastAPI:
@@ -175,9 +111,9 @@ def create_app(
         description="Labelled synthetic chest X-rays from a stored DCGAN generator checkpoint.",
         version="1",
     )
-    app.add_middleware(BodyLimit)
-    if callers is not None:
-        app.add_middleware(BearerAuth, callers=callers)  # added last: runs first, before the body limit
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    if callers is not None:  # added last: runs first, before the body limit
+        app.add_middleware(BearerAuth, callers=callers, is_open=OPEN_PATHS.__contains__)
     errors: dict[int | str, dict[str, str]] = {
         400: {"description": "invalid values"},
         401: {"description": "missing or invalid bearer token"},

@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from services.web.inference import InferenceError, TorchServeInference
 from services.web.markdown import render
 from services.web.refusals import Refusal, explain_refusal, too_large, unavailable
 from services.web.reports import ReportNotFoundError, Reports
-from shared.auth import Callers, refusal_reason
+from shared.asgi import BearerAuth, BodyLimit
+from shared.auth import Callers
 from shared.images import MAX_IMAGE_PIXELS
 from shared.storage import StorageError
 
@@ -67,77 +68,18 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-# ASGI's shapes (the spec's, as Starlette spells them).
-Message = MutableMapping[str, Any]
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 def is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-class BearerAuth:
-    """ASGI middleware: 401 (WWW-Authenticate: Bearer) for a request to a non-open path without an accepted bearer
-    token, before its body is read."""
-
-    def __init__(self, app: ASGIApp, callers: Callers) -> None:
-        self.app, self.callers = app, callers
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_open(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization")
-        authorization = None if header is None else header.decode("latin-1")
-        if self.callers.identify(authorization) is not None:
-            await self.app(scope, receive, send)
-            return
-        reason = refusal_reason(authorization)
-        log.warning("refused an unauthenticated request: %s", reason, extra={"path": scope["path"]})
-        refusal = JSONResponse({"detail": reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        await refusal(scope, receive, send)
-
-
-class UploadLimit:
-    """ASGI middleware: 413 with the plain-words refusal for a request body over `limit` bytes, by its
-    Content-Length before anything is read, or once the bytes received pass it."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await refusal_response(too_large(self.limit), 413)(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise UploadTooLargeError
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except UploadTooLargeError:
-            await refusal_response(too_large(self.limit), 413)(scope, receive, send)
-
-
-class UploadTooLargeError(Exception):
-    """The body grew past the limit while it was read."""
+def refusal_body(refusal: Refusal) -> dict[str, Any]:
+    """The JSON of a refusal: its title as FastAPI's "detail", and the whole refusal for the page."""
+    return {"detail": refusal.title, "refusal": refusal.to_dict()}
 
 
 def refusal_response(refusal: Refusal, status: int) -> JSONResponse:
-    return JSONResponse({"detail": refusal.title, "refusal": refusal.to_dict()}, status_code=status)
+    return JSONResponse(refusal_body(refusal), status_code=status)
 
 
 def pixel_count_refusal(image: bytes) -> Refusal | None:
@@ -185,9 +127,9 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    app.add_middleware(UploadLimit, limit=max_upload_bytes)
-    if callers is not None:
-        app.add_middleware(BearerAuth, callers=callers)  # added after the limit: runs before it, no body read
+    app.add_middleware(BodyLimit, limit=max_upload_bytes, answer=lambda limit: refusal_body(too_large(limit)))
+    if callers is not None:  # added after the limit: runs before it, no body read
+        app.add_middleware(BearerAuth, callers=callers, is_open=is_open)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

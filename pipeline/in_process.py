@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.cli import main as pneumonia
 from pipeline.plan import PlannedStep, WorkDir, plan
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
-from pipeline.tracking import SERVED_ALIAS, TrackedRun, log_work_dir
+from pipeline.tracking import SERVED_ALIAS, TrackedRun, browse_hint, log_work_dir
 from shared import layout
 from shared.errors import PneumoniaError
 from shared.images import atomic_write_bytes
@@ -82,7 +82,7 @@ class InProcessDriver:
             return []
         return [
             f"MLflow: the run and models pneumonia-<strategy> (the alias {SERVED_ALIAS!r} marks a served version; "
-            f"this run serves none) in {self.tracking}; browse with `mlflow ui --backend-store-uri {self.tracking}`"
+            f"this run serves none) in {self.tracking}; {browse_hint(self.tracking)}"
         ]
 
     def report(self) -> str:

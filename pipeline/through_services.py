@@ -55,7 +55,14 @@ from pipeline.endpoints import ServiceEndpoints
 from pipeline.plan import PlannedStep, plan
 from pipeline.profiles import STRATEGIES
 from pipeline.steps import TIMINGS_FILE, Step, run_steps, timings_json
-from pipeline.tracking import SERVED_ALIAS, Registered, TrackedRun, log_experiment, store_registered_archive
+from pipeline.tracking import (
+    SERVED_ALIAS,
+    Registered,
+    TrackedRun,
+    browse_hint,
+    log_experiment,
+    store_registered_archive,
+)
 from services.classifier.client import ClassifierClient, ClassifierError, register_from_store
 from shared import layout
 from shared.auth import authenticated_channel
@@ -525,7 +532,7 @@ class ServicesDriver:
         if self.tracking:
             lines.append(
                 f"MLflow: run {self.run_id} and models pneumonia-<strategy> (alias {SERVED_ALIAS!r} on the served "
-                f"one) in {self.tracking}; browse with `mlflow ui --backend-store-uri {self.tracking}`"
+                f"one) in {self.tracking}; {browse_hint(self.tracking)}"
             )
         return lines
 

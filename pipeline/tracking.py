@@ -118,6 +118,13 @@ def tracking_to(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)  # None unsets the variable
 
 
+def browse_hint(uri: str) -> str:
+    """How a person looks at what was logged to `uri`: an embedded store through `mlflow ui`, a server directly."""
+    if uri.startswith(("http://", "https://")):
+        return f"browse the MLflow server's UI at {uri} (compose publishes it on http://127.0.0.1:5000)"
+    return f"browse with `mlflow ui --backend-store-uri {uri}`"
+
+
 def epoch_metrics(history: Mapping[str, Any]) -> Iterable[tuple[str, float, int]]:
     """(name, value, epoch) of a training history: a classifier's per fold (fold<k>/<name>), a GAN's as it is."""
     folds = history.get("folds")
@@ -346,5 +353,5 @@ def main(args: argparse.Namespace) -> int:
     )
     uri = log_work_dir(root, tracked, args.tracking_uri).uri
     print(f"MLflow: run {run_id} and models pneumonia-<strategy> in {uri}")
-    print(f"browse with `mlflow ui --backend-store-uri {uri}`")
+    print(browse_hint(uri))
     return 0

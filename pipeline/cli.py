@@ -61,8 +61,8 @@ COMMANDS: dict[str, Command] = {
         "calibration).",
     ),
     "track": Command(
-        "pipeline.tracking",
-        "MLflow tracking and model registry for an experiment run, through the services or in this process.",
+        "pipeline.track",
+        "Log a finished experiment's work directory to MLflow and register each strategy's selected model.",
     ),
     "experiment": Command(
         "pipeline.experiment",

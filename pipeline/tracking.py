@@ -19,12 +19,10 @@ and Kubernetes); unset, an embedded store: sqlite:///<work dir>/mlflow.db with a
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import tempfile
-import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -323,35 +321,3 @@ def store_registered_archive(store: ObjectStore, archive: ObjectRef, registered:
             raise ConfigError(f"{archive.uri} changed since it was registered (sha256 {local.sha256[:12]})")
         stamped = with_registry_entry(Path(tmp) / "archive.mar", registered, Path(tmp) / "registered.mar")
         return store.put_file(archive.bucket, key, stamped)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`pneumonia track`: an in-process experiment's work directory (or a Kubernetes run's work volume) to MLflow."""
-    parser.add_argument("--work-dir", required=True, help="the experiment's --work-dir (models/, results/, data/)")
-    parser.add_argument("--run-id", default=None, help="the run's name in MLflow (default: time and profile)")
-    parser.add_argument("--profile", default="", help="the profile it ran with (a logged param)")
-    parser.add_argument("--dataset", default="", help="the dataset it ran on (a logged param)")
-    parser.add_argument("--data-dir", default="", help="where that dataset lay (lineage)")
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else <work-dir>/mlflow.db)",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    root = Path(args.work_dir)
-    run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + (f"-{args.profile}" if args.profile else "")
-    tracked = TrackedRun(
-        run_id=run_id,
-        params={"profile": args.profile, "dataset": args.dataset},
-        lineage={
-            "dataset": str(Path(args.data_dir).resolve()) if args.data_dir else args.dataset,
-            "gan_checkpoint": str(layout.generator_path(root / "models").resolve()),
-            "synthetic": str((root / "data" / "synthetic").resolve()),
-        },
-    )
-    uri = log_work_dir(root, tracked, args.tracking_uri).uri
-    print(f"MLflow: run {run_id} and models pneumonia-<strategy> in {uri}")
-    print(browse_hint(uri))
-    return 0

@@ -6,12 +6,12 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from PIL import Image
 
 from pipeline.cli import main as pneumonia
 from shared.configs.classifier import STRATEGIES
 from shared.datasets import load_dataset
 from shared.splits import develop_and_holdout
+from shared.synthetic import load_synthetic, read_layout
 
 
 @pytest.mark.slow
@@ -34,9 +34,10 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
 
     # GAN and synthesis outputs
     assert (work / "models/gan/generator_final.pth").is_file()
-    synthetic = sorted((work / "data/synthetic").glob("*.png"))
-    assert len(synthetic) == 96
-    Image.open(synthetic[0]).load()
+    synthetic = load_synthetic(work / "data/synthetic")  # .npz shards, each checked against its sha256
+    assert read_layout(work / "data/synthetic").layout == "shards" and len(synthetic) == 96
+    assert set(synthetic.labels.tolist()) == {1}  # the quick profile synthesizes the minority class, pneumonia here
+    synthetic.load(0)
 
     # Every strategy: models, metrics, and evaluation sets made of real images only
     develop, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
@@ -86,7 +87,8 @@ def test_quick_experiment_on_phantom_data(phantom_dir, tmp_path, capsys):
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     assert f"mlflow ui --backend-store-uri {uri}" in out
     client = MlflowClient(uri)
-    (parent,) = client.search_runs([client.get_experiment_by_name("pneumonia").experiment_id], "", max_results=5)
+    runs = client.search_runs([client.get_experiment_by_name("pneumonia").experiment_id], "", max_results=50)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10
     )

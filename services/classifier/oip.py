@@ -387,10 +387,8 @@ class AuthRESTServer(RESTServer):
     def _add_middlewares(self, app: Any) -> None:
         super()._add_middlewares(app)
         app.add_middleware(BodyLimit, limit=self.max_body_bytes, answer=too_large)
-        if self.callers is not None:
-            app.add_middleware(
-                BearerAuth, callers=self.callers, is_open=open_path, answer=error_body
-            )  # added last: runs first
+        if self.callers is not None:  # added last: runs first
+            app.add_middleware(BearerAuth, callers=self.callers, is_open=open_path, answer=error_body)
 
 
 class AuthGRPCServer(GRPCServer):

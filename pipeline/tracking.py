@@ -19,6 +19,7 @@ and Kubernetes); unset, an embedded store: sqlite:///<work dir>/mlflow.db with a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -252,8 +253,6 @@ def _log_history(history: Mapping[str, Any]) -> None:
 
 
 def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: str) -> Registered:
-    import hashlib
-
     import mlflow
 
     metrics, figures = files.classifier_metrics, files.classifier_figures

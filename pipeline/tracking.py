@@ -259,8 +259,9 @@ def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: s
     with mlflow.start_run(run_name=strategy, nested=True) as run:
         history, final = metrics / f"{strategy}_training_history.json", metrics / f"{strategy}_final_metrics.json"
         if history.is_file():
-            _log_config(json.loads(history.read_text()))
-            _log_history(json.loads(history.read_text()))
+            saved = json.loads(history.read_text())
+            _log_config(saved)
+            _log_history(saved)
         found = json.loads(final.read_text()) if final.is_file() else {}
         holdout = {f"holdout_{k}": v for k, v in (found.get("holdout") or {}).items() if k in HOLDOUT_METRICS}
         calibration = found.get("calibration") or {}

@@ -56,6 +56,12 @@ def setting(
     return Field(alias=env, description=description, json_schema_extra=extra, **constraints)
 
 
+def comma_list(value: Any) -> Any:
+    """A setting's "a, b,c" as ("a", "b", "c") (empty entries dropped); any other value as it is. For a
+    field_validator(..., mode="before") of a tuple-valued setting."""
+    return tuple(entry.strip() for entry in value.split(",") if entry.strip()) if isinstance(value, str) else value
+
+
 def env_prefix(prefix: str) -> Callable[[str], str]:
     """An alias generator: field `grpc_port` -> variable `<prefix>GRPC_PORT`."""
     return lambda name: f"{prefix}{name.upper()}"

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Self
 from pydantic import field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import Port, Settings, env_prefix, setting, settings_help
+from shared.settings import Port, Settings, comma_list, env_prefix, setting, settings_help
 from shared.storage.config import StorageConfig
 
 MODEL_STORE_PREFIX = "model-store"
@@ -84,7 +84,7 @@ class ClassifierConfig(Settings, alias_generator=env_prefix("PNEUMONIA_CLASSIFIE
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
-        return tuple(entry.strip() for entry in value.split(",") if entry.strip()) if isinstance(value, str) else value
+        return comma_list(value)
 
     @field_validator("models")
     @classmethod

@@ -18,7 +18,7 @@ from shared import layout
 from shared.errors import ConfigError
 from shared.serving.archive import check_model_name
 from shared.serving.predictor import EXPORTED_SUFFIXES, Predictor
-from shared.settings import Device, Port, Settings, env_prefix, setting
+from shared.settings import Device, Port, Settings, comma_list, env_prefix, setting
 
 IMAGE_INPUT = "image"
 PROBABILITY_OUTPUT = "pneumonia_probability"
@@ -50,7 +50,7 @@ class OipConfig(Settings, alias_generator=env_prefix("PNEUMONIA_OIP_")):
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
-        return tuple(entry.strip() for entry in value.split(",") if entry.strip()) if isinstance(value, str) else value
+        return comma_list(value)
 
     @field_validator("models")
     @classmethod

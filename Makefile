@@ -3,19 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Where the real PneumoniaMNIST npz lies (train + val); override with `make experiment-local DATA_DIR=...`.
-DATA_DIR ?= ../shared/data/pneumoniamnist
+# Where the real PneumoniaMNIST npz lies (data/pneumoniamnist/pneumoniamnist.npz, git-ignored): `make experiment-local`
+# downloads it there with medmnist when it is missing. Override with `make experiment-local DATA_DIR=...`.
+DATA_DIR ?= data/pneumoniamnist
 PYTEST_ARGS ?=
 
 .PHONY: install test lint proto experiment-local clean
 
+# Every install reads the lock: requirements/*.txt, exported from uv.lock with a sha256 for every file, installed
+# with pip's hash checking and without resolving anything (--no-deps: each file is a whole closure). The build tools
+# come first, so that our package and any sdist are built from the lock too (--no-build-isolation).
+PIP_LOCKED := $(BIN)/python -m pip install --quiet --require-hashes --no-deps --no-build-isolation
+
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/build.txt requirements/dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade "pip>=24,<27"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(PIP_LOCKED) -r requirements/build.txt
+	$(PIP_LOCKED) -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Refresh the lock on purpose after editing pyproject.toml's dependencies (only what changed is re-resolved);
+# UPGRADE=1 moves every package to the newest release pyproject.toml allows, UPGRADE=name just that one. Then
+# `make clean test` and commit uv.lock and requirements/ (README: "Dependencies and the lock").
+.PHONY: lock
+lock: install
+	$(BIN)/python scripts/lock.py $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE)))
 
 lint: install
 	$(BIN)/ruff check .

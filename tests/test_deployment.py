@@ -373,11 +373,37 @@ def copied_sources(text: str) -> set[str]:
     return {arguments.rsplit(" ", 1)[0] for word, arguments in stage(text, "app") if word == "COPY"}
 
 
+LOCKED_INSTALL = "pip install --require-hashes --no-deps --no-build-isolation "
+
+
 def installed_extras(text: str) -> list[str]:
-    """The extras the `extra` stage installs (its `-r /build/<extra>.txt`), the core's pins as constraints."""
+    """The extras the `extra` stage installs: their requirement files from the lock (requirements/<extra>.txt),
+    hash-checked, nothing resolved."""
     (install,) = [arguments for word, arguments in stage(text, "extra") if word == "RUN"]
-    assert install.startswith("pip install -c /build/requirements.txt ")
-    return re.findall(r"-r /build/([\w-]+)\.txt", install)
+    assert install.startswith(LOCKED_INSTALL), install
+    return re.findall(r"-r /build/requirements/([\w-]+)\.txt", install)
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_every_image_installs_only_from_the_lock_with_hashes(image: str) -> None:
+    """Every `pip install` of an image reads a file of requirements/ with hashes checked; the exceptions are our own
+    package (--no-deps, from the build context) and VARIANT=cpu's PyTorch wheels (pinned to the lock's versions,
+    from PyTorch's index, which PyPI's hashes cannot check)."""
+    text = dockerfile_text(image)
+    installs = re.findall(r"pip install [^;\n]*", text.replace("\\\n", " "))
+    assert installs
+    for install in installs:
+        if install.strip() == "pip install --no-deps --no-build-isolation /build":
+            continue
+        if "/build/torch-cpu.txt" in install:
+            assert install.strip() == "pip install --no-deps -r /build/torch-cpu.txt", install
+            continue
+        locked = (
+            r'pip install --require-hashes --no-deps( --no-build-isolation)? -r "?/build/requirements/[\w${}-]+\.txt"?'
+        )
+        assert re.fullmatch(locked, install.strip()), install
+    for copied in re.findall(r"^COPY (requirements/\S+)", text, flags=re.MULTILINE):
+        assert (ROOT / copied).is_file(), copied
 
 
 @pytest.mark.parametrize("service", sorted(CONFIG_MODULES))
@@ -397,7 +423,7 @@ def test_a_service_image_holds_only_its_code_and_its_extra(service: str) -> None
 def test_the_pipeline_image_holds_all_the_code_and_every_extra() -> None:
     text = dockerfile_text(PIPELINE)
     assert copied_sources(text) == {"README.md pyproject.toml", "proto/gen", "shared", "services", PIPELINE}
-    assert installed_extras(text) == ["trainer", "generator", "analyzer", "classifier", PIPELINE]
+    assert installed_extras(text) == [PIPELINE]  # the pipeline extra names every service's
     assert exec_form(text, "CMD")[0] == "pneumonia"
     users = [arguments for name, arguments in dockerfile_instructions(text) if name == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
@@ -410,7 +436,7 @@ def test_dockerfile_bases_are_pinned_and_layers_cache_friendly(image: str) -> No
         name, _, tag = image.partition(":")
         assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"{image} is not a pinned tag"
     instructions = [f"{name} {arguments}" for name, arguments in dockerfile_instructions(text)]
-    install = next(i for i, line in enumerate(instructions) if "pip install -r /build/requirements.txt" in line)
+    install = next(i for i, line in enumerate(instructions) if '-r "/build/requirements/${core}.txt"' in line)
     first_source = next(i for i, line in enumerate(instructions) if line.startswith("COPY shared"))
     assert install < first_source, "dependencies must be installed before the source is copied"
     assert "VARIANT" in text and "download.pytorch.org/whl/cpu" in text
@@ -418,10 +444,21 @@ def test_dockerfile_bases_are_pinned_and_layers_cache_friendly(image: str) -> No
 
 
 def test_torch_pins_reach_the_images() -> None:
-    """The Dockerfiles install torch and torchvision from pyproject.toml's exact pins."""
+    """torch and torchvision keep pyproject.toml's exact pins in the lock the images install (core.txt for
+    VARIANT=cuda; VARIANT=cpu reads the same versions from it), and no CUDA library is left in core-without-torch.txt,
+    which holds the rest of the core."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = [dep for dep in project["dependencies"] if re.match(r"^(torch|torchvision)==", dep)]
     assert pins == ["torch==2.14.1", "torchvision==0.29.1"]
+    core = (ROOT / "requirements" / "core.txt").read_text()
+    for pin in pins:
+        assert re.search(rf"^{re.escape(pin)} \\$", core, flags=re.MULTILINE), pin
+    pinned = set(re.findall(r"^([a-z0-9-]+)==", core, flags=re.MULTILINE))
+    cpu = set(re.findall(r"^([a-z0-9-]+)==", (ROOT / "requirements" / "core-without-torch.txt").read_text(), re.M))
+    cuda_only = {name for name in pinned if re.match(r"(torch|torchvision|triton|nvidia-.*|cuda-.*)$", name)}
+    assert {"torch", "torchvision", "triton", "nvidia-cublas"} <= cuda_only
+    assert cpu == pinned - cuda_only
+    assert {"numpy", "sympy", "networkx", "filelock", "jinja2", "fsspec"} <= cpu  # what PyTorch's CPU wheels need
 
 
 def test_classifier_image_has_java_17() -> None:
@@ -435,7 +472,7 @@ def test_dockerignore_is_an_allowlist() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in lines
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "proto/gen", "shared", "services", PIPELINE}
+    assert allowed == {"pyproject.toml", "requirements", "README.md", "proto/gen", "shared", "services", PIPELINE}
 
 
 # ---------------------------------------------------------------------------------------------------- compose

@@ -183,17 +183,22 @@ def _source_files(module: str) -> list[Path]:
     return files
 
 
-def reachable(files: list[Path]) -> tuple[set[Path], dict[str, Import]]:
+def reachable(files: list[Path], optional_too: bool = False) -> tuple[set[Path], dict[str, Import]]:
     """(every file of ours that importing `files` runs, following imports into `shared` and the protos;
     top-level third-party module -> one place that imports it). Imports guarded by `except ImportError` are optional
-    and left out."""
+    and left out, unless `optional_too`."""
     pending, seen = list(files), set(files)
     found: dict[str, Import] = {}
     while pending:
         path = pending.pop()
         for imported in module_imports(path):
             top = imported.module.split(".")[0]
-            if imported.optional or not top or top == "__future__" or top in sys.stdlib_module_names:
+            if (
+                (imported.optional and not optional_too)
+                or not top
+                or top == "__future__"
+                or top in sys.stdlib_module_names
+            ):
                 continue
             if top in PACKAGE_DIRS:
                 for source in _source_files(imported.module):
@@ -205,15 +210,15 @@ def reachable(files: list[Path]) -> tuple[set[Path], dict[str, Import]]:
     return seen, found
 
 
-def third_party_imports(files: list[Path]) -> dict[str, Import]:
+def third_party_imports(files: list[Path], optional_too: bool = False) -> dict[str, Import]:
     """Top-level third-party module -> one place that imports it (see `reachable`)."""
-    return reachable(files)[1]
+    return reachable(files, optional_too)[1]
 
 
-def missing_dependencies(files: list[Path], declared: set[str]) -> list[str]:
+def missing_dependencies(files: list[Path], declared: set[str], optional_too: bool = False) -> list[str]:
     """'module (where): why' for each third-party module the files need that `declared` does not install."""
     problems = []
-    for module, imported in sorted(third_party_imports(files).items()):
+    for module, imported in sorted(third_party_imports(files, optional_too).items()):
         shipped_by = {normalized(name) for name in DISTRIBUTIONS.get(module, [])}
         if not shipped_by:
             problems.append(f"{module} ({imported.where()}): no installed distribution ships it")
@@ -293,6 +298,29 @@ def test_the_pipeline_image_has_everything_it_runs() -> None:
     assert not problems, "the `pipeline` extra (or the core) lacks:\n" + "\n".join(problems)
 
 
+def test_every_import_is_declared_optional_ones_too() -> None:
+    """An import guarded by `except ImportError` (medmnist's download) is still code a user runs: the `pipeline`
+    extra, which installs what `pneumonia` runs, declares it, so that the guard is for a partial install, never for
+    ours."""
+    everything = [path for package in FIRST_PARTY - {"tests", "bench", "scripts"} for path in _package_files(package)]
+    problems = missing_dependencies(everything, CORE | extra_names(PIPELINE_EXTRA), optional_too=True)
+    assert not problems, "the `pipeline` extra (or the core) lacks:\n" + "\n".join(problems)
+
+
+def test_the_tests_benchmarks_and_scripts_import_only_what_dev_declares() -> None:
+    """tests/, bench/, scripts/ and CI's S3 stand-in (docker/registry-free) run in `make install`'s environment: the
+    dev extra declares what they import (packaging, boto3, ...), not the luck of a transitive dependency."""
+    files = [path for folder in ("tests", "bench", "scripts") for path in _package_files(folder)]
+    files += sorted((ROOT / "docker" / "registry-free").glob("*.py"))
+    beside = {path.stem for path in files}  # tests import their helpers (storage_server, ...) from their own folder
+    problems = [
+        problem
+        for problem in missing_dependencies(files, CORE | extra_names("dev"), optional_too=True)
+        if problem.split(" ")[0] not in beside
+    ]
+    assert not problems, "the `dev` extra (or the core) lacks:\n" + "\n".join(problems)
+
+
 def _package_files(package: str) -> Iterator[Path]:
     directory = PACKAGE_DIRS.get(package, ROOT / package)
     yield from sorted(directory.rglob("*.py")) if directory.is_dir() else ()
@@ -306,9 +334,11 @@ def test_dev_installs_every_extra() -> None:
 
 
 def test_a_package_has_one_version_range_in_every_extra() -> None:
-    """Extras repeat a package two services need; its range is the same everywhere (and never the core's too)."""
+    """Extras (and the dependency groups: the build tools, the S3 stand-in's moto) repeat a package two services need;
+    its range is the same everywhere (and never the core's too)."""
     ranges: dict[str, set[str]] = {}
-    for requirements in [PROJECT["dependencies"], *PROJECT["optional-dependencies"].values()]:
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    for requirements in [PROJECT["dependencies"], *PROJECT["optional-dependencies"].values(), *groups.values()]:
         for requirement in requirements:
             if self_extras(requirement) is None:
                 ranges.setdefault(requirement_name(requirement), set()).add(requirement.strip())

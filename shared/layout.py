@@ -68,6 +68,12 @@ def holdout_predictions_name(strategy: str) -> str:
     return f"{strategy}_holdout_predictions.csv"
 
 
+def shifted_predictions_name(strategy: str) -> str:
+    """Per MedMNIST-C shift of the hold-out and image: as the hold-out predictions, and each fold model's gate
+    refusal (shared.predictions, services.trainer.classification.shift)."""
+    return f"{strategy}_shifted_predictions.csv"
+
+
 # train-classifier: FIGURES_DIR/
 def training_curves_name(strategy: str) -> str:
     return f"{strategy}_training_curves.png"

@@ -40,6 +40,18 @@ def binary_metrics(y_true: Sequence[int], p_pneumonia: Sequence[float], threshol
     }
 
 
+def specificity_at_sensitivity(y_true: Sequence[int], p_pneumonia: Sequence[float], sensitivity: float) -> float | None:
+    """Specificity at the highest threshold that still reaches `sensitivity` on these data: a point read off the ROC
+    curve, to compare models at a common operating point so that no threshold rule can pass for a better model. No
+    threshold is fitted for use. None without positives or negatives."""
+    y_true, scores = np.asarray(y_true), np.asarray(p_pneumonia, dtype=np.float64)
+    positives, negatives = np.sort(scores[y_true == 1])[::-1], scores[y_true == 0]
+    if not len(positives) or not len(negatives):
+        return None
+    needed = max(1, math.ceil(sensitivity * len(positives) - 1e-9))  # positives at or above the threshold
+    return float((negatives < positives[needed - 1]).mean())
+
+
 NOT_SUMMARIZED = ("fold", "threshold")  # identifiers and settings, not measurements
 # Metrics that are proportions (or AUROC): their intervals are cut to [0, 1], where the t-interval of a few folds
 # would otherwise reach past what the metric can be.

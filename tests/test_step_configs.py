@@ -32,6 +32,10 @@ def _candidates(cls: type[StepConfig], name: str) -> list[Any]:
         return [base / 2, base * 0.75, 0.5, 0.25, 0.9]
     if name == "curriculum_schedule":
         return ["0:0.1, 3:0.5"]
+    if name == "operating_rule":
+        return ["sensitivity:0.9", "youden"]
+    if name == "shift_severities":
+        return ["1,5", "none"]
     path = f"/tmp/{name}-x"
     return [path] if cls.kind(name) == "layout" else ["none", path]  # a wire string must be sendable
 

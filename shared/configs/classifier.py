@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pneumonia_proto.v1 import trainer_pb2
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from shared import layout
 from shared.configs.base import StepConfig, option
@@ -23,6 +23,21 @@ from shared.curriculum import Schedule, parse_schedule
 from shared.datasets import DATASETS
 from shared.errors import ConfigError
 from shared.models.classifier import ARCHS
+from shared.operating_rule import OperatingRule
+
+
+def parse_severities(text: str) -> tuple[int, ...]:
+    """'3' -> (3,), '1, 3,5' -> (1, 3, 5), 'none' -> (): sorted, each once, each in 1-5."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(f"expected comma-separated severities 1-5 or 'none', got {text!r}") from None
+    if not values or not all(1 <= value <= 5 for value in values):
+        raise ValueError(f"expected comma-separated severities 1-5 or 'none', got {text!r}")
+    return tuple(values)
+
 
 # Every classifier strategy, in report order: the one list the pipeline, the analyzer and the drivers use.
 # baseline-matched is the matched-compute control of augmented (--match-compute).
@@ -107,12 +122,12 @@ class ClassifierTrainingConfig(StepConfig):
         ge=0,
         lt=MAX_FOLDS,
     )
-    target_sensitivity: float | None = option(
-        None,
-        "choose the decision threshold on validation data as the highest reaching this sensitivity "
-        "(default: Youden's J)",
-        gt=0,
-        le=1,
+    operating_rule: str = option(
+        "prevalence",
+        "how the decision threshold is chosen on validation predictions (shared.calibration): prevalence[:P], the "
+        "Bayes rule for accuracy at pneumonia prevalence P (default: the validation data's own, i.e. 0.5 on the "
+        "calibrated probability); sensitivity:S, the highest threshold reaching sensitivity S; youden, Youden's J. "
+        "Named with the threshold in every answer, model card and report",
     )
     operating_point: Literal["pooled", "per-fold"] = option(
         "pooled",
@@ -123,11 +138,36 @@ class ClassifierTrainingConfig(StepConfig):
         "validation fold, and the hold-out never enters either",
         kind="local",
     )
+    shift_severities: str = option(
+        "3",
+        "MedMNIST-C severities (1-5, comma-separated) at which every fold model is also scored on corrupted copies "
+        "of the hold-out, each of MedMNIST-C's corruptions for chest X-rays at each severity (shared.corruptions): "
+        "the estimate under shift in every report; 'none' skips it",
+    )
     resume: bool = option(
         False,
         "continue the run in --model-dir from its last epoch (same options): finished folds are not retrained",
         kind="local",
     )
+
+    @field_validator("shift_severities")
+    @classmethod
+    def _severities(cls, value: str) -> str:
+        parse_severities(value)
+        return value
+
+    @field_validator("operating_rule")
+    @classmethod
+    def _rule(cls, value: str) -> str:
+        return str(OperatingRule.parse(value))
+
+    def rule(self) -> OperatingRule:
+        """The operating rule the decision threshold follows."""
+        return OperatingRule.parse(self.operating_rule)
+
+    def severities(self) -> tuple[int, ...]:
+        """The MedMNIST-C severities the hold-out is shifted at (empty: no shifted estimate)."""
+        return parse_severities(self.shift_severities)
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassifierTrainingConfig:

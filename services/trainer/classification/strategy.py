@@ -20,6 +20,7 @@ from services.trainer.classification.operating_point import (
     holdout_evaluation,
 )
 from services.trainer.classification.results import write_strategy_results
+from services.trainer.classification.shift import gated_predictions, shifted_holdout_predictions
 from services.trainer.classification.state import (
     TRAINING_STATE,
     finished_fold_records,
@@ -44,6 +45,7 @@ from shared.models.classifier import (
     classifier_transform,
     save_classifier,
 )
+from shared.plausibility import PlausibilityGate
 from shared.runtime import seed_everything
 from shared.splits import develop_and_holdout
 from shared.synthetic import load_synthetic, read_manifest
@@ -151,6 +153,14 @@ def train_strategy(
         holdout_metrics, holdout_operating, holdout_probabilities = holdout_evaluation(
             model, holdout_loader, device, Calibration.from_dict(fold_config["calibration"])
         )
+        calibration, gate = (
+            Calibration.from_dict(fold_config["calibration"]),
+            PlausibilityGate.from_dict(fold_config["plausibility"]),
+        )
+        holdout_refused = gated_predictions(model, holdout, config, calibration, gate, device)["refused"]
+        shifted = shifted_holdout_predictions(
+            model, holdout, config, calibration, gate, options.severities(), options.seed, device
+        )
         fold_path = fold_model_path(model_dir, fold, strategy, options.arch)
         save_classifier(fold_path, model, fold_config)
         folds_done.append(
@@ -161,6 +171,9 @@ def train_strategy(
                 "holdout_metrics": holdout_metrics,
                 "holdout_operating_point": holdout_operating,
                 "holdout_probabilities": holdout_probabilities,
+                "holdout_refused": holdout_refused,  # the gate's (false) refusals of hold-out images
+                # MedMNIST-C shifts of the hold-out: per shift the same probabilities and the gate's refusals
+                "shifted_probabilities": shifted,
                 "calibration": fold_config["calibration"],
                 "validation_predictions": validation_predictions,  # out-of-fold: for the pooled threshold
                 "n_train_real": len(train_real),

@@ -1,17 +1,27 @@
 """Calibrated probabilities and a chosen operating point, fitted on validation data only.
 
-    calibration = fit_calibration(val_logits, val_labels)                   # Youden's J
-    calibration = fit_calibration(val_logits, val_labels, target_sensitivity=0.95)
+    calibration = fit_calibration(val_logits, val_labels)                   # the prevalence rule
+    calibration = fit_calibration(val_logits, val_labels, OperatingRule.parse("sensitivity:0.95"))
     p = calibrated_probability(test_logits, calibration.temperature)       # P(pneumonia)
     predicted = p >= calibration.threshold
 
 Temperature scaling (Guo et al. 2017): one scalar T > 0 divides the logits; it is fitted by minimizing the negative
 log-likelihood on validation logits, so it changes confidence, never the ranking (AUROC is unchanged). The threshold
-on the calibrated P(pneumonia) is then chosen on the same validation data: Youden's J (sensitivity + specificity - 1,
-the ROC point farthest above chance) by default, or the highest threshold that still reaches a target sensitivity,
-the choice of a screening user who must not miss pneumonia. Both are saved with the model (its config's
-"calibration" entry) and used by evaluate and by the served handler. They are never fitted on test data: callers
-pass validation logits only.
+on the calibrated P(pneumonia) then follows the operating rule a user states (OperatingRule, --operating-rule):
+
+    prevalence[:P]     the Bayes rule for accuracy at a stated pneumonia prevalence P of the data the model will see
+                       (default: the validation data's own, where it is 0.5 on the calibrated probability, i.e. the
+                       arg-max): a calibrated probability is one at the validation prevalence, so the label is
+                       pneumonia where it is still >= 0.5 after the prior shift to P (Saerens et al. 2002). Nothing
+                       is fitted beyond the temperature, so it does not move with the particular validation images.
+    sensitivity:S      the highest threshold that still reaches sensitivity S on the validation data: the choice of
+                       a screening user who must not miss pneumonia.
+    youden             Youden's J (sensitivity + specificity - 1, the ROC point farthest above chance) on the
+                       validation data. On an easy, in-distribution validation set it sits far from 0.5 and costs
+                       specificity under shift (README, "The estimate under shift").
+
+Both are saved with the model (its config's "calibration" entry) and used by evaluate and by the served handler. They
+are never fitted on test data: callers pass validation logits only.
 
 A cross-validated model's threshold may instead be chosen on the pooled out-of-fold validation predictions of all
 fold models (each after its own temperature): `pooled_calibration` gives a fold model's calibration with that
@@ -31,6 +41,7 @@ from sklearn.metrics import roc_curve
 
 from shared.errors import PneumoniaError
 from shared.figures import save_figure
+from shared.operating_rule import YOUDEN, OperatingRule, describe_calibration
 
 NUM_BINS = 10
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -46,7 +57,7 @@ class Calibration:
 
     temperature: float
     threshold: float
-    method: str  # "youden" or "target-sensitivity"
+    method: str  # "youden", "target-sensitivity" or "prevalence" (OperatingRule)
     target_sensitivity: float | None
     val_sensitivity: float
     val_specificity: float
@@ -58,9 +69,22 @@ class Calibration:
     threshold_rule: str = "per-fold"
     n_threshold: int | None = None
     fold_threshold: float | None = None  # the threshold this fold's own validation data alone gives
+    # "prevalence": the stated prevalence (None: the validation data's own), and the validation data's prevalence,
+    # the one the calibrated probabilities are calibrated at
+    prevalence: float | None = None
+    reference_prevalence: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def rule(self) -> OperatingRule:
+        value = self.target_sensitivity if self.method == "target-sensitivity" else self.prevalence
+        return OperatingRule(self.method, value)
+
+    def describe(self) -> str:
+        """The rule in words, with what it was applied to: for answers, model cards and reports."""
+        return describe_calibration(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
@@ -136,36 +160,52 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.clip(log_t.exp().item(), MIN_TEMPERATURE, MAX_TEMPERATURE))
 
 
+def prevalence_threshold(prevalence: float, reference_prevalence: float) -> float:
+    """The threshold on a probability calibrated at `reference_prevalence` above which P(pneumonia) is >= 0.5 once the
+    prior is shifted to `prevalence`: p * a >= (1 - p) * b, with a = P / P_ref and b = (1 - P) / (1 - P_ref)."""
+    a, b = prevalence / reference_prevalence, (1.0 - prevalence) / (1.0 - reference_prevalence)
+    return b / (a + b)
+
+
 def choose_threshold(
-    probabilities: np.ndarray, labels: np.ndarray, target_sensitivity: float | None = None
+    probabilities: np.ndarray, labels: np.ndarray, rule: OperatingRule = YOUDEN
 ) -> tuple[float, float, float]:
-    """(threshold, sensitivity, specificity) on these data: Youden's J, or the highest threshold reaching
-    `target_sensitivity`. Predictions are `probability >= threshold`."""
+    """(threshold, sensitivity, specificity) on these data under `rule`: Youden's J, the highest threshold reaching
+    the target sensitivity, or the prevalence rule's threshold (which reads only the labels' prevalence). Predictions
+    are `probability >= threshold`."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    if rule.method == "prevalence":
+        reference = float(labels.mean())
+        threshold = prevalence_threshold(rule.value if rule.value is not None else reference, reference)
+        predicted = probabilities >= threshold
+        return threshold, float(predicted[labels == 1].mean()), float((~predicted[labels == 0]).mean())
     fpr, tpr, thresholds = roc_curve(labels, probabilities)
     thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf ("predict nothing positive")
-    if target_sensitivity is None:
+    if rule.method == "youden":
         best = int(np.argmax(tpr - fpr))
     else:
-        if not 0.0 < target_sensitivity <= 1.0:
-            raise CalibrationError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
-        best = int(np.argmax(tpr >= target_sensitivity - 1e-12))  # thresholds decrease, so the first is highest
+        if rule.value is None or not 0.0 < rule.value <= 1.0:
+            raise CalibrationError(f"target sensitivity must be in (0, 1], got {rule.value}")
+        best = int(np.argmax(tpr >= rule.value - 1e-12))  # thresholds decrease, so the first is highest
     return float(thresholds[best]), float(tpr[best]), float(1.0 - fpr[best])
 
 
-def fit_calibration(logits: np.ndarray, labels: np.ndarray, target_sensitivity: float | None = None) -> Calibration:
-    """Temperature and threshold from validation logits (N x 2) and labels (0 normal, 1 pneumonia)."""
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, rule: OperatingRule | None = None) -> Calibration:
+    """Temperature and threshold (under `rule`; default the prevalence rule at the validation data's prevalence)
+    from validation logits (N x 2) and labels (0 normal, 1 pneumonia)."""
+    rule = rule or OperatingRule("prevalence")
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         raise CalibrationError("calibration needs validation data with both classes")
     temperature = fit_temperature(logits, labels)
     before = pneumonia_probability(logits)
     after = pneumonia_probability(logits, temperature)
-    threshold, sensitivity, specificity = choose_threshold(after, labels, target_sensitivity)
+    threshold, sensitivity, specificity = choose_threshold(after, labels, rule)
     return Calibration(
         temperature=temperature,
         threshold=threshold,
-        method="youden" if target_sensitivity is None else "target-sensitivity",
-        target_sensitivity=target_sensitivity,
+        method=rule.method,
+        target_sensitivity=rule.value if rule.method == "target-sensitivity" else None,
         val_sensitivity=sensitivity,
         val_specificity=specificity,
         ece_before=expected_calibration_error(before, labels),
@@ -173,21 +213,22 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, target_sensitivity: 
         n_val=len(labels),
         n_threshold=len(labels),
         fold_threshold=threshold,
+        prevalence=rule.value if rule.method == "prevalence" else None,
+        reference_prevalence=float(labels.mean()),
     )
 
 
 def pooled_calibration(calibration: Calibration, probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
-    """`calibration` (its temperature kept) with the threshold chosen, by its method (Youden's J or its target
-    sensitivity), on pooled validation predictions: P(pneumonia) of every fold model on its own validation fold,
-    after that model's temperature. Never pass hold-out or test predictions."""
+    """`calibration` (its temperature kept) with the threshold chosen by its rule on pooled validation
+    predictions: P(pneumonia) of every fold model on its own validation fold, after that model's temperature.
+    Never pass hold-out or test predictions."""
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         raise CalibrationError("a pooled threshold needs validation predictions of both classes")
-    threshold, sensitivity, specificity = choose_threshold(
-        np.asarray(probabilities), labels, calibration.target_sensitivity
-    )
+    threshold, sensitivity, specificity = choose_threshold(np.asarray(probabilities), labels, calibration.rule)
     return replace(
         calibration,
+        reference_prevalence=float(labels.mean()),
         threshold=threshold,
         val_sensitivity=sensitivity,
         val_specificity=specificity,

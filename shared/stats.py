@@ -176,7 +176,7 @@ def stratified_resamples(
     )
 
 
-def _auroc_rows(pos_scores: np.ndarray, neg_scores: np.ndarray) -> np.ndarray:
+def auroc_rows(pos_scores: np.ndarray, neg_scores: np.ndarray) -> np.ndarray:
     """AUROC of each row: pos (B, m) against neg (B, n), midranks (ties count one half)."""
     m, n = pos_scores.shape[1], neg_scores.shape[1]
     ranks = scipy_stats.rankdata(np.concatenate([pos_scores, neg_scores], axis=1), axis=1)
@@ -191,7 +191,7 @@ def _metric_rows(
     tn = (1 - decision[neg]).sum(axis=1)
     m, n = pos.shape[1], neg.shape[1]
     return {
-        "auroc": _auroc_rows(probability[pos], probability[neg]),
+        "auroc": auroc_rows(probability[pos], probability[neg]),
         "accuracy": (tp + tn) / (m + n),
         "sensitivity": tp / m,
         "specificity": tn / n,

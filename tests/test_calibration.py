@@ -20,6 +20,7 @@ from shared.calibration import (
     pneumonia_probability,
     recalibrate,
 )
+from shared.operating_rule import OperatingRule
 
 
 def overconfident_logits(n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +64,7 @@ def test_youden_threshold_maximizes_sensitivity_plus_specificity() -> None:
 
 def test_target_sensitivity_is_reached_with_the_highest_such_threshold() -> None:
     logits, labels = overconfident_logits(1000, scale=1.0, seed=4)
-    calibration = fit_calibration(logits, labels, target_sensitivity=0.95)
+    calibration = fit_calibration(logits, labels, OperatingRule.parse("sensitivity:0.95"))
     p = pneumonia_probability(logits, calibration.temperature)
     assert (p[labels == 1] >= calibration.threshold).mean() >= 0.95
     assert calibration.val_sensitivity >= 0.95 and calibration.method == "target-sensitivity"
@@ -72,12 +73,50 @@ def test_target_sensitivity_is_reached_with_the_highest_such_threshold() -> None
     assert Calibration.from_dict(calibration.to_dict()) == calibration
 
 
+def test_the_prevalence_rule_is_the_arg_max_at_the_validation_prevalence_and_bayes_at_another() -> None:
+    """Unstated, the prevalence rule's threshold is 0.5 on the calibrated probability, which labels as the plain
+    arg-max does (temperature scaling keeps the sign of the logit difference). At a stated prevalence it is the
+    threshold above which the posterior, its prior moved from the validation prevalence to the stated one, is >= 0.5;
+    on data drawn at that prevalence from a calibrated model it gives the best accuracy of any threshold."""
+    logits, labels = overconfident_logits(4000, scale=2.0, seed=7)
+    calibration = fit_calibration(logits, labels)
+    assert calibration.method == "prevalence" and calibration.threshold == 0.5
+    assert calibration.reference_prevalence == pytest.approx(labels.mean())
+    calibrated = pneumonia_probability(logits, calibration.temperature) >= calibration.threshold
+    np.testing.assert_array_equal(calibrated, logits[:, 1] > logits[:, 0])
+    assert Calibration.from_dict(calibration.to_dict()).rule == OperatingRule("prevalence")
+
+    stated = fit_calibration(logits, labels, OperatingRule.parse("prevalence:0.2"))
+    reference = labels.mean()
+    p = 0.5 * np.ones(1) + np.linspace(-0.49, 0.49, 99)[:, None].ravel()  # probabilities calibrated at `reference`
+    posterior = p * 0.2 / reference / (p * 0.2 / reference + (1 - p) * 0.8 / (1 - reference))
+    assert np.all((p >= stated.threshold) == (posterior >= 0.5 - 1e-12))
+    assert stated.prevalence == 0.2 and "stated" in stated.describe() and stated.threshold > 0.5
+    # Draw a set at prevalence 0.2 from the calibrated model: no threshold on a grid beats the rule's accuracy.
+    rng = np.random.default_rng(0)
+    scores = pneumonia_probability(logits, calibration.temperature)
+    keep = np.concatenate([rng.choice(np.flatnonzero(labels == 1), 400), rng.choice(np.flatnonzero(labels == 0), 1600)])
+    accuracy = lambda t: ((scores[keep] >= t) == labels[keep]).mean()  # noqa: E731
+    assert accuracy(stated.threshold) >= max(accuracy(t) for t in np.linspace(0.05, 0.95, 91)) - 0.01
+
+
 def test_bad_inputs_are_refused() -> None:
     logits, labels = overconfident_logits(100, scale=1.0, seed=5)
     with pytest.raises(CalibrationError, match="both classes"):
         fit_calibration(logits, np.zeros_like(labels))
     with pytest.raises(CalibrationError, match="target sensitivity"):
-        fit_calibration(logits, labels, target_sensitivity=1.5)
+        fit_calibration(logits, labels, OperatingRule("target-sensitivity", 1.5))
+    for text in (
+        "youden:0.3",
+        "sensitivity",
+        "sensitivity:1.5",
+        "prevalence:1",
+        "prevalence:0",
+        "argmax",
+        "prevalence:x",
+    ):
+        with pytest.raises(ValueError, match="expected youden, sensitivity:S"):
+            OperatingRule.parse(text)
 
 
 def test_reliability_diagram_is_written(tmp_path: Path) -> None:

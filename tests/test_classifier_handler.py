@@ -135,8 +135,8 @@ def test_each_format_gives_an_answer(handler: PneumoniaHandler, pixels: np.ndarr
     batch = handler.preprocess([{"body": bytearray(body)}])
     assert batch.shape == (1, 1, SIZE, SIZE)
     (answer,) = handler.postprocess(handler.inference(batch))
-    assert set(answer) == {"label", "pneumonia_probability", "decision_threshold", "model_version"}
-    assert answer["decision_threshold"] == 0.5  # saved without calibration
+    assert set(answer) == {"label", "pneumonia_probability", "decision_threshold", "operating_rule", "model_version"}
+    assert answer["decision_threshold"] == 0.5 and answer["operating_rule"] == "0.5"  # saved without calibration
     p = answer["pneumonia_probability"]
     assert isinstance(p, float) and 0.0 <= p <= 1.0
     assert answer["label"] == ("pneumonia" if p >= 0.5 else "normal")
@@ -392,6 +392,7 @@ def test_answers_use_the_saved_temperature_and_threshold(gated: PneumoniaHandler
     assert answer["pneumonia_probability"] == pytest.approx(expected, abs=1e-9)
     assert answer["label"] == ("pneumonia" if expected >= 0.3 else "normal")
     assert answer["decision_threshold"] == 0.3 and "registered_model" not in answer
+    assert answer["operating_rule"] == "youden"  # the rule the saved calibration names
 
 
 def test_answers_name_the_registry_version_the_archive_holds(tmp_path: Path, pixels: np.ndarray) -> None:

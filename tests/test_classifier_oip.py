@@ -409,6 +409,7 @@ def test_a_model_put_in_the_directory_is_loaded_while_running(
     rest_parameters = rest_infer(rest, [encode(pixels, "PNG")], name).get_response()["parameters"]
     assert rest_parameters["registered_model"] == entry["uri"]
     assert float(rest_parameters["decision_threshold"]) == pytest.approx(0.3)
+    assert parameters["operating_rule"].string_param == rest_parameters["operating_rule"] == "youden"  # its rule
     assert "registered_model" not in served.get_response().parameters  # a model without a registry.json
     rest.unload_model(name, headers=auth())
     assert not rest.is_model_ready(name)

@@ -206,7 +206,13 @@ def test_rest_and_grpc_answer_like_the_model_in_process(
     data = body(fmt, seed=1)
     expected = reference(data)
     for answer in (client.predict(MODEL, data), client.predict_grpc(MODEL, data)):
-        assert set(answer) == {"label", "pneumonia_probability", "decision_threshold", "model_version"}
+        assert set(answer) == {
+            "label",
+            "pneumonia_probability",
+            "decision_threshold",
+            "operating_rule",
+            "model_version",
+        }
         assert answer["decision_threshold"] == 0.5  # the fixture's model has no calibration
         assert answer["pneumonia_probability"] == pytest.approx(expected, abs=1e-5)
         assert answer["label"] == ("pneumonia" if expected >= 0.5 else "normal")

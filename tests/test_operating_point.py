@@ -28,6 +28,7 @@ from shared.datasets import TorchImageDataset, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import CheckpointError
 from shared.models.classifier import classifier_transform, load_classifier
+from shared.operating_rule import OperatingRule
 from shared.serving.archive import build_model_archive
 from shared.splits import develop_and_holdout
 from shared.training.loop import predict_logits
@@ -37,7 +38,7 @@ K = 2
 
 def options(data: Path, root: Path, *extra: str) -> ClassifierTrainingConfig:
     argv = ["train-classifier", "--data-dir", str(data), *output_args(root), *FAST, "--k-folds", str(K)]
-    return classifier_options([*argv, "--epochs", "1", *extra])
+    return classifier_options([*argv, "--epochs", "1", "--operating-rule", "youden", *extra])
 
 
 def fold_model(root: Path, fold: int) -> Path:
@@ -51,10 +52,12 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A two-fold baseline, one epoch, through the command line (its printed summary kept)."""
+    """A two-fold baseline, one epoch, through the command line (its printed summary kept), under Youden's J: the
+    rule whose pooled threshold depends on the validation images (the default prevalence rule reads only their
+    prevalence)."""
     root = tmp_path_factory.mktemp("pooled")
     argv = ["train-classifier", "--data-dir", str(data), *output_args(root), *FAST, "--k-folds", str(K)]
-    assert pneumonia([*argv, "--epochs", "1"]) == 0
+    assert pneumonia([*argv, "--epochs", "1", "--operating-rule", "youden"]) == 0
     return root, json.loads((root / "metrics" / "baseline_final_metrics.json").read_text())
 
 
@@ -240,7 +243,7 @@ def test_pooling_never_reads_holdout_predictions() -> None:
     for record in records:
         record["calibration"]["method"], record["calibration"]["target_sensitivity"] = "target-sensitivity", 0.95
     targeted = operating_calibrations(records, "pooled")
-    assert targeted[0].threshold == choose_threshold(all_p, all_y, 0.95)[0]
+    assert targeted[0].threshold == choose_threshold(all_p, all_y, OperatingRule.parse("sensitivity:0.95"))[0]
     assert targeted[0].val_sensitivity >= 0.95
     assert operating_calibrations(records, "per-fold")[0].threshold == 0.5
     del records[1]["validation_predictions"]

@@ -13,14 +13,21 @@ import torch
 from training_helpers import FAST, MAX_IMAGES, classifier_options, output_args, write_synthetic_folder
 
 from pipeline.cli import main as pneumonia
+from services.trainer.classification.shift import gated_predictions
+from services.trainer.classification.state import TRAINING_STATE, training_state_path
 from services.trainer.hooks import TrainingStopped
 from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
+from shared.calibration import Calibration, choose_threshold
+from shared.checkpoints import load_checkpoint
 from shared.configs import ClassifierTrainingConfig
+from shared.corruptions import CORRUPTIONS, CorruptedImages
 from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import CheckpointError, ConfigError
 from shared.models.classifier import load_classifier
-from shared.predictions import read_holdout_predictions
+from shared.operating_rule import OperatingRule
+from shared.plausibility import PlausibilityGate
+from shared.predictions import read_holdout_predictions, read_shifted_predictions
 from shared.splits import develop_and_holdout
 from shared.synthetic import SYNTHETIC_PREFIX
 
@@ -118,6 +125,60 @@ def test_synthetic_images_never_reach_validation_or_holdout(runs: Path, phantom_
     assert predictions.labels.tolist() == holdout.labels.tolist()
     assert not any(name.startswith(SYNTHETIC_PREFIX) for name in predictions.images)
     assert predictions.fold_models == [f"fold_{m['fold']}" for m in final["holdout_per_fold"]]
+
+
+@pytest.mark.slow
+def test_every_fold_model_is_scored_on_the_shifted_hold_out(runs: Path, phantom_dir: Path) -> None:
+    """Each of MedMNIST-C's 13 corruptions at the default severity 3: the per-image predictions file holds, per shift,
+    what the fold model itself gives on that corrupted hold-out, and the final metrics summarize them per shift."""
+    _, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
+    final = json.loads((runs / "metrics" / "baseline_final_metrics.json").read_text())
+    shifted = read_shifted_predictions(runs / "metrics" / "baseline_shifted_predictions.csv")
+    assert shifted.shifts == [f"{name}@3" for name in CORRUPTIONS]
+    assert set(final["shifted"]["shifts"]) == set(shifted.shifts)
+    for name in ("holdout", "shifts"):
+        metrics = final["shifted"][name] if name == "holdout" else final["shifted"]["shifts"]["gaussian_noise@3"]
+        assert set(metrics) >= {"auroc", "accuracy", "accuracy_at_0.5", "specificity_at_sensitivity_0.95", "refused"}
+    model, config = load_classifier(runs / "models" / "fold_2_baseline_resnet18.pth")
+    images = CorruptedImages(holdout, "contrast_down", 3, seed=0)
+    direct = gated_predictions(
+        model,
+        images,
+        config,
+        Calibration.from_dict(config["calibration"]),
+        PlausibilityGate.from_dict(config["plausibility"]),
+        torch.device("cpu"),
+    )
+    found = shifted.per_shift["contrast_down@3"]
+    assert found.labels.tolist() == holdout.labels.tolist()
+    np.testing.assert_allclose(found.probability["fold_2"], direct["calibrated"], rtol=1e-6)
+    assert shifted.refused["contrast_down@3"]["fold_2"].tolist() == direct["refused"]
+    clean = read_holdout_predictions(runs / "metrics" / "baseline_holdout_predictions.csv")
+    assert not np.allclose(found.probability["fold_2"], clean.probability["fold_2"])
+
+
+@pytest.mark.slow
+def test_the_rule_in_force_is_named_and_compared_with_the_others_under_shift(runs: Path) -> None:
+    """The default operating rule (prevalence, at the validation data's: 0.5 on the calibrated probability) is in
+    every checkpoint, and the final metrics set Youden's J and a target sensitivity beside it, each chosen on the same
+    pooled out-of-fold validation predictions and scored on the hold-out and the shifts."""
+    final = json.loads((runs / "metrics" / "baseline_final_metrics.json").read_text())
+    assert final["operating_rule"] == "prevalence" and final["operating_point"]["operating_rule"] == "prevalence"
+    assert final["operating_point"]["threshold"] == 0.5 and "Bayes rule" in final["operating_point"]["description"]
+    rules = final["operating_rules"]
+    assert list(rules) == ["prevalence", "sensitivity:0.95", "youden"]
+    assert [rule for rule, entry in rules.items() if entry["in_force"]] == ["prevalence"]
+    records = load_checkpoint(training_state_path(runs / "models", "baseline", "resnet18"), TRAINING_STATE)[
+        "folds_done"
+    ]
+    pooled_p = np.concatenate([r["validation_predictions"]["calibrated"] for r in records])
+    pooled_y = np.concatenate([r["validation_predictions"]["labels"] for r in records])
+    assert rules["youden"]["threshold"] == choose_threshold(pooled_p, pooled_y)[0]
+    for entry in rules.values():
+        assert set(entry["holdout"]) == set(entry["shifted_mean"]) == {"accuracy", "sensitivity", "specificity"}
+        assert entry["shifted_worst"]["accuracy"] <= entry["shifted_mean"]["accuracy"]
+    _, config = load_classifier(runs / "models" / "baseline_resnet18.pth")
+    assert Calibration.from_dict(config["calibration"]).rule == OperatingRule("prevalence")
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ from services.analyzer.report import (
     render_report,
     smoke_run,
 )
+from services.analyzer.shift_tests import compare_under_shift, load_shifted
 from shared import layout
 from shared.cards import dataset_card, model_card
 from shared.checkpoints import load_checkpoint
@@ -462,6 +463,14 @@ def analyze(options: AnalysisConfig, check: Callable[[], None] = _no_check) -> d
         "holdout_tests": compare_on_holdout(predictions, CANDIDATES, REFERENCES, skipped, seed=options.seed),
         "comparisons": compare_strategies(results, skipped),
         "repeats": seed_paired_comparisons(Path(options.metrics_dir), by_repeat, CANDIDATES, REFERENCES),
+        "shift": compare_under_shift(
+            load_shifted(Path(options.metrics_dir), strategies, skipped),
+            predictions,
+            {s: (r.final or {}).get("operating_rules") for s, r in results.items()},
+            CANDIDATES,
+            REFERENCES,
+            seed=options.seed,
+        ),
         "ssim": None,
         "frechet_classifier": None,
         "inception_fid": None,

@@ -23,6 +23,7 @@ from scipy import stats
 
 from services.analyzer.holdout_tests import render_holdout_tests, verdict
 from services.analyzer.repeats import render_seed_paired
+from services.analyzer.shift_tests import render_shift
 from shared.configs.classifier import STRATEGIES  # the one list of strategies (re-exported for the analyzer)
 from shared.errors import DatasetError
 from shared.stats import holm_adjust
@@ -310,6 +311,7 @@ def render_report(summary: dict[str, Any]) -> str:
         "",
     ]
     lines += render_holdout_tests(holdout)
+    lines += render_shift(summary.get("shift"))
     lines += render_seed_paired(summary.get("repeats"))
 
     comparisons = summary["comparisons"]

@@ -226,7 +226,10 @@ class PneumoniaModel(Model):
             pngs = self.predictor.explain_images([images[i] for i in rows])
             outputs.append(output(GRADCAM_OUTPUT, "BYTES", [base64.b64encode(png).decode() for png, _ in pngs]))
         # kserve 0.21 sends bool, int and string parameters only: the threshold as its decimal string
-        parameters: dict[str, Any] = {"decision_threshold": str(self.predictor.threshold)}
+        parameters: dict[str, Any] = {
+            "decision_threshold": str(self.predictor.threshold),
+            "operating_rule": self.predictor.operating_rule,
+        }
         if self.predictor.registered:
             parameters["registered_model"] = self.predictor.registered["uri"]
         return InferResponse(

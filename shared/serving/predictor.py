@@ -254,6 +254,12 @@ class Predictor:
         """The operating point: P(pneumonia) at or above it is labelled pneumonia (0.5 without calibration)."""
         return float(decision_threshold(self.calibration))
 
+    @property
+    def operating_rule(self) -> str:
+        """The rule the threshold follows, as a user states it (shared.operating_rule): "prevalence", "youden", ...;
+        "0.5" for a model saved without calibration."""
+        return str(self.calibration.rule) if self.calibration is not None else "0.5"
+
     def answers(self, logits: torch.Tensor) -> list[dict[str, Any]]:
         """Logits -> one answer per row: calibrated P(pneumonia), label at the model's operating point (plain
         softmax and 0.5 for a model saved without calibration) and that threshold, model version, and the MLflow
@@ -266,6 +272,7 @@ class Predictor:
                 "label": CLASS_NAMES[PNEUMONIA if p >= threshold else NORMAL],
                 "pneumonia_probability": float(p),
                 "decision_threshold": threshold,
+                "operating_rule": self.operating_rule,
                 "model_version": self.version,
                 **registry,
             }

@@ -2,7 +2,8 @@
 chosen per fold or on the pooled out-of-fold validation predictions, and the hold-out evaluation at 0.5 and at it.
 
 Pooled (the default rule): every fold model's temperature is fitted on its own validation fold; then one threshold
-(Youden's J, or the highest reaching --target-sensitivity) is chosen on the validation predictions of all fold models
+(by --operating-rule: the prevalence rule, a target sensitivity or Youden's J) is chosen on the validation predictions
+of all fold models
 together, each image scored by the fold model that did not train on it after that model's temperature. That one
 threshold goes into every fold checkpoint and so into the served model. The hold-out is only scored, never fitted on.
 """
@@ -60,7 +61,7 @@ def fit_fold_operating_point(
     eval_transform = classifier_transform(config, train=False)
     y_val, val_logits, _ = predict_logits(model, evaluation_loader(val, eval_transform, options), device)
     try:
-        calibration = fit_calibration(val_logits, y_val, options.target_sensitivity)
+        calibration = fit_calibration(val_logits, y_val, options.rule())
     except CalibrationError as exc:
         raise DatasetError(f"cannot calibrate on this validation fold: {exc}") from exc
     gate = fit_gate(model, eval_transform, train_real, val, device, seed=options.seed)
@@ -169,6 +170,8 @@ def apply_operating_point(
         "rule": rule,
         "method": first.method,
         "target_sensitivity": first.target_sensitivity,
+        "operating_rule": str(first.rule),
+        "description": first.describe(),
         "threshold": first.threshold if rule == "pooled" else None,  # per-fold: each fold's own
         "n_pooled": first.n_threshold if rule == "pooled" else None,
         "pooled_sensitivity": first.val_sensitivity if rule == "pooled" else None,

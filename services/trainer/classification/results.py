@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from services.trainer.classification.operating_point import pooled_validation_predictions
 from services.trainer.classification.plots import (
     plot_cv_metrics,
     plot_holdout_reliability,
@@ -16,12 +19,14 @@ from services.trainer.classification.state import (
     run_config,
 )
 from shared import layout
+from shared.calibration import choose_threshold
 from shared.configs import ClassifierTrainingConfig
 from shared.curriculum import Schedule
 from shared.datasets import LabelledImages
 from shared.images import atomic_write_bytes, atomic_write_json
-from shared.metrics import summarize_folds
-from shared.predictions import write_holdout_predictions
+from shared.metrics import binary_metrics, specificity_at_sensitivity, summarize_folds
+from shared.operating_rule import OperatingRule
+from shared.predictions import write_holdout_predictions, write_shifted_predictions
 
 
 def write_strategy_results(
@@ -64,12 +69,19 @@ def write_strategy_results(
         "holdout_operating_point_per_fold": operating_per_fold,
         "holdout_operating_point_summary": summarize_folds(operating_per_fold),
         "calibration": folds_done[best["fold"] - 1]["calibration"],
-        "target_sensitivity": options.target_sensitivity,
+        "operating_rule": options.operating_rule,
         "operating_point": (
             None
             if operating_point is None
             else {**operating_point, "served": operating_point["per_fold"][best["fold"] - 1]}
         ),
+        # MedMNIST-C corruptions of the hold-out: the fold models' mean metrics per shift beside the clean hold-out's
+        "shifted": shifted_summary(folds_done),
+        # The old rule and the others beside the one in force, each on the same pooled validation predictions, and
+        # how each fares on the hold-out and under shift (a rule is chosen for the data it will meet, not the pool)
+        "operating_rules": compare_rules(folds_done, options.operating_rule)
+        if options.operating_point == "pooled"
+        else None,
         "class_balance": options.class_balance,
         "n_train_real": best["n_train_real"],
         "n_synthetic_pool": len(pool) if pool is not None else 0,
@@ -91,12 +103,124 @@ def write_strategy_results(
     write_holdout_predictions(
         results_dir / layout.holdout_predictions_name(strategy), holdout.patient_ids, holdout.labels, folds
     )
+    shifts = shifted_folds(folds_done)
+    if shifts:
+        write_shifted_predictions(
+            results_dir / layout.shifted_predictions_name(strategy), holdout.patient_ids, holdout.labels, shifts
+        )
     plot_training_curves(strategy, fold_histories, figures_dir / layout.training_curves_name(strategy))
     if schedule is not None:
         plot_synthetic_ratio(strategy, fold_histories, schedule, figures_dir / layout.synthetic_ratio_name(strategy))
     plot_cv_metrics(strategy, val_per_fold, cv_summary, figures_dir / layout.cv_metrics_name(strategy))
     plot_holdout_reliability(strategy, folds_done, figures_dir / layout.reliability_name(strategy))
     return final
+
+
+COMMON_SENSITIVITY = 0.95  # the common operating point strategies are compared at (specificity at this sensitivity)
+
+
+def shift_metrics(labels: Any, probabilities: dict[str, list], threshold: float) -> dict[str, Any]:
+    """One fold model on one set: AUROC, accuracy, sensitivity and specificity at its threshold and at 0.5, the
+    specificity at the common sensitivity, and the share of images its gate refused."""
+    at_threshold = binary_metrics(labels, probabilities["calibrated"], threshold)
+    at_half = binary_metrics(labels, probabilities["uncalibrated"])
+    metrics = {name: at_threshold[name] for name in ("auroc", "accuracy", "sensitivity", "specificity")}
+    metrics |= {f"{name}_at_0.5": at_half[name] for name in ("accuracy", "sensitivity", "specificity")}
+    metrics["specificity_at_sensitivity_0.95"] = specificity_at_sensitivity(
+        labels, probabilities["calibrated"], COMMON_SENSITIVITY
+    )
+    if "refused" in probabilities:
+        metrics["refused"] = float(np.mean(probabilities["refused"]))
+    return metrics
+
+
+def shifted_summary(folds_done: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """{"holdout": the clean hold-out, "shifts": {shift: ...}}: shift_metrics averaged over the fold models, each at
+    its threshold; None when the folds were not scored under shift (--shift-severities none, or older records)."""
+    if not all(record.get("shifted_probabilities") for record in folds_done):
+        return None
+
+    def mean_over_folds(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
+        return summarize_folds([{"fold": i, **m} for i, m in enumerate(per_fold)])["average"]
+
+    holdout = [
+        shift_metrics(
+            r["holdout_probabilities"]["labels"],
+            {**r["holdout_probabilities"], "refused": r["holdout_refused"]},
+            r["calibration"]["threshold"],
+        )
+        for r in folds_done
+    ]
+    labels = folds_done[0]["holdout_probabilities"]["labels"]
+    shifts = {
+        shift: mean_over_folds(
+            [
+                shift_metrics(labels, r["shifted_probabilities"][shift], r["calibration"]["threshold"])
+                for r in folds_done
+            ]
+        )
+        for shift in folds_done[0]["shifted_probabilities"]
+    }
+    return {"common_sensitivity": COMMON_SENSITIVITY, "holdout": mean_over_folds(holdout), "shifts": shifts}
+
+
+COMPARED_RULES = ("prevalence", "sensitivity:0.95", "youden")
+
+
+def compare_rules(folds_done: list[dict[str, Any]], in_force: str) -> dict[str, Any]:
+    """Per operating rule (COMPARED_RULES and the one in force): its pooled threshold, the validation sensitivity and
+    specificity it was chosen with, and the fold models' mean accuracy, sensitivity and specificity at it on the
+    hold-out and, where scored, averaged over the shifts and at the worst shift."""
+    probabilities, labels = pooled_validation_predictions(folds_done)
+    compared = {}
+    for text in dict.fromkeys([in_force, *COMPARED_RULES]):
+        threshold, sensitivity, specificity = choose_threshold(probabilities, labels, OperatingRule.parse(text))
+
+        def decisions(sets: list[tuple[Any, list[float]]], threshold: float = threshold) -> dict[str, float]:
+            per_set = [binary_metrics(y, p, threshold) for y, p in sets]
+            return {name: float(np.mean([m[name] for m in per_set])) for name in DECISION_METRICS}
+
+        holdout = decisions(
+            [(r["holdout_probabilities"]["labels"], r["holdout_probabilities"]["calibrated"]) for r in folds_done]
+        )
+        entry: dict[str, Any] = {
+            "threshold": threshold,
+            "validation": {"sensitivity": sensitivity, "specificity": specificity},
+            "holdout": holdout,
+            "in_force": text == in_force,
+        }
+        if all(r.get("shifted_probabilities") for r in folds_done):
+            y = folds_done[0]["holdout_probabilities"]["labels"]
+            per_shift = {
+                shift: decisions([(y, r["shifted_probabilities"][shift]["calibrated"]) for r in folds_done])
+                for shift in folds_done[0]["shifted_probabilities"]
+            }
+            entry["shifted_mean"] = {n: float(np.mean([m[n] for m in per_shift.values()])) for n in DECISION_METRICS}
+            worst = min(per_shift, key=lambda shift: per_shift[shift]["accuracy"])
+            entry["shifted_worst"] = {"shift": worst, **per_shift[worst]}
+        compared[text] = entry
+    return compared
+
+
+DECISION_METRICS = ("accuracy", "sensitivity", "specificity")
+
+
+def shifted_folds(folds_done: list[dict[str, Any]]) -> dict[str, list[tuple[int, list, float, list]]]:
+    """Shift -> per fold model (fold, calibrated probabilities, threshold, gate refusals): for the predictions file."""
+    if not all(record.get("shifted_probabilities") for record in folds_done):
+        return {}
+    return {
+        shift: [
+            (
+                r["fold"],
+                r["shifted_probabilities"][shift]["calibrated"],
+                r["calibration"]["threshold"],
+                r["shifted_probabilities"][shift]["refused"],
+            )
+            for r in folds_done
+        ]
+        for shift in folds_done[0]["shifted_probabilities"]
+    }
 
 
 def pooled_class_mix(folds_done: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -141,10 +265,38 @@ def format_summary(final: dict[str, Any]) -> str:
     if point is not None and point["rule"] == "pooled":
         own = ", ".join(f"{fold['fold_threshold']:.3f}" for fold in point["per_fold"])
         rows.append(
-            f"threshold {point['threshold']:.3f} ({point['method']}) chosen on {point['n_pooled']} pooled out-of-fold "
-            f"validation predictions of {len(point['per_fold'])} fold model(s); each fold alone: {own}"
+            f"threshold {point['threshold']:.3f} ({point.get('description', point['method'])}) chosen on "
+            f"{point['n_pooled']} pooled out-of-fold validation predictions of {len(point['per_fold'])} fold model(s); "
+            f"each fold alone: {own}"
         )
     elif point is not None:
         rows.append("thresholds chosen on each fold model's own validation fold")
+    shifted = final.get("shifted")
+    if shifted:
+        mean = {
+            name: float(np.mean([m[name] for m in shifted["shifts"].values() if m[name] is not None]))
+            for name in ("auroc", "accuracy", "accuracy_at_0.5", "refused")
+        }
+        clean = shifted["holdout"]
+        rows.append(
+            f"under shift (mean of {len(shifted['shifts'])} MedMNIST-C corruptions of the hold-out; clean hold-out "
+            f"in brackets): AUROC {mean['auroc']:.3f} [{clean['auroc']:.3f}], accuracy {mean['accuracy']:.3f} "
+            f"[{clean['accuracy']:.3f}] at the threshold, {mean['accuracy_at_0.5']:.3f} "
+            f"[{clean['accuracy_at_0.5']:.3f}] at 0.5; the gate refused {mean['refused']:.1%} [{clean['refused']:.1%}]"
+        )
+    for rule, entry in (final.get("operating_rules") or {}).items():
+        under_shift = entry.get("shifted_mean")
+        shift_text = (
+            f"; under shift {under_shift['accuracy']:.3f} / {under_shift['sensitivity']:.3f} / "
+            f"{under_shift['specificity']:.3f}"
+            if under_shift
+            else ""
+        )
+        held = entry["holdout"]
+        rows.append(
+            f"rule {rule:<17}{' (in force)' if entry['in_force'] else ' ' * 11} threshold {entry['threshold']:.3f}: "
+            f"accuracy / sensitivity / specificity on the hold-out {held['accuracy']:.3f} / "
+            f"{held['sensitivity']:.3f} / {held['specificity']:.3f}{shift_text}"
+        )
     rows.append(f"model: {final['model']}")
     return "\n".join(rows)

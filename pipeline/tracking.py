@@ -252,6 +252,17 @@ def _log_history(history: Mapping[str, Any]) -> None:
         mlflow.MlflowClient().log_batch(run_id, metrics=rows[start : start + 1000])
 
 
+def shifted_means(shifted: Mapping[str, Any] | None) -> dict[str, float]:
+    """The fold models' metrics under MedMNIST-C's shifts of the hold-out, averaged over the shifts: shifted_<name>."""
+    shifts = list((shifted or {}).get("shifts", {}).values())
+    names = (*HOLDOUT_METRICS, "refused")
+    return {
+        f"shifted_{name}": float(sum(s[name] for s in shifts) / len(shifts))
+        for name in names
+        if shifts and all(s.get(name) is not None for s in shifts)
+    }
+
+
 def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: str) -> Registered:
     import mlflow
 
@@ -265,7 +276,7 @@ def _log_strategy(client: Any, files: RunFiles, tracked: TrackedRun, strategy: s
         found = json.loads(final.read_text()) if final.is_file() else {}
         holdout = {f"holdout_{k}": v for k, v in (found.get("holdout") or {}).items() if k in HOLDOUT_METRICS}
         calibration = found.get("calibration") or {}
-        mlflow.log_metrics(holdout)
+        mlflow.log_metrics(holdout | shifted_means(found.get("shifted")))
         mlflow.log_params(
             {
                 "strategy": strategy,

@@ -46,6 +46,13 @@ def final_metrics(auroc: float) -> dict:
     return {
         "holdout": {"n": 40, "accuracy": 0.8, "sensitivity": 0.75, "specificity": 0.85, "auroc": auroc},
         "calibration": {"temperature": 1.3, "threshold": 0.42, "method": "youden"},
+        "shifted": {
+            "holdout": {"auroc": auroc},
+            "shifts": {
+                shift: {"auroc": auroc - drop, "accuracy": 0.7, "sensitivity": 0.8, "specificity": 0.6, "refused": 0.02}
+                for shift, drop in (("gaussian_noise@3", 0.1), ("contrast_down@3", 0.2))
+            },
+        },
     }
 
 
@@ -108,6 +115,10 @@ def test_a_run_is_logged_and_its_models_registered(tmp_path: Path) -> None:
     history = client.get_metric_history(augmented.info.run_id, "fold2/val_auroc")
     assert [(m.step, round(m.value, 3)) for m in history] == [(0, 0.6), (1, 0.7)]
     assert augmented.data.metrics["holdout_auroc"] == 0.90 and augmented.data.params["calibration_threshold"] == "0.42"
+    assert augmented.data.metrics["shifted_auroc"] == pytest.approx(0.75)  # the mean over the shifts
+    assert (
+        augmented.data.metrics["shifted_refused"] == pytest.approx(0.02) and "shifted_f1" not in augmented.data.metrics
+    )
     assert augmented.data.params["use_synthetic"] == "True" and augmented.data.params["arch"] == "resnet18"
     assert augmented.data.params["curriculum_schedule"] == "[[0, 0.0], [1, 0.3]]"
     assert children["train-gan"].data.params == {"epochs": "3", "latent_dim": "100", "loss": "bce"}

@@ -10,10 +10,11 @@ log-likelihood on validation logits, so it changes confidence, never the ranking
 on the calibrated P(pneumonia) then follows the operating rule a user states (OperatingRule, --operating-rule):
 
     prevalence[:P]     the Bayes rule for accuracy at a stated pneumonia prevalence P of the data the model will see
-                       (default: the validation data's own, where it is 0.5 on the calibrated probability, i.e. the
-                       arg-max): a calibrated probability is one at the validation prevalence, so the label is
-                       pneumonia where it is still >= 0.5 after the prior shift to P (Saerens et al. 2002). Nothing
-                       is fitted beyond the temperature, so it does not move with the particular validation images.
+                       (default: the validation data's own): the label is pneumonia where P(pneumonia) is still
+                       >= 0.5 after the prior shift from the prior the model's probabilities stand at to P (Saerens
+                       et al. 2002). That prior is 0.5 for a model trained with class weights or a balanced sampler
+                       (a temperature cannot shift it), else the validation data's. Nothing is fitted beyond the
+                       temperature, so it does not move with the particular validation images.
     sensitivity:S      the highest threshold that still reaches sensitivity S on the validation data: the choice of
                        a screening user who must not miss pneumonia.
     youden             Youden's J (sensitivity + specificity - 1, the ROC point farthest above chance) on the
@@ -69,10 +70,11 @@ class Calibration:
     threshold_rule: str = "per-fold"
     n_threshold: int | None = None
     fold_threshold: float | None = None  # the threshold this fold's own validation data alone gives
-    # "prevalence": the stated prevalence (None: the validation data's own), and the validation data's prevalence,
-    # the one the calibrated probabilities are calibrated at
+    # "prevalence": the stated prevalence (None: the validation data's own); the validation data's; and the prior the
+    # calibrated probabilities stand at (None: the validation data's; 0.5 for a model trained class-balanced)
     prevalence: float | None = None
-    reference_prevalence: float | None = None
+    validation_prevalence: float | None = None
+    model_prior: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,15 +170,17 @@ def prevalence_threshold(prevalence: float, reference_prevalence: float) -> floa
 
 
 def choose_threshold(
-    probabilities: np.ndarray, labels: np.ndarray, rule: OperatingRule = YOUDEN
+    probabilities: np.ndarray, labels: np.ndarray, rule: OperatingRule = YOUDEN, model_prior: float | None = None
 ) -> tuple[float, float, float]:
     """(threshold, sensitivity, specificity) on these data under `rule`: Youden's J, the highest threshold reaching
-    the target sensitivity, or the prevalence rule's threshold (which reads only the labels' prevalence). Predictions
-    are `probability >= threshold`."""
+    the target sensitivity, or the prevalence rule's threshold, which reads only the labels' prevalence: the Bayes
+    rule for accuracy at the stated prevalence (or these data's) for probabilities standing at `model_prior` (None:
+    these data's prevalence). Predictions are `probability >= threshold`."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
     if rule.method == "prevalence":
-        reference = float(labels.mean())
-        threshold = prevalence_threshold(rule.value if rule.value is not None else reference, reference)
+        observed = float(labels.mean())
+        target = rule.value if rule.value is not None else observed
+        threshold = prevalence_threshold(target, model_prior if model_prior is not None else observed)
         predicted = probabilities >= threshold
         return threshold, float(predicted[labels == 1].mean()), float((~predicted[labels == 0]).mean())
     fpr, tpr, thresholds = roc_curve(labels, probabilities)
@@ -190,9 +194,13 @@ def choose_threshold(
     return float(thresholds[best]), float(tpr[best]), float(1.0 - fpr[best])
 
 
-def fit_calibration(logits: np.ndarray, labels: np.ndarray, rule: OperatingRule | None = None) -> Calibration:
+def fit_calibration(
+    logits: np.ndarray, labels: np.ndarray, rule: OperatingRule | None = None, model_prior: float | None = None
+) -> Calibration:
     """Temperature and threshold (under `rule`; default the prevalence rule at the validation data's prevalence)
-    from validation logits (N x 2) and labels (0 normal, 1 pneumonia)."""
+    from validation logits (N x 2) and labels (0 normal, 1 pneumonia). `model_prior`: the class prior the model was
+    trained at, where it is not the data's: 0.5 for class-weighted or class-balanced training, whose scores a
+    temperature cannot move to the data's prior (a temperature rescales, it does not shift)."""
     rule = rule or OperatingRule("prevalence")
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
@@ -200,7 +208,7 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, rule: OperatingRule 
     temperature = fit_temperature(logits, labels)
     before = pneumonia_probability(logits)
     after = pneumonia_probability(logits, temperature)
-    threshold, sensitivity, specificity = choose_threshold(after, labels, rule)
+    threshold, sensitivity, specificity = choose_threshold(after, labels, rule, model_prior)
     return Calibration(
         temperature=temperature,
         threshold=threshold,
@@ -214,7 +222,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, rule: OperatingRule 
         n_threshold=len(labels),
         fold_threshold=threshold,
         prevalence=rule.value if rule.method == "prevalence" else None,
-        reference_prevalence=float(labels.mean()),
+        validation_prevalence=float(labels.mean()),
+        model_prior=model_prior,
     )
 
 
@@ -225,10 +234,12 @@ def pooled_calibration(calibration: Calibration, probabilities: np.ndarray, labe
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         raise CalibrationError("a pooled threshold needs validation predictions of both classes")
-    threshold, sensitivity, specificity = choose_threshold(np.asarray(probabilities), labels, calibration.rule)
+    threshold, sensitivity, specificity = choose_threshold(
+        np.asarray(probabilities), labels, calibration.rule, calibration.model_prior
+    )
     return replace(
         calibration,
-        reference_prevalence=float(labels.mean()),
+        validation_prevalence=float(labels.mean()),
         threshold=threshold,
         val_sensitivity=sensitivity,
         val_specificity=specificity,

@@ -54,14 +54,16 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
     pooled = "pooled out-of-fold " if calibration.get("threshold_rule") == "pooled" else ""
     data = f"{calibration.get('n_threshold') or calibration.get('n_val')} {pooled}validation predictions"
     if method == "prevalence":
-        reference, stated = calibration.get("reference_prevalence"), calibration.get("prevalence")
+        observed, stated = calibration.get("validation_prevalence"), calibration.get("prevalence")
+        prior = calibration.get("model_prior")
         name, source = (
             ("prevalence", "the validation data's") if stated is None else (f"prevalence:{stated:g}", "stated")
         )
-        used = reference if stated is None else stated
+        target = observed if stated is None else stated
+        standing = "the validation prevalence" if prior is None else f"a {prior:g} prior (class-balanced training)"
         return (
-            f"{name}: the Bayes rule for accuracy at a pneumonia prevalence of {used:.3f} ({source}), on probabilities "
-            f"calibrated at {reference:.3f}"
+            f"{name}: the Bayes rule for accuracy at a pneumonia prevalence of {target:.3f} ({source}), for "
+            f"probabilities standing at {standing}"
         )
     if method == "target-sensitivity":
         target = calibration.get("target_sensitivity")

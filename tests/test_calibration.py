@@ -18,6 +18,7 @@ from shared.calibration import (
     fit_temperature,
     plot_reliability,
     pneumonia_probability,
+    prevalence_threshold,
     recalibrate,
 )
 from shared.operating_rule import OperatingRule
@@ -81,11 +82,16 @@ def test_the_prevalence_rule_is_the_arg_max_at_the_validation_prevalence_and_bay
     logits, labels = overconfident_logits(4000, scale=2.0, seed=7)
     calibration = fit_calibration(logits, labels)
     assert calibration.method == "prevalence" and calibration.threshold == 0.5
-    assert calibration.reference_prevalence == pytest.approx(labels.mean())
+    assert calibration.validation_prevalence == pytest.approx(labels.mean()) and calibration.model_prior is None
     calibrated = pneumonia_probability(logits, calibration.temperature) >= calibration.threshold
     np.testing.assert_array_equal(calibrated, logits[:, 1] > logits[:, 0])
     assert Calibration.from_dict(calibration.to_dict()).rule == OperatingRule("prevalence")
 
+    # A model trained class-balanced stands at a 0.5 prior: at the validation prevalence the rule moves the threshold
+    # by the prior shift from 0.5 to it, as it would for a stated prevalence on a model trained at the data's prior.
+    balanced = fit_calibration(logits, labels, model_prior=0.5)
+    assert balanced.threshold == pytest.approx(prevalence_threshold(labels.mean(), 0.5))
+    assert (balanced.threshold < 0.5) == (labels.mean() > 0.5) and "0.5 prior" in balanced.describe()
     stated = fit_calibration(logits, labels, OperatingRule.parse("prevalence:0.2"))
     reference = labels.mean()
     p = 0.5 * np.ones(1) + np.linspace(-0.49, 0.49, 99)[:, None].ravel()  # probabilities calibrated at `reference`

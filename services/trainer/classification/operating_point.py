@@ -61,7 +61,7 @@ def fit_fold_operating_point(
     eval_transform = classifier_transform(config, train=False)
     y_val, val_logits, _ = predict_logits(model, evaluation_loader(val, eval_transform, options), device)
     try:
-        calibration = fit_calibration(val_logits, y_val, options.rule())
+        calibration = fit_calibration(val_logits, y_val, options.rule(), model_prior(options))
     except CalibrationError as exc:
         raise DatasetError(f"cannot calibrate on this validation fold: {exc}") from exc
     gate = fit_gate(model, eval_transform, train_real, val, device, seed=options.seed)
@@ -82,6 +82,12 @@ def fit_fold_operating_point(
         "calibrated": calibrated_probability(val_logits, calibration).tolist(),
     }
     return {**config, "calibration": calibration.to_dict(), "plausibility": gate.to_dict()}, predictions
+
+
+def model_prior(options: ClassifierTrainingConfig) -> float | None:
+    """The class prior a model's scores stand at: 0.5 where the training balanced the classes (weighted loss or
+    sampler), else None (the data's own)."""
+    return 0.5 if options.class_balance in ("weighted-loss", "sampler") else None
 
 
 def operating_metrics(labels: Any, plain: Any, calibrated: Any, threshold: float) -> dict[str, Any]:

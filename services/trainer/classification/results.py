@@ -174,7 +174,8 @@ def compare_rules(folds_done: list[dict[str, Any]], in_force: str) -> dict[str, 
     probabilities, labels = pooled_validation_predictions(folds_done)
     compared = {}
     for text in dict.fromkeys([in_force, *COMPARED_RULES]):
-        threshold, sensitivity, specificity = choose_threshold(probabilities, labels, OperatingRule.parse(text))
+        prior = folds_done[0]["calibration"].get("model_prior")
+        threshold, sensitivity, specificity = choose_threshold(probabilities, labels, OperatingRule.parse(text), prior)
 
         def decisions(sets: list[tuple[Any, list[float]]], threshold: float = threshold) -> dict[str, float]:
             per_set = [binary_metrics(y, p, threshold) for y, p in sets]

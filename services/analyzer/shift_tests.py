@@ -181,11 +181,13 @@ def render_shift(section: dict[str, Any] | None) -> list[str]:
     lines += [
         "The hold-out above is carved from the same pool the models learn from, so it overstates what a user gets.",
         f"Here the same {section['n_images']} images are scored again under {len(section['shifts'])} reproducible "
-        f"shifts: each of MedMNIST-C's {len(CORRUPTIONS)} corruptions of chest X-rays at severity "
-        f"{', '.join(severities)} (acquisition and processing: noise, JPEG, pixelation, blur, brightness, contrast,",
-        "gamma). They are stand-ins for another site's images, not a test split from one: a model good here can still",
-        f"fail elsewhere. Each strategy: its {section['model']}; acc/sens/spec at its operating point, spec@0.95 at",
-        "sensitivity 0.95 (a common operating point), 'refused': real radiographs the plausibility gate turned away.",
+        f"shifts: each of MedMNIST-C's {len(CORRUPTIONS)} corruptions",
+        f"of chest X-rays at severity {', '.join(severities)} (noise, JPEG, pixelation, blur, brightness, contrast, "
+        "gamma). They stand in for",
+        "another site's acquisition and processing; they are not a test split from one, and a model good here can",
+        "still fail elsewhere. Each strategy is its fold-ensemble: the mean calibrated probability of its fold models",
+        "at the mean of their thresholds; acc/sens/spec at that operating point, spec@0.95 at sensitivity 0.95 (a",
+        "common operating point), 'refused': the real radiographs the plausibility gate turned away (mean over folds).",
         f"{'':<34}{'AUROC':>7}{'acc':>7}{'sens':>7}{'spec':>7}{'spec@0.95':>10}{'refused':>9}",
     ]
 

@@ -466,7 +466,7 @@ def analyze(options: AnalysisConfig, check: Callable[[], None] = _no_check) -> d
         "shift": compare_under_shift(
             load_shifted(Path(options.metrics_dir), strategies, skipped),
             predictions,
-            {s: (r.final or {}).get("operating_rules") for s, r in results.items()},
+            {s: r.final for s, r in results.items()},
             CANDIDATES,
             REFERENCES,
             seed=options.seed,

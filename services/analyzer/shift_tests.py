@@ -111,14 +111,15 @@ def compare_robustness(
 def compare_under_shift(
     shifted: dict[str, ShiftedPredictions],
     holdout: dict[str, HoldoutPredictions],
-    operating_rules: dict[str, dict[str, Any] | None],
+    finals: dict[str, dict[str, Any] | None],
     candidates: tuple[str, ...],
     references: tuple[str, ...],
     seed: int = 0,
     n_resamples: int = RESAMPLES,
 ) -> dict[str, Any] | None:
     """The section of analysis_summary.json: per strategy its metrics on the clean hold-out, per shift and per
-    corruption family and severity; the robustness comparisons; each strategy's operating rules side by side."""
+    corruption family and severity; the robustness comparisons; each strategy's operating rules side by side.
+    `finals`: each strategy's final metrics (their operating rules, and the gate's refusals on the clean hold-out)."""
     if not shifted:
         return None
     first = next(iter(shifted.values()))
@@ -131,7 +132,9 @@ def compare_under_shift(
         "model": "fold-ensemble: mean calibrated probability of the fold models, at the mean of their thresholds",
         "strategies": {},
         "comparisons": [],
-        "operating_rules": {s: rules for s, rules in operating_rules.items() if rules},
+        "operating_rules": {
+            s: final["operating_rules"] for s, final in finals.items() if (final or {}).get("operating_rules")
+        },
     }
     for strategy, found in shifted.items():
         if found.shifts != shifts or any(not np.array_equal(p.labels, labels) for p in found.per_shift.values()):
@@ -140,8 +143,11 @@ def compare_under_shift(
         families: dict[str, list[dict[str, Any]]] = {}
         for shift, metrics in per_shift.items():
             families.setdefault(family_of(shift), []).append(metrics)
+        clean = set_metrics(labels, holdout[strategy], None) if strategy in holdout else None
+        if clean is not None:  # the fold models' mean, as the trainer measured it
+            clean["refused"] = (((finals.get(strategy) or {}).get("shifted") or {}).get("holdout") or {}).get("refused")
         entry = {
-            "holdout": set_metrics(labels, holdout[strategy], None) if strategy in holdout else None,
+            "holdout": clean,
             "per_shift": per_shift,
             "families": {name: _mean(members) for name, members in families.items()},
             "mean": _mean(list(per_shift.values())),

@@ -189,6 +189,11 @@ class CorruptedImages(LabelledImages):
         return CorruptedImages(self.source.subset(idx), self.name, self.severity, self.seed, self.indices[idx])
 
 
+def shift_name(corruption: str, severity: int) -> str:
+    """'<corruption>@<severity>': how a shifted set is named in results and reports."""
+    return f"{corruption}@{severity}"
+
+
 def shift_names(corruptions: Sequence[str], severities: Sequence[int]) -> list[str]:
-    """'<corruption>@<severity>' for each pair: how a shifted set is named in results and reports."""
-    return [f"{name}@{severity}" for name in corruptions for severity in severities]
+    """shift_name of each pair."""
+    return [shift_name(name, severity) for name in corruptions for severity in severities]

@@ -40,6 +40,9 @@ def binary_metrics(y_true: Sequence[int], p_pneumonia: Sequence[float], threshol
     }
 
 
+COMMON_SENSITIVITY = 0.95  # the common operating point strategies are compared at (specificity at this sensitivity)
+
+
 def specificity_at_sensitivity(y_true: Sequence[int], p_pneumonia: Sequence[float], sensitivity: float) -> float | None:
     """Specificity at the highest threshold that still reaches `sensitivity` on these data: a point read off the ROC
     curve, to compare models at a common operating point so that no threshold rule can pass for a better model. No

@@ -24,12 +24,11 @@ import numpy as np
 from shared import layout
 from shared import stats as st
 from shared.corruptions import CORRUPTIONS
-from shared.metrics import specificity_at_sensitivity
+from shared.metrics import COMMON_SENSITIVITY, specificity_at_sensitivity
 from shared.predictions import ENSEMBLE, HoldoutPredictions, ShiftedPredictions, read_shifted_predictions
 
 log = logging.getLogger(__name__)
 
-COMMON_SENSITIVITY = 0.95
 ROBUSTNESS_METRICS = ("auroc", "specificity_at_sensitivity")
 RESAMPLES = 1000  # per comparison, every shift at once
 

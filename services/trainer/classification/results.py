@@ -24,7 +24,7 @@ from shared.configs import ClassifierTrainingConfig
 from shared.curriculum import Schedule
 from shared.datasets import LabelledImages
 from shared.images import atomic_write_bytes, atomic_write_json
-from shared.metrics import binary_metrics, specificity_at_sensitivity, summarize_folds
+from shared.metrics import COMMON_SENSITIVITY, binary_metrics, specificity_at_sensitivity, summarize_folds
 from shared.operating_rule import OperatingRule
 from shared.predictions import write_holdout_predictions, write_shifted_predictions
 
@@ -116,9 +116,6 @@ def write_strategy_results(
     return final
 
 
-COMMON_SENSITIVITY = 0.95  # the common operating point strategies are compared at (specificity at this sensitivity)
-
-
 def shift_metrics(labels: Any, probabilities: dict[str, list], threshold: float) -> dict[str, Any]:
     """One fold model on one set: AUROC, accuracy, sensitivity and specificity at its threshold and at 0.5, the
     specificity at the common sensitivity, and the share of images its gate refused."""
@@ -137,7 +134,7 @@ def shift_metrics(labels: Any, probabilities: dict[str, list], threshold: float)
 def shifted_summary(folds_done: list[dict[str, Any]]) -> dict[str, Any] | None:
     """{"holdout": the clean hold-out, "shifts": {shift: ...}}: shift_metrics averaged over the fold models, each at
     its threshold; None when the folds were not scored under shift (--shift-severities none, or older records)."""
-    if not all(record.get("shifted_probabilities") for record in folds_done):
+    if not scored_under_shift(folds_done):
         return None
 
     def mean_over_folds(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
@@ -164,6 +161,11 @@ def shifted_summary(folds_done: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"common_sensitivity": COMMON_SENSITIVITY, "holdout": mean_over_folds(holdout), "shifts": shifts}
 
 
+def scored_under_shift(folds_done: list[dict[str, Any]]) -> bool:
+    """Whether every fold model was scored on the shifted hold-out (not with --shift-severities none, nor older)."""
+    return all(record.get("shifted_probabilities") for record in folds_done)
+
+
 COMPARED_RULES = ("prevalence", "sensitivity:0.95", "youden")
 
 
@@ -172,9 +174,9 @@ def compare_rules(folds_done: list[dict[str, Any]], in_force: str) -> dict[str, 
     specificity it was chosen with, and the fold models' mean accuracy, sensitivity and specificity at it on the
     hold-out and, where scored, averaged over the shifts and at the worst shift."""
     probabilities, labels = pooled_validation_predictions(folds_done)
+    prior = folds_done[0]["calibration"].get("model_prior")
     compared = {}
     for text in dict.fromkeys([in_force, *COMPARED_RULES]):
-        prior = folds_done[0]["calibration"].get("model_prior")
         threshold, sensitivity, specificity = choose_threshold(probabilities, labels, OperatingRule.parse(text), prior)
 
         def decisions(sets: list[tuple[Any, list[float]]], threshold: float = threshold) -> dict[str, float]:
@@ -190,7 +192,7 @@ def compare_rules(folds_done: list[dict[str, Any]], in_force: str) -> dict[str, 
             "holdout": holdout,
             "in_force": text == in_force,
         }
-        if all(r.get("shifted_probabilities") for r in folds_done):
+        if scored_under_shift(folds_done):
             y = folds_done[0]["holdout_probabilities"]["labels"]
             per_shift = {
                 shift: decisions([(y, r["shifted_probabilities"][shift]["calibrated"]) for r in folds_done])
@@ -208,7 +210,7 @@ DECISION_METRICS = ("accuracy", "sensitivity", "specificity")
 
 def shifted_folds(folds_done: list[dict[str, Any]]) -> dict[str, list[tuple[int, list, float, list]]]:
     """Shift -> per fold model (fold, calibrated probabilities, threshold, gate refusals): for the predictions file."""
-    if not all(record.get("shifted_probabilities") for record in folds_done):
+    if not scored_under_shift(folds_done):
         return {}
     return {
         shift: [

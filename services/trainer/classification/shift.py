@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from shared.calibration import Calibration, calibrated_probability, pneumonia_probability
-from shared.corruptions import CORRUPTIONS, CorruptedImages
+from shared.corruptions import CORRUPTIONS, CorruptedImages, shift_name
 from shared.datasets import LabelledImages
 from shared.models.classifier import classifier_transform, penultimate_features
 from shared.plausibility import ImplausibleImageError, PlausibilityGate, check_image
@@ -24,10 +24,6 @@ from shared.plausibility import ImplausibleImageError, PlausibilityGate, check_i
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 256
-
-
-def shift_name(corruption: str, severity: int) -> str:
-    return f"{corruption}@{severity}"
 
 
 def gated_predictions(

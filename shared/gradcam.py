@@ -18,6 +18,7 @@ from torch import nn
 
 from shared.datasets.base import PNEUMONIA
 from shared.models.classifier import classifier_transform
+from shared.models.ensemble import FoldEnsemble
 
 
 def last_conv_layer(model: nn.Module) -> nn.Conv2d:
@@ -26,6 +27,14 @@ def last_conv_layer(model: nn.Module) -> nn.Conv2d:
     if not convs:
         raise ValueError(f"{type(model).__name__} has no convolution for Grad-CAM")
     return convs[-1]
+
+
+def target_layers(model: nn.Module) -> list[nn.Conv2d]:
+    """Where Grad-CAM looks: the last convolution, or each member's for a fold-ensemble (pytorch-grad-cam scales each
+    member's map to [0, 1] and averages them)."""
+    if isinstance(model, FoldEnsemble):
+        return [last_conv_layer(member) for member in model.members]
+    return [last_conv_layer(model)]
 
 
 def gradcam_samples(
@@ -37,7 +46,7 @@ def gradcam_samples(
     inputs = torch.stack([transform(image) for image in images]).to(device)  # N x C x S x S
     with torch.no_grad():
         p_pneumonia = torch.softmax(model(inputs), dim=1)[:, PNEUMONIA].cpu().numpy()  # N
-    with GradCAM(model=model, target_layers=[last_conv_layer(model)]) as cam:
+    with GradCAM(model=model, target_layers=target_layers(model)) as cam:
         maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(PNEUMONIA)] * len(images))  # N x S x S
     size = (config["image_size"], config["image_size"])
     shown = [np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255 for image in images]

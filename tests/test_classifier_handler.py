@@ -135,7 +135,10 @@ def test_each_format_gives_an_answer(handler: PneumoniaHandler, pixels: np.ndarr
     batch = handler.preprocess([{"body": bytearray(body)}])
     assert batch.shape == (1, 1, SIZE, SIZE)
     (answer,) = handler.postprocess(handler.inference(batch))
-    assert set(answer) == {"label", "pneumonia_probability", "decision_threshold", "operating_rule", "model_version"}
+    assert set(answer) == {
+        "label", "pneumonia_probability", "decision_threshold", "operating_rule", "model", "model_version",
+    }  # fmt: skip
+    assert answer["model"] == "one resnet18 model"
     assert answer["decision_threshold"] == 0.5 and answer["operating_rule"] == "0.5"  # saved without calibration
     p = answer["pneumonia_probability"]
     assert isinstance(p, float) and 0.0 <= p <= 1.0
@@ -351,6 +354,19 @@ def test_heatmap_overlay_keeps_aspect_and_caps_size() -> None:
 # --- a calibrated model with a plausibility gate (what train-classifier saves) -----------------------------------
 
 
+def tight_gate(copies: list[Image.Image], features: np.ndarray) -> dict:
+    """A plausibility gate (as a config entry) fitted on these images and the model's features of them alone, with
+    bounds twice their worst score: the images pass, anything unlike them is refused."""
+    layout = PpcaScore.fit(np.stack([layout_vector(img) for img in copies]), 8)
+    feature_model = PpcaScore.fit(features, 8)
+    return PlausibilityGate(
+        min_side=12, min_aspect=0.7, max_aspect=1.4, min_std=2.0,
+        layout=layout, max_layout_score=float(layout.score(np.stack([layout_vector(i) for i in copies])).max()) * 2,
+        features=feature_model, max_feature_score=float(feature_model.score(features).max()) * 2,
+        fitted_on=len(copies),
+    ).to_dict()  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory: pytest.TempPathFactory, pixels: np.ndarray) -> PneumoniaHandler:
     """The handler fixture's network, saved with a calibration (T = 2, threshold 0.3) and a gate fitted on twenty
@@ -367,13 +383,7 @@ def gated(tmp_path_factory: pytest.TempPathFactory, pixels: np.ndarray) -> Pneum
         batch = torch.stack([classifier_transform(config, train=False)(img) for img in copies])
         features = penultimate_features(model, batch)[1].double().numpy()
     config["calibration"] = Calibration(2.0, 0.3, "youden", None, 0.9, 0.8, 0.1, 0.05, 50).to_dict()
-    layout = PpcaScore.fit(np.stack([layout_vector(img) for img in copies]), 8)
-    feature_model = PpcaScore.fit(features, 8)
-    config["plausibility"] = PlausibilityGate(
-        min_side=12, min_aspect=0.7, max_aspect=1.4, min_std=2.0,
-        layout=layout, max_layout_score=float(layout.score(np.stack([layout_vector(i) for i in copies])).max()) * 2,
-        features=feature_model, max_feature_score=float(feature_model.score(features).max()) * 2, fitted_on=20,
-    ).to_dict()  # fmt: skip
+    config["plausibility"] = tight_gate(copies, features)
     save_classifier(model_dir / "model.pth", model, config)
     context = SimpleNamespace(
         system_properties={"model_dir": str(model_dir), "gpu_id": None},

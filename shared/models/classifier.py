@@ -193,12 +193,12 @@ def update_classifier_config(path: str | Path, updates: dict[str, Any]) -> None:
     save_checkpoint(path, "classifier", {**checkpoint["config"], **updates}, state_dict=checkpoint["state_dict"])
 
 
-def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode on `device`, config) from a checkpoint written by `save_classifier`."""
-    checkpoint = load_checkpoint(path, "classifier")
-    config = checkpoint["config"]
-    try:
-        model = build_classifier(
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """An untrained model shaped as `config` says: one ResNet, or a fold-ensemble of them (shared.models.ensemble)."""
+    from shared.models.ensemble import ENSEMBLE_KEY, FoldEnsemble  # it builds on this module
+
+    def resnet() -> nn.Module:
+        return build_classifier(
             config["arch"],
             config["num_classes"],
             config["in_channels"],
@@ -206,7 +206,21 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tup
             weights="none",
             stem_pool=config.get("stem_pool", False),  # checkpoints from before the option had none
         )
-    except (KeyError, ConfigError) as exc:
+
+    if config.get(ENSEMBLE_KEY):
+        temperatures = config[ENSEMBLE_KEY]["temperatures"]
+        return FoldEnsemble([resnet() for _ in temperatures], temperatures)
+    return resnet()
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode on `device`, config) from a checkpoint written by `save_classifier`: one ResNet or a
+    fold-ensemble."""
+    checkpoint = load_checkpoint(path, "classifier")
+    config = checkpoint["config"]
+    try:
+        model = model_from_config(config)
+    except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: classifier config is incomplete or invalid ({exc})") from exc
     _load_weights(model, checkpoint["state_dict"], str(path))
     return model.to(device).eval(), config

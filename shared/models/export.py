@@ -25,6 +25,7 @@ import torch
 
 from shared.errors import CheckpointError
 from shared.models.classifier import load_classifier
+from shared.models.ensemble import FoldEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,16 @@ EXAMPLE_BATCH = 2
 
 
 class LogitsAndFeatures(torch.nn.Module):
-    """A torchvision ResNet that also returns its penultimate features: x -> (logits, features)."""
+    """A torchvision ResNet, or a fold-ensemble of them, that also returns its penultimate features:
+    x -> (logits, features)."""
 
-    def __init__(self, resnet: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        self.body = torch.nn.Sequential(*list(resnet.children())[:-1])  # conv stem ... layer4, global average pool
-        self.fc = resnet.fc
+        if isinstance(model, FoldEnsemble):
+            self.body: torch.nn.Module = model.body  # the members' features side by side
+        else:
+            self.body = torch.nn.Sequential(*list(model.children())[:-1])  # conv stem ... layer4, global average pool
+        self.fc = model.fc
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = torch.flatten(self.body(x), 1)  # batch x D

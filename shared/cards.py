@@ -91,8 +91,16 @@ def _ci(summary: dict[str, Any] | None, metric: str, show: Callable[[float], str
     return f" (fold models' 95% CI {show(low)} to {show(high)})"
 
 
-def _shift_lines(shifted: dict[str, Any] | None) -> list[str]:
-    """The fold models under MedMNIST-C's corruptions of the hold-out, beside the clean hold-out."""
+def _served_model(final: dict[str, Any]) -> str:
+    """What the strategy serves: the fold-ensemble, or which fold model (final metrics of older runs name a fold)."""
+    served = final.get("final_model")
+    if served:
+        return f"{served['description']} (folds {', '.join(map(str, served['folds']))} of the cross-validation)"
+    return f"fold {final.get('selected_fold', 'n/a')} of the cross-validation"
+
+
+def _shift_lines(shifted: dict[str, Any] | None, whose: str) -> list[str]:
+    """A model under MedMNIST-C's corruptions of the hold-out, beside the clean hold-out."""
     if not shifted or not shifted.get("shifts"):
         return []
     shifts = list(shifted["shifts"].values())
@@ -105,7 +113,7 @@ def _shift_lines(shifted: dict[str, Any] | None) -> list[str]:
     return [
         "",
         f"Under shift: the same images through {len(shifts)} MedMNIST-C corruptions (noise, JPEG, pixelation, blur, "
-        "brightness, contrast, gamma), the fold models' mean; clean hold-out in brackets. A stand-in for other "
+        f"brightness, contrast, gamma), {whose}; clean hold-out in brackets. A stand-in for other "
         "sites' images, not a measurement on them.",
         "",
         f"- AUROC {mean('auroc'):.3f} [{clean['auroc']:.3f}]; at the operating point accuracy {_pct(mean('accuracy'))} "
@@ -151,8 +159,7 @@ def model_card(strategy: str, final: dict[str, Any], run: str = "", cv: dict[str
         "",
         "## Model",
         "",
-        f"- Architecture: {final.get('arch', 'n/a')}; strategy `{strategy}`; served model: fold "
-        f"{final.get('selected_fold', 'n/a')} of the cross-validation",
+        f"- Architecture: {final.get('arch', 'n/a')}; strategy `{strategy}`; served model: {_served_model(final)}",
         f"- Trained on {final.get('n_train_real', 'n/a')} real development images"
         + (
             f" and a pool of {final['n_synthetic_pool']} synthetic images"
@@ -174,11 +181,23 @@ def model_card(strategy: str, final: dict[str, Any], run: str = "", cv: dict[str
         f"{_pct(holdout.get('sensitivity'))}{_ci(summary, 'sensitivity')}, specificity "
         f"{_pct(holdout.get('specificity'))}{_ci(summary, 'specificity')}",
         f"- AUROC {holdout.get('auroc', float('nan')):.3f}{_ci(summary, 'auroc', lambda v: f'{v:.3f}')}",
-        *_shift_lines(final.get("shifted")),
+        *(
+            _shift_lines(final.get("served_shifted"), "the served model")
+            or _shift_lines(final.get("shifted"), "the fold models' mean")
+        ),
         "",
         "## Calibration and operating point",
         "",
         *_calibration_lines(calibration),
+        *(
+            [
+                "- The fold-ensemble averages its members' probabilities, each after the temperature fitted on its own "
+                "validation fold (so its own temperature is 1); its threshold follows the rule on the members' pooled "
+                "out-of-fold validation predictions, and its plausibility gate was fitted on its own features"
+            ]
+            if (final.get("final_model") or {}).get("kind") == "fold-ensemble"
+            else []
+        ),
         "",
         "## Known failure modes",
         "",

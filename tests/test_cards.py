@@ -36,6 +36,27 @@ def test_a_model_card_quotes_the_served_model_and_its_calibration() -> None:
     assert "cross-validation accuracy 91.9%, hold-out 93.5%" in card
 
 
+def test_a_fold_ensembles_card_names_it_and_quotes_its_own_scores_under_shift() -> None:
+    shift = {"auroc": 0.98, "accuracy": 0.90, "sensitivity": 0.93, "specificity": 0.85, "refused": 0.10}
+    clean = {"auroc": 0.995, "accuracy": 0.96, "sensitivity": 0.95, "specificity": 0.97, "refused": 0.004}
+    final = {
+        **FINAL,
+        "selected_fold": None,
+        "final_model": {
+            "kind": "fold-ensemble",
+            "description": "fold-ensemble of 3 resnet18 models",
+            "folds": [1, 2, 3],
+        },
+        "shifted": {"holdout": clean, "shifts": {"a@3": {**shift, "auroc": 0.5}}},  # the fold models' mean
+        "served_shifted": {"holdout": clean, "shifts": {"a@3": shift, "b@3": {**shift, "auroc": 0.96}}},
+    }
+    card = model_card("baseline", final)
+    assert "served model: fold-ensemble of 3 resnet18 models (folds 1, 2, 3 of the cross-validation)" in card
+    assert "2 MedMNIST-C corruptions" in card and "the served model; clean hold-out in brackets" in card
+    assert "AUROC 0.970 [0.995]" in card  # its own mean over the shifts, not the fold models'
+    assert "each after the temperature fitted on its own validation fold" in card
+
+
 @pytest.mark.parametrize("name", DATASETS)
 def test_every_dataset_has_a_card_with_its_licence_and_label_mapping(name: str) -> None:
     card = dataset_card(name)

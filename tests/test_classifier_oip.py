@@ -22,11 +22,13 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 import urllib3
 from PIL import Image
 from test_classifier_handler import batch_context, dicom_bytes, encode, gated, pixels  # noqa: F401 (fixtures)
+from test_ensemble import TEMPERATURES, save_gated_ensemble
 from tritonclient.utils import InferenceServerException
 
 from services.classifier.oip_models import (  # not .oip: kserve and tritonclient.grpc clash in one process
@@ -40,6 +42,7 @@ from services.classifier.oip_models import (  # not .oip: kserve and tritonclien
 )
 from services.classifier.torchserve import free_port
 from shared.errors import ConfigError
+from shared.models.classifier import classifier_transform, load_classifier
 from shared.models.export import export_classifier
 from shared.serving.archive import build_model_archive
 from shared.serving.handler import PneumoniaHandler
@@ -413,6 +416,40 @@ def test_a_model_put_in_the_directory_is_loaded_while_running(
     assert "registered_model" not in served.get_response().parameters  # a model without a registry.json
     rest.unload_model(name, headers=auth())
     assert not rest.is_model_ready(name)
+
+
+def test_a_fold_ensemble_is_served_with_its_threshold_gate_and_explanations(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    server: Server,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    """The model train-classifier serves by default: the fold models as one, its own threshold and gate."""
+    name = "ensemble"
+    (server.model_dir / name).mkdir()
+    members = save_gated_ensemble(server.model_dir / name / "model.pth", pixels)
+    rest.load_model(name, headers=auth())
+    transform = classifier_transform(load_classifier(server.model_dir / name / "model.pth")[1], train=False)
+    x = transform(Image.open(io.BytesIO(encode(pixels, "PNG"))).convert("L"))[None]
+    with torch.no_grad():
+        expected = float(
+            np.mean([torch.softmax(m(x) / t, dim=1)[0, 1] for m, t in zip(members, TEMPERATURES, strict=True)])
+        )
+    for result in (
+        rest_infer(rest, [encode(pixels, "PNG")], name),
+        grpc_infer(grpc_client, [encode(pixels, "PNG")], name),
+    ):
+        ((label, p),) = answers(result)
+        assert p == pytest.approx(expected, abs=1e-5)  # the mean of the members' calibrated probabilities
+        assert label == ("pneumonia" if p >= 0.4 else "normal")  # at the ensemble's own threshold
+    parameters = rest_infer(rest, [encode(pixels, "PNG")], name).get_response()["parameters"]
+    assert parameters["model"] == "fold-ensemble of 3 resnet18 models (mean calibrated probability)"
+    assert parameters["operating_rule"] == "prevalence" and float(parameters["decision_threshold"]) == 0.4
+    explained = rest_infer(rest, [encode(pixels, "PNG")], name, parameters={"explain": True})
+    assert Image.open(io.BytesIO(base64.b64decode(explained.as_numpy(GRADCAM_OUTPUT)[0]))).format == "PNG"
+    with pytest.raises(InferenceServerException, match=r"out_of_distribution"):  # its gate, on its own features
+        rest_infer(rest, [encode(255 - pixels, "PNG")], name)
+    rest.unload_model(name, headers=auth())
 
 
 def test_model_directory_layout(tmp_path: Path) -> None:

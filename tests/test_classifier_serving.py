@@ -42,24 +42,34 @@ from shared.errors import ConfigError, PneumoniaError
 from shared.images import sha256_file
 from shared.models.classifier import build_classifier, classifier_config, classifier_transform, load_classifier
 from shared.models.classifier import save_classifier as save
+from shared.models.ensemble import FoldEnsemble, ensemble_config
 from shared.serving.archive import build_model_archive
 from shared.serving.handler import BATCH_SIZE_HEADER, PROBABILITY_HEADER, decode_image
 from shared.storage import LocalStore, S3Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "pneumonia"
+ENSEMBLE_TEMPERATURES = (0.8, 1.5)
 SIZE = 28
 MAX_REQUEST_SIZE = 1_000_000
 ANY_PORT = {f"{name}_port": 0 for name in ("inference", "management", "metrics", "grpc", "grpc_management")}
 
 
+def fold_models() -> list[torch.nn.Module]:
+    """Two seeded resnet18s with the small-input stem, 28 px, 1 channel: the fold models of a 2-fold run."""
+    models = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        models.append(build_classifier("resnet18", in_channels=1, image_size=SIZE, weights="none").eval())
+    return models
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny classifier: resnet18 with the small-input stem, 28 px, 1 channel, seeded random weights."""
-    torch.manual_seed(0)
-    model = build_classifier("resnet18", in_channels=1, image_size=SIZE, weights="none")
+    """The served model as train-classifier writes it: the fold-ensemble of two fold models (without calibration)."""
     path = tmp_path_factory.mktemp("classifier") / "baseline_resnet18.pth"
-    save(path, model, classifier_config("resnet18", 1, SIZE, "baseline", "none"))
+    config = ensemble_config(classifier_config("resnet18", 1, SIZE, "baseline", "none"), [1, 2], ENSEMBLE_TEMPERATURES)
+    save(path, FoldEnsemble(fold_models(), ENSEMBLE_TEMPERATURES), config)
     return path
 
 
@@ -103,13 +113,23 @@ def client(server: TorchServe) -> Iterator[ClassifierClient]:
 
 @pytest.fixture(scope="module")
 def reference(checkpoint: Path) -> Callable[[bytes], float]:
-    """P(pneumonia) of the same checkpoint called in-process (the handler's decoding, the model's own transform)."""
-    model, config = load_classifier(checkpoint, torch.device("cpu"))
+    """P(pneumonia) the fold models give in-process (the handler's decoding, the model's own transform), each after
+    its temperature, averaged."""
+    _, config = load_classifier(checkpoint, torch.device("cpu"))
     transform = classifier_transform(config, train=False)
+    models = fold_models()
 
     def p_pneumonia(body: bytes) -> float:
+        x = transform(decode_image(body))[None]
         with torch.no_grad():
-            return float(torch.softmax(model(transform(decode_image(body))[None]), dim=1)[0, PNEUMONIA])
+            return float(
+                np.mean(
+                    [
+                        torch.softmax(model(x) / t, dim=1)[0, PNEUMONIA]
+                        for model, t in zip(models, ENSEMBLE_TEMPERATURES, strict=True)
+                    ]
+                )
+            )
 
     return p_pneumonia
 
@@ -211,8 +231,10 @@ def test_rest_and_grpc_answer_like_the_model_in_process(
             "pneumonia_probability",
             "decision_threshold",
             "operating_rule",
+            "model",
             "model_version",
         }
+        assert answer["model"] == "fold-ensemble of 2 resnet18 models (mean calibrated probability)"
         assert answer["decision_threshold"] == 0.5  # the fixture's model has no calibration
         assert answer["pneumonia_probability"] == pytest.approx(expected, abs=1e-5)
         assert answer["label"] == ("pneumonia" if expected >= 0.5 else "normal")

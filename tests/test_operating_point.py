@@ -121,8 +121,9 @@ def test_the_pooled_threshold_is_in_every_fold_checkpoint_and_the_served_archive
         assert calibration["temperature"] == records[fold - 1]["calibration"]["temperature"]
         assert calibration["n_threshold"] == final["n_develop"] and calibration["n_val"] < final["n_develop"]
     served = Path(final["model"])
-    assert served.read_bytes() == fold_model(root, final["selected_fold"]).read_bytes()
-    assert final["calibration"] == load_classifier(served)[1]["calibration"]
+    config = load_classifier(served)[1]  # the fold-ensemble: the same threshold, its members' temperatures inside
+    assert final["calibration"] == config["calibration"] and config["calibration"]["threshold"] == threshold
+    assert config["ensemble"]["temperatures"] == [r["calibration"]["temperature"] for r in records]
 
     archive = build_model_archive(served, tmp_path, "pneumonia")
     with zipfile.ZipFile(archive) as mar:
@@ -136,7 +137,7 @@ def test_holdout_is_reported_at_half_and_at_the_pooled_threshold(run: tuple[Path
     assert [m["threshold"] for m in final["holdout_operating_point_per_fold"]] == [threshold] * K
     assert [m["threshold"] for m in final["holdout_per_fold"]] == [0.5] * K
     served = final["operating_point"]["served"]
-    assert served["fold"] == final["selected_fold"]
+    assert served["threshold"] == threshold
     for name in ("accuracy", "sensitivity", "specificity"):
         assert served["holdout_at_0.5"][name] == final["holdout"][name]
         assert served["holdout_at_threshold"][name] == final["holdout_operating_point"][name]
@@ -149,8 +150,7 @@ def test_holdout_is_reported_at_half_and_at_the_pooled_threshold(run: tuple[Path
     summary = format_summary(final)
     for fold in range(1, K + 1):
         assert f"fold {fold} @ 0.500" in summary and f"fold {fold} @ {threshold:.3f}" in summary
-    selected = f"selected ({final['selected_fold']})"
-    assert f"{selected} @ 0.500" in summary and f"{selected} @ {threshold:.3f}" in summary
+    assert "ensemble @ 0.500" in summary and f"ensemble @ {threshold:.3f}" in summary
     assert f"chosen on {final['n_develop']} pooled out-of-fold validation predictions" in summary
 
 

@@ -4,6 +4,7 @@ images reach training folds only, and bad options fail with a clear message."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from shared.corruptions import CORRUPTIONS, CorruptedImages
 from shared.datasets import ArrayImages, load_dataset
 from shared.datasets.phantom import write_phantom_dataset
 from shared.errors import CheckpointError, ConfigError
+from shared.metrics import binary_metrics
 from shared.models.classifier import load_classifier
+from shared.models.ensemble import FoldEnsemble
 from shared.operating_rule import OperatingRule
 from shared.plausibility import PlausibilityGate
 from shared.predictions import read_holdout_predictions, read_shifted_predictions
@@ -84,27 +87,67 @@ def test_each_strategy_writes_all_outputs(runs: Path, strategy: str) -> None:
 
     final = json.loads((runs / "metrics" / f"{strategy}_final_metrics.json").read_text())
     assert final["model"] == str(runs / "models" / f"{strategy}_resnet18.pth")
-    selected = final["selected_fold"]
-    aurocs = [-1.0 if f["auroc"] is None else f["auroc"] for f in cv["folds"]]
-    assert selected == 1 + int(np.argmax(aurocs))
-    assert final["holdout"] == final["holdout_per_fold"][selected - 1]
-    assert (runs / "models" / f"{strategy}_resnet18.pth").read_bytes() == (
-        runs / "models" / f"fold_{selected}_{strategy}_resnet18.pth"
-    ).read_bytes()
     assert final["n_synthetic_pool"] == (0 if strategy == "baseline" else NUM_SYNTHETIC)
 
-    # Calibration and the plausibility gate were fitted per fold and travel in the selected model's config.
-    _, config = load_classifier(runs / "models" / f"{strategy}_resnet18.pth")
+    # The served model is the fold-ensemble: both fold models as they were saved, each with its own temperature.
+    assert final["final_model"]["kind"] == "fold-ensemble" and final["final_model"]["folds"] == [1, 2]
+    assert final["selected_fold"] is None and final["n_train_real"] == final["n_develop"]
+    model, config = load_classifier(runs / "models" / f"{strategy}_resnet18.pth")
+    assert isinstance(model, FoldEnsemble) and config["ensemble"]["folds"] == [1, 2]
+    for fold, member in zip((1, 2), model.members, strict=True):
+        fold_model, fold_config = load_classifier(runs / "models" / f"fold_{fold}_{strategy}_resnet18.pth")
+        fold_weights = {k: v for k, v in fold_model.state_dict().items() if not k.startswith("fc.")}
+        assert all(torch.equal(member.state_dict()[k], v) for k, v in fold_weights.items())
+        assert torch.equal(model.fc.heads[fold - 1].weight, fold_model.fc.weight)
+        assert config["ensemble"]["temperatures"][fold - 1] == fold_config["calibration"]["temperature"]
+    # Its hold-out answers are the mean of the fold models' calibrated probabilities, at its own threshold: the run's
+    # operating rule on the pooled out-of-fold validation predictions (the hold-out never enters).
     assert config["calibration"] == final["calibration"]
-    assert config["calibration"]["temperature"] > 0 and 0 <= config["calibration"]["threshold"] <= 1
-    assert config["calibration"]["n_val"] == cv["folds"][selected - 1]["n"]  # fitted on the validation fold
-    assert config["plausibility"]["fitted_on"] > 0 and len(config["plausibility"]["features"]["mean"]) == 512
+    assert config["calibration"]["temperature"] == 1.0
+    assert config["calibration"]["threshold"] == final["operating_point"]["threshold"]
+    assert config["calibration"]["n_val"] == sum(f["n"] for f in cv["folds"])
+    clean = read_holdout_predictions(runs / "metrics" / f"{strategy}_holdout_predictions.csv")
+    mean = np.mean([clean.probability[f"fold_{fold}"] for fold in (1, 2)], axis=0)
+    assert final["holdout"]["auroc"] == pytest.approx(binary_metrics(clean.labels, mean)["auroc"], abs=1e-9)
+    assert final["holdout"]["accuracy"] == pytest.approx(binary_metrics(clean.labels, mean)["accuracy"], abs=1e-9)
+    assert config["plausibility"]["fitted_on"] > 0 and len(config["plausibility"]["features"]["mean"]) == 2 * 512
+    assert set(final["served_shifted"]["shifts"]) == set(final["shifted"]["shifts"])
     operating = final["holdout_operating_point"]
     assert operating["threshold"] == pytest.approx(config["calibration"]["threshold"])
+    assert operating["accuracy"] == pytest.approx(
+        binary_metrics(clean.labels, mean, config["calibration"]["threshold"])["accuracy"], abs=1e-9
+    )
     assert operating["n"] == final["holdout"]["n"] and 0 <= operating["ece_calibrated"] <= 1
     assert final["holdout_operating_point_summary"]["average"]["accuracy"] == pytest.approx(
         np.mean([m["accuracy"] for m in final["holdout_operating_point_per_fold"]])
     )
+
+
+@pytest.mark.slow
+def test_best_fold_serves_the_fold_model_with_the_best_validation_auroc(
+    runs: Path, phantom_dir: Path, tmp_path: Path
+) -> None:
+    """--final-model best-fold on the finished run (--resume: nothing is retrained) copies that fold model."""
+    for folder in ("models", "metrics", "figures", "synthetic"):
+        shutil.copytree(runs / folder, tmp_path / folder)
+    argv = ["train-classifier", "--data-dir", str(phantom_dir), *output_args(tmp_path), *FAST, "--k-folds", "2"]
+    assert pneumonia([*argv, *STRATEGY_FLAGS["baseline"], "--resume", "--final-model", "best-fold"]) == 0
+    cv = json.loads((tmp_path / "metrics" / "baseline_cv_summary.json").read_text())
+    final = json.loads((tmp_path / "metrics" / "baseline_final_metrics.json").read_text())
+    selected = final["selected_fold"]
+    assert selected == 1 + int(np.argmax([-1.0 if f["auroc"] is None else f["auroc"] for f in cv["folds"]]))
+    assert final["final_model"] == {
+        "kind": "best-fold",
+        "description": f"the resnet18 model of fold {selected}, the best validation AUROC",
+        "folds": [selected],
+    }
+    assert final["holdout"] == {k: v for k, v in final["holdout_per_fold"][selected - 1].items() if k != "fold"}
+    assert (tmp_path / "models" / "baseline_resnet18.pth").read_bytes() == (
+        tmp_path / "models" / f"fold_{selected}_baseline_resnet18.pth"
+    ).read_bytes()
+    _, config = load_classifier(tmp_path / "models" / "baseline_resnet18.pth")
+    assert config["calibration"] == final["calibration"] and "ensemble" not in config
+    assert config["calibration"]["n_val"] == cv["folds"][selected - 1]["n"]  # fitted on its validation fold
 
 
 @pytest.mark.slow

@@ -229,6 +229,7 @@ class PneumoniaModel(Model):
         parameters: dict[str, Any] = {
             "decision_threshold": str(self.predictor.threshold),
             "operating_rule": self.predictor.operating_rule,
+            "model": self.predictor.model_description,
         }
         if self.predictor.registered:
             parameters["registered_model"] = self.predictor.registered["uri"]

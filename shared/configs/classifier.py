@@ -138,6 +138,14 @@ class ClassifierTrainingConfig(StepConfig):
         "validation fold, and the hold-out never enters either",
         kind="local",
     )
+    final_model: Literal["fold-ensemble", "best-fold"] = option(
+        "fold-ensemble",
+        "the strategy's served model. fold-ensemble: all fold models as one, averaging their calibrated "
+        "probabilities, so it has learned from every development image, with its own threshold (the operating rule "
+        "on the pooled out-of-fold predictions) and plausibility gate (services.trainer.classification.final_model); "
+        "best-fold: the fold model with the best validation AUROC",
+        kind="local",
+    )
     shift_severities: str = option(
         "3",
         "MedMNIST-C severities (1-5, comma-separated) at which every fold model is also scored on corrupted copies "

@@ -7,7 +7,8 @@ and message.
 The .mar's serialized file is one of our classifier checkpoints (`save_classifier`); its saved config gives the
 preprocessing, so the served model sees exactly what it saw in evaluation. Each answer is
 {"label": "pneumonia" | "normal", "pneumonia_probability": float, "decision_threshold": float (the operating point
-the label used), "operating_rule": str (the rule that chose it, e.g. "prevalence"), "model_version": str} and,
+the label used), "operating_rule": str (the rule that chose it, e.g. "prevalence"), "model": str (what is served, e.g.
+"fold-ensemble of 3 resnet18 models (mean calibrated probability)"), "model_version": str} and,
 when the .mar names its MLflow registry version (registry.json, written
 by the orchestrator), "registered_model": "models:/<name>/<version>".
 

@@ -34,6 +34,7 @@ from shared.dicom import DicomError, check_inflated_size, display_values
 from shared.errors import PneumoniaError
 from shared.images import MAX_IMAGE_PIXELS, sha256_file
 from shared.models.classifier import classifier_transform, load_classifier, penultimate_features
+from shared.models.ensemble import describe_model
 from shared.models.export import FORMATS as EXPORT_FORMATS
 from shared.models.export import load_exported
 from shared.plausibility import GRAY_MODES, ImplausibleImageError, PlausibilityGate, check_features, check_image
@@ -260,10 +261,15 @@ class Predictor:
         "0.5" for a model saved without calibration."""
         return str(self.calibration.rule) if self.calibration is not None else "0.5"
 
+    @property
+    def model_description(self) -> str:
+        """What is served, in a few words: "fold-ensemble of 3 resnet18 models (...)" or "one resnet18 model"."""
+        return describe_model(self.config)
+
     def answers(self, logits: torch.Tensor) -> list[dict[str, Any]]:
         """Logits -> one answer per row: calibrated P(pneumonia), label at the model's operating point (plain
-        softmax and 0.5 for a model saved without calibration) and that threshold, model version, and the MLflow
-        registry version when the model names one."""
+        softmax and 0.5 for a model saved without calibration), that threshold and the rule that chose it, what the
+        model is (a fold-ensemble or one model), its version, and the MLflow registry version when it names one."""
         values = logits.detach().double().cpu().numpy()
         threshold = self.threshold
         registry = {"registered_model": self.registered["uri"]} if self.registered else {}
@@ -273,6 +279,7 @@ class Predictor:
                 "pneumonia_probability": float(p),
                 "decision_threshold": threshold,
                 "operating_rule": self.operating_rule,
+                "model": self.model_description,
                 "model_version": self.version,
                 **registry,
             }

@@ -167,8 +167,8 @@ def apply_operating_point(
                 "fold": record["fold"],
                 "threshold": calibration.threshold,
                 "fold_threshold": calibration.fold_threshold,
-                "holdout_at_0.5": _decision_metrics(record["holdout_metrics"]),
-                "holdout_at_threshold": _decision_metrics(operating),
+                "holdout_at_0.5": decision_metrics(record["holdout_metrics"]),
+                "holdout_at_threshold": decision_metrics(operating),
             }
         )
     first = calibrations[0]
@@ -199,5 +199,6 @@ def apply_operating_point(
     return updated, summary
 
 
-def _decision_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+def decision_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The threshold and the accuracy, sensitivity and specificity at it, of a binary_metrics result."""
     return {name: metrics[name] for name in ("threshold", "accuracy", "sensitivity", "specificity")}

@@ -1,4 +1,4 @@
-"""A strategy's results: the selected model, the metrics files and figures, and the summary table."""
+"""A strategy's results: the metrics files and figures of its fold models and served model, and the summary table."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.classification.operating_point import pooled_validation_predictions
+from services.trainer.classification.final_model import best_fold, final_best_fold
+from services.trainer.classification.operating_point import decision_metrics, pooled_validation_predictions
 from services.trainer.classification.plots import (
     plot_cv_metrics,
     plot_holdout_reliability,
     plot_synthetic_ratio,
     plot_training_curves,
 )
+from services.trainer.classification.shift import fold_shift_scores
 from services.trainer.classification.state import (
-    fold_model_path,
     run_config,
 )
 from shared import layout
@@ -23,8 +24,8 @@ from shared.calibration import choose_threshold
 from shared.configs import ClassifierTrainingConfig
 from shared.curriculum import Schedule
 from shared.datasets import LabelledImages
-from shared.images import atomic_write_bytes, atomic_write_json
-from shared.metrics import COMMON_SENSITIVITY, binary_metrics, specificity_at_sensitivity, summarize_folds
+from shared.images import atomic_write_json
+from shared.metrics import COMMON_SENSITIVITY, binary_metrics, summarize_folds
 from shared.operating_rule import OperatingRule
 from shared.predictions import write_holdout_predictions, write_shifted_predictions
 
@@ -38,52 +39,61 @@ def write_strategy_results(
     holdout: LabelledImages,
     pool: LabelledImages | None,
     operating_point: dict[str, Any] | None = None,
+    final_model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Select the strategy's model among the fold models; write the metrics and figures; return the final metrics.
-    `operating_point`: apply_operating_point's summary (the fold checkpoints already carry its threshold)."""
+    """Write the metrics and figures of the strategy whose served model final_model.final_model wrote; return the
+    final metrics. `operating_point`: apply_operating_point's summary (the fold checkpoints already carry its
+    threshold); `final_model`: the served model's record (None: the best fold model, copied here)."""
     model_dir, results_dir, figures_dir = Path(options.model_dir), Path(options.results_dir), Path(options.figures_dir)
     fold_histories = [{"fold": r["fold"], "epochs": r["history"]} for r in folds_done]
     val_per_fold = [{"fold": r["fold"], **r["val_metrics"]} for r in folds_done]
     holdout_per_fold = [{"fold": r["fold"], **r["holdout_metrics"]} for r in folds_done]
     operating_per_fold = [{"fold": r["fold"], **r["holdout_operating_point"]} for r in folds_done]
-    best: dict[str, Any] = {}
-    for record in folds_done:
-        auroc = -1.0 if record["val_metrics"]["auroc"] is None else record["val_metrics"]["auroc"]
-        if not best or auroc > best["auroc"]:
-            best = {"fold": record["fold"], "auroc": auroc, "n_train_real": record["n_train_real"]}
-
-    # The strategy's model is the selected fold model itself: no retraining.
+    served = final_model or final_best_fold(
+        folds_done, options, model_dir / layout.strategy_model_name(strategy, options.arch)
+    )
     model_path = model_dir / layout.strategy_model_name(strategy, options.arch)
-    atomic_write_bytes(model_path, fold_model_path(model_dir, best["fold"], strategy, options.arch).read_bytes())
     cv_summary = {"strategy": strategy, "folds": val_per_fold, **summarize_folds(val_per_fold)}
     final = {
         "strategy": strategy,
         "model": str(model_path),
-        "selected_fold": best["fold"],
-        "holdout": holdout_per_fold[best["fold"] - 1],
+        # What is served: the fold-ensemble (every fold model) or one fold model, and its own scores below
+        "final_model": {key: served[key] for key in ("kind", "description", "folds")},
+        "selected_fold": served["folds"][0] if served["kind"] == "best-fold" else None,
+        "holdout": served["holdout"],  # the served model's, at 0.5
         "holdout_per_fold": holdout_per_fold,
         "holdout_summary": summarize_folds(holdout_per_fold),
-        # At the calibrated threshold each fold model carries (--operating-point: pooled out-of-fold validation
-        # predictions, or its own validation fold), with ECE before and after; "holdout*" above: at 0.5.
-        "holdout_operating_point": operating_per_fold[best["fold"] - 1],
+        # At the calibrated threshold (--operating-point: pooled out-of-fold validation predictions, or each fold's
+        # own validation fold), with ECE before and after; "holdout*" above: at 0.5.
+        "holdout_operating_point": served["holdout_operating_point"],
         "holdout_operating_point_per_fold": operating_per_fold,
         "holdout_operating_point_summary": summarize_folds(operating_per_fold),
-        "calibration": folds_done[best["fold"] - 1]["calibration"],
+        "calibration": served["calibration"],
         "operating_rule": options.operating_rule,
         "operating_point": (
             None
             if operating_point is None
-            else {**operating_point, "served": operating_point["per_fold"][best["fold"] - 1]}
+            else {
+                **operating_point,
+                "served": {
+                    "threshold": served["calibration"]["threshold"],
+                    "holdout_at_0.5": decision_metrics(served["holdout"]),
+                    "holdout_at_threshold": decision_metrics(served["holdout_operating_point"]),
+                },
+            }
         ),
-        # MedMNIST-C corruptions of the hold-out: the fold models' mean metrics per shift beside the clean hold-out's
+        # MedMNIST-C corruptions of the hold-out: the fold models' mean metrics per shift beside the clean hold-out's,
+        # and the served model's own
         "shifted": shifted_summary(folds_done),
+        "served_shifted": served["shifted"],
         # The old rule and the others beside the one in force, each on the same pooled validation predictions, and
         # how each fares on the hold-out and under shift (a rule is chosen for the data it will meet, not the pool)
         "operating_rules": compare_rules(folds_done, options.operating_rule)
         if options.operating_point == "pooled"
         else None,
         "class_balance": options.class_balance,
-        "n_train_real": best["n_train_real"],
+        # Real images the served model learned from: one training fold's, or (the ensemble) all development images
+        "n_train_real": len(develop) if served["kind"] == "fold-ensemble" else best_fold(folds_done)["n_train_real"],
         "n_synthetic_pool": len(pool) if pool is not None else 0,
         "class_mix": pooled_class_mix(folds_done),
         "n_develop": len(develop),
@@ -116,21 +126,6 @@ def write_strategy_results(
     return final
 
 
-def shift_metrics(labels: Any, probabilities: dict[str, list], threshold: float) -> dict[str, Any]:
-    """One fold model on one set: AUROC, accuracy, sensitivity and specificity at its threshold and at 0.5, the
-    specificity at the common sensitivity, and the share of images its gate refused."""
-    at_threshold = binary_metrics(labels, probabilities["calibrated"], threshold)
-    at_half = binary_metrics(labels, probabilities["uncalibrated"])
-    metrics = {name: at_threshold[name] for name in ("auroc", "accuracy", "sensitivity", "specificity")}
-    metrics |= {f"{name}_at_0.5": at_half[name] for name in ("accuracy", "sensitivity", "specificity")}
-    metrics["specificity_at_sensitivity_0.95"] = specificity_at_sensitivity(
-        labels, probabilities["calibrated"], COMMON_SENSITIVITY
-    )
-    if "refused" in probabilities:
-        metrics["refused"] = float(np.mean(probabilities["refused"]))
-    return metrics
-
-
 def shifted_summary(folds_done: list[dict[str, Any]]) -> dict[str, Any] | None:
     """{"holdout": the clean hold-out, "shifts": {shift: ...}}: shift_metrics averaged over the fold models, each at
     its threshold; None when the folds were not scored under shift (--shift-severities none, or older records)."""
@@ -140,23 +135,10 @@ def shifted_summary(folds_done: list[dict[str, Any]]) -> dict[str, Any] | None:
     def mean_over_folds(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
         return summarize_folds([{"fold": i, **m} for i, m in enumerate(per_fold)])["average"]
 
-    holdout = [
-        shift_metrics(
-            r["holdout_probabilities"]["labels"],
-            {**r["holdout_probabilities"], "refused": r["holdout_refused"]},
-            r["calibration"]["threshold"],
-        )
-        for r in folds_done
-    ]
-    labels = folds_done[0]["holdout_probabilities"]["labels"]
+    per_fold = [fold_shift_scores(record) for record in folds_done]
+    holdout = [scores["holdout"] for scores in per_fold]
     shifts = {
-        shift: mean_over_folds(
-            [
-                shift_metrics(labels, r["shifted_probabilities"][shift], r["calibration"]["threshold"])
-                for r in folds_done
-            ]
-        )
-        for shift in folds_done[0]["shifted_probabilities"]
+        shift: mean_over_folds([scores["shifts"][shift] for scores in per_fold]) for shift in per_fold[0]["shifts"]
     }
     return {"common_sensitivity": COMMON_SENSITIVITY, "holdout": mean_over_folds(holdout), "shifts": shifts}
 
@@ -241,7 +223,7 @@ def pooled_class_mix(folds_done: list[dict[str, Any]]) -> dict[str, dict[str, in
 
 
 def format_summary(final: dict[str, Any]) -> str:
-    """A short table: hold-out metrics of each fold model and of the selected model, at 0.5 and at its threshold."""
+    """A short table: hold-out metrics of each fold model and of the served model, at 0.5 and at its threshold."""
 
     def cell(value: float | None) -> str:
         return "   n/a" if value is None else f"{value:6.3f}"
@@ -258,11 +240,12 @@ def format_summary(final: dict[str, Any]) -> str:
     rows.append(f"{'model @ threshold':<22}" + "".join(f"{n:>13}" for n in names))
     for at_half, operating in zip(final["holdout_per_fold"], final["holdout_operating_point_per_fold"], strict=True):
         rows += [row(f"fold {at_half['fold']}", at_half), row(f"fold {at_half['fold']}", operating)]
-    selected = f"selected ({final['selected_fold']})"
+    final_kind = (final.get("final_model") or {}).get("kind", "best-fold")
+    selected = "ensemble" if final_kind == "fold-ensemble" else f"selected ({final['selected_fold']})"
     op = final["holdout_operating_point"]
     rows += [row(selected, final["holdout"]), row(selected, op)]
     rows.append(
-        f"selected model's ECE: {op['ece_uncalibrated']:.3f} plain softmax, {op['ece_calibrated']:.3f} calibrated"
+        f"served model's ECE: {op['ece_uncalibrated']:.3f} plain softmax, {op['ece_calibrated']:.3f} calibrated"
     )
     point = final.get("operating_point")
     if point is not None and point["rule"] == "pooled":
@@ -274,19 +257,9 @@ def format_summary(final: dict[str, Any]) -> str:
         )
     elif point is not None:
         rows.append("thresholds chosen on each fold model's own validation fold")
-    shifted = final.get("shifted")
-    if shifted:
-        mean = {
-            name: float(np.mean([m[name] for m in shifted["shifts"].values() if m[name] is not None]))
-            for name in ("auroc", "accuracy", "accuracy_at_0.5", "refused")
-        }
-        clean = shifted["holdout"]
-        rows.append(
-            f"under shift (mean of {len(shifted['shifts'])} MedMNIST-C corruptions of the hold-out; clean hold-out "
-            f"in brackets): AUROC {mean['auroc']:.3f} [{clean['auroc']:.3f}], accuracy {mean['accuracy']:.3f} "
-            f"[{clean['accuracy']:.3f}] at the threshold, {mean['accuracy_at_0.5']:.3f} "
-            f"[{clean['accuracy_at_0.5']:.3f}] at 0.5; the gate refused {mean['refused']:.1%} [{clean['refused']:.1%}]"
-        )
+    for whose, shifted in (("fold models' mean", final.get("shifted")), ("served model", final.get("served_shifted"))):
+        if shifted:
+            rows.append(f"under shift, {whose}: {shift_sentence(shifted)}")
     for rule, entry in (final.get("operating_rules") or {}).items():
         under_shift = entry.get("shifted_mean")
         shift_text = (
@@ -303,3 +276,18 @@ def format_summary(final: dict[str, Any]) -> str:
         )
     rows.append(f"model: {final['model']}")
     return "\n".join(rows)
+
+
+def shift_sentence(shifted: dict[str, Any]) -> str:
+    """The mean over the shifted sets of AUROC, accuracy and the gate's refusals, the clean hold-out's in brackets."""
+    mean = {
+        name: float(np.mean([m[name] for m in shifted["shifts"].values() if m[name] is not None]))
+        for name in ("auroc", "accuracy", "accuracy_at_0.5", "refused")
+    }
+    clean = shifted["holdout"]
+    return (
+        f"mean of {len(shifted['shifts'])} MedMNIST-C corruptions of the hold-out (clean hold-out in brackets): "
+        f"AUROC {mean['auroc']:.3f} [{clean['auroc']:.3f}], accuracy {mean['accuracy']:.3f} [{clean['accuracy']:.3f}] "
+        f"at the threshold, {mean['accuracy_at_0.5']:.3f} [{clean['accuracy_at_0.5']:.3f}] at 0.5; the gate refused "
+        f"{mean['refused']:.1%} [{clean['refused']:.1%}]"
+    )

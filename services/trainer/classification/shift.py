@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from shared.calibration import Calibration, calibrated_probability, pneumonia_probability
 from shared.corruptions import CORRUPTIONS, CorruptedImages, shift_name
 from shared.datasets import LabelledImages
+from shared.metrics import COMMON_SENSITIVITY, binary_metrics, specificity_at_sensitivity
 from shared.models.classifier import classifier_transform, penultimate_features
 from shared.plausibility import ImplausibleImageError, PlausibilityGate, check_image
 
@@ -57,6 +59,36 @@ def gated_predictions(
             far = feature_scores > gate.max_feature_score
             refused += [int(by_image or by_features) for by_image, by_features in zip(image_refused, far, strict=True)]
     return {"uncalibrated": plain, "calibrated": calibrated, "refused": refused}
+
+
+def shift_metrics(labels: Any, probabilities: dict[str, list], threshold: float) -> dict[str, Any]:
+    """One fold model on one set: AUROC, accuracy, sensitivity and specificity at its threshold and at 0.5, the
+    specificity at the common sensitivity, and the share of images its gate refused."""
+    at_threshold = binary_metrics(labels, probabilities["calibrated"], threshold)
+    at_half = binary_metrics(labels, probabilities["uncalibrated"])
+    metrics = {name: at_threshold[name] for name in ("auroc", "accuracy", "sensitivity", "specificity")}
+    metrics |= {f"{name}_at_0.5": at_half[name] for name in ("accuracy", "sensitivity", "specificity")}
+    metrics["specificity_at_sensitivity_0.95"] = specificity_at_sensitivity(
+        labels, probabilities["calibrated"], COMMON_SENSITIVITY
+    )
+    if "refused" in probabilities:
+        metrics["refused"] = float(np.mean(probabilities["refused"]))
+    return metrics
+
+
+def fold_shift_scores(record: dict[str, Any]) -> dict[str, Any]:
+    """One fold model's shift_metrics at its threshold: {"holdout": the clean hold-out, "shifts": {shift: ...}}."""
+    threshold = record["calibration"]["threshold"]
+    labels = record["holdout_probabilities"]["labels"]
+    return {
+        "holdout": shift_metrics(
+            labels, {**record["holdout_probabilities"], "refused": record["holdout_refused"]}, threshold
+        ),
+        "shifts": {
+            shift: shift_metrics(labels, probabilities, threshold)
+            for shift, probabilities in record["shifted_probabilities"].items()
+        },
+    }
 
 
 def shifted_holdout_predictions(

@@ -24,8 +24,11 @@ TRAINING_STATE = "classifier-training-state"
 # fold_index differs between the pods of one cross-validation, so it is not part of what a run trains either.
 # operating_point is applied to the stored fold records when the results are written.
 RESUME_MAY_CHANGE = frozenset(
-    {"resume", "workers", "cpu", "model_dir", "results_dir", "figures_dir", "verbose", "fold_index", "operating_point"}
-)
+    {
+        "resume", "workers", "cpu", "model_dir", "results_dir", "figures_dir", "verbose", "fold_index",
+        "operating_point", "final_model",
+    }
+)  # fmt: skip
 # In a fold checkpoint rewritten with the run's operating point: the sha256 of the checkpoint its fold's training wrote.
 TRAINED_SHA256 = "trained_checkpoint_sha256"
 

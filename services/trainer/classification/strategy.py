@@ -13,6 +13,7 @@ from services.trainer.classification.data import (
     fold_indices,
     subsample,
 )
+from services.trainer.classification.final_model import final_model
 from services.trainer.classification.loop import FoldHooks, train_fold
 from services.trainer.classification.operating_point import (
     apply_operating_point,
@@ -200,6 +201,15 @@ def train_strategy(
     folds_done, operating_point = apply_operating_point(
         folds_done, options.operating_point, model_dir, strategy, options.arch
     )
+    served = final_model(folds_done, options, develop, holdout, device)
     return write_strategy_results(
-        options, strategy, schedule, folds_done, develop, holdout, pool, operating_point=operating_point
+        options,
+        strategy,
+        schedule,
+        folds_done,
+        develop,
+        holdout,
+        pool,
+        operating_point=operating_point,
+        final_model=served,
     )

@@ -3,53 +3,112 @@ intercept, or a Modality LUT Sequence), then the VOI transform (the first window
 VOI LUT Function, or a VOI LUT Sequence), MONOCHROME1 inverted. An image with no VOI transform is shown from its
 minimum to its maximum. PS3.3 C.11.1 and C.11.2.
 
-Deflated transfer syntax: pydicom inflates the whole dataset before anything can look at it, so `check_inflated_size`
-inflates it first, a chunk at a time without keeping the output, and refuses a file that inflates past `limit` bytes
-(a few KB can inflate to GBs).
+Deflated transfer syntax: pydicom.dcmread inflates the whole dataset at once, unbounded (a few hundred KB can inflate
+to GBs), so `read_dicom` reads such a file itself: it finds where the dataset starts with pydicom's own file meta
+reader (no group length, a wrong one or elements in any order change nothing), measures the inflated size a chunk at
+a time without keeping it, refuses past `limit` bytes, and only then inflates it (bounded again) and parses the
+result as dcmread would. Every other file goes to dcmread unchanged: it inflates nothing.
 """
 
 from __future__ import annotations
 
+import io
 import zlib
 
 import numpy as np
-from pydicom.dataset import Dataset
+import pydicom
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_dataset, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from shared.images import MAX_IMAGE_PIXELS
 
-DEFLATED_TRANSFER_SYNTAX = b"1.2.840.10008.1.2.1.99"
 # The largest image we decode (MAX_IMAGE_PIXELS, 2 bytes each) and its header: more can only be a bomb.
 MAX_INFLATED_BYTES = 2 * MAX_IMAGE_PIXELS + (1 << 20)
-_PREAMBLE, _MAGIC = 128, b"DICM"
 _INFLATE_CHUNK = 1 << 20
-_GROUP_LENGTH = b"\x02\x00\x00\x00UL"  # (0002,0000) File Meta Information Group Length, explicit VR little endian
+_PREAMBLE, _MAGIC = 128, b"DICM"
 
 
 class DicomError(ValueError):
     """A DICOM file this module refuses, with the reason."""
 
 
-def check_inflated_size(body: bytes, limit: int = MAX_INFLATED_BYTES) -> None:
-    """Refuse a deflated-transfer-syntax file whose dataset inflates past `limit` bytes, inflating at most that much
-    (in 1 MiB pieces, none kept).
-    Files in any other transfer syntax (or with no standard file meta header) pass unchanged."""
-    start = _PREAMBLE + len(_MAGIC)
-    if body[_PREAMBLE:start] != _MAGIC or body[start : start + 6] != _GROUP_LENGTH:
-        return
-    meta_end = start + 12 + int.from_bytes(body[start + 8 : start + 12], "little")
-    if DEFLATED_TRANSFER_SYNTAX not in body[start:meta_end]:
-        return
-    inflater, pending, inflated = zlib.decompressobj(-zlib.MAX_WBITS), body[meta_end:], 0
+def _head(body: bytes) -> tuple[bytes | None, FileMetaDataset, Dataset, int]:
+    """(preamble, file meta, command set, offset of the dataset) as pydicom.dcmread reads them, by the same calls
+    (read_partial's): the offset is where dcmread starts to inflate a deflated dataset, whatever the file meta's
+    group length says or wherever its elements lie. InvalidDicomError without the 'DICM' prefix."""
+    fp = io.BytesIO(body)
+    preamble = read_preamble(fp, force=False)
+    file_meta = _read_file_meta_info(fp)
+    command_set = _read_command_set_elements(fp)
+    return preamble, file_meta, command_set, fp.tell()
+
+
+def _is_deflated(file_meta: FileMetaDataset, dataset: bytes) -> bool:
+    """Whether dcmread would inflate `dataset`: a deflated transfer syntax and something after the file meta."""
+    return bool(dataset) and file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+
+
+def _measure_inflated(deflated: bytes, limit: int) -> None:
+    """Inflate `deflated` 1 MiB at a time, counting and dropping the output (memory stays small): DicomError as soon
+    as it passes `limit` bytes, or for a stream that is corrupt or ends early."""
+    inflater, pending, inflated = zlib.decompressobj(-zlib.MAX_WBITS), deflated, 0
     try:
-        while pending and not inflater.eof:  # 1 MiB at a time, counted and dropped: memory stays small
-            inflated += len(inflater.decompress(pending, _INFLATE_CHUNK))
-            pending = inflater.unconsumed_tail
+        while not inflater.eof:
+            piece = inflater.decompress(pending, _INFLATE_CHUNK)
+            pending, inflated = inflater.unconsumed_tail, inflated + len(piece)
             if inflated > limit:
                 raise DicomError(f"DICOM file inflates past {limit} bytes (decompression bomb?)")
+            if not piece and not pending and not inflater.eof:  # input used up, no end of stream
+                raise DicomError("truncated or corrupt DICOM file: its deflated dataset ends before its deflate stream")
     except zlib.error as exc:
         raise DicomError(f"truncated or corrupt DICOM file: its deflated dataset does not inflate: {exc}") from exc
+
+
+def _inflate(deflated: bytes, limit: int) -> bytes:
+    """`deflated` inflated, at most `limit` bytes of it (what _measure_inflated allowed; DicomError past that)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(deflated, limit + 1)
+    except zlib.error as exc:
+        raise DicomError(f"truncated or corrupt DICOM file: its deflated dataset does not inflate: {exc}") from exc
+    if len(inflated) > limit:
+        raise DicomError(f"DICOM file inflates past {limit} bytes (decompression bomb?)")
+    if not inflater.eof:
+        raise DicomError("truncated or corrupt DICOM file: its deflated dataset ends before its deflate stream")
+    return inflated
+
+
+def check_inflated_size(body: bytes, limit: int = MAX_INFLATED_BYTES) -> None:
+    """Refuse (DicomError) a deflated-transfer-syntax file whose dataset inflates past `limit` bytes, inflating at
+    most that much (in 1 MiB pieces, none kept). Files in any other transfer syntax, or with no 'DICM' prefix, pass
+    unchanged; what pydicom raises for a file meta it cannot read."""
+    if body[_PREAMBLE : _PREAMBLE + len(_MAGIC)] != _MAGIC:
+        return
+    _, file_meta, _, start = _head(body)
+    if _is_deflated(file_meta, body[start:]):
+        _measure_inflated(body[start:], limit)
+
+
+def read_dicom(body: bytes, limit: int = MAX_INFLATED_BYTES) -> FileDataset:
+    """pydicom.dcmread(body) (force=False), but a deflated dataset is inflated here, refused (DicomError) before
+    more than `limit` bytes of it are kept and before any of it is parsed."""
+    preamble, file_meta, command_set, start = _head(body)
+    deflated = body[start:]
+    if not _is_deflated(file_meta, deflated):
+        return pydicom.dcmread(io.BytesIO(body), force=False)  # no other transfer syntax inflates anything on read
+    _measure_inflated(deflated, limit)  # a bomb is refused here, having kept 1 MiB at most
+    buffer = DicomBytesIO(_inflate(deflated, limit))
+    # What read_partial does with the inflated dataset: explicit VR little endian, command set elements added.
+    dataset = read_dataset(buffer, is_implicit_VR=False, is_little_endian=True)
+    if command_set:
+        dataset.update(command_set)
+    ds = FileDataset(buffer, dataset, preamble, file_meta, is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
 
 
 def _first(value: object) -> float:

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import shutil
 import threading
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -28,14 +27,15 @@ from services.trainer.job_run import JobRun
 from services.trainer.plan import (
     RECORDS_PREFIX,
     ClassifierRequest,
-    JobDirs,
     Request,
     check_inputs,
     effective_request,
+    job_dirs,
+    new_job_id,
     pin_weights,
     plan_job,
 )
-from services.trainer.records import JobEntry
+from services.trainer.records import InvalidRecordError, JobEntry
 from shared.configs import ClassifierTrainingConfig
 from shared.errors import ConfigError, ConflictError, PneumoniaError, ResourceExhaustedError
 from shared.storage import CorruptObjectError, NotFoundError, ObjectStore
@@ -81,7 +81,11 @@ class JobManager:
         entries = []
         for ref in self.store.list(self.config.models_bucket, RECORDS_PREFIX):
             try:
-                entries.append(JobEntry.from_record(self.store.get_bytes(ref.bucket, ref.key)))
+                entries.append(JobEntry.from_record(self.store.get_bytes(ref.bucket, ref.key), key=ref.key))
+            except InvalidRecordError as exc:
+                # Not a record this trainer wrote (a job id such as '..' or 'a/b' would become a path below
+                # WORK_DIR and a key): never read as a job, left in place for inspection.
+                log.warning("skipping job record %s (left in place): %s", ref.uri, exc)
             except (CorruptObjectError, ValueError, KeyError, TypeError, json_format.ParseError) as exc:
                 # One damaged record must not keep the trainer (and every other job) from starting; it stays in
                 # place for inspection and is never read as a job.
@@ -167,7 +171,7 @@ class JobManager:
                 raise ResourceExhaustedError(
                     f"{len(self._queue)} jobs are waiting already (PNEUMONIA_TRAINER_MAX_QUEUED_JOBS); try again later"
                 )
-        job_id = uuid.uuid4().hex
+        job_id = new_job_id()
         request = effective_request(self.config, job_id, request)
         plan = plan_job(self.config, job_id, request)
         claims = plan.claims()
@@ -359,7 +363,7 @@ class JobManager:
             with self._changed:
                 self._change_locked(entry, outputs=outputs, **({"model_archive": archive} if archive else {}))
                 self._finish_locked(entry, SUCCEEDED, "")
-        shutil.rmtree(JobDirs(self.config.work_dir / "jobs" / job_id).root, ignore_errors=True)
+        shutil.rmtree(job_dirs(self.config, job_id).root, ignore_errors=True)
         self._commit(entry)  # the record holds the end before any watcher sees it
 
 

@@ -24,6 +24,8 @@ DATA_DIR); jobs/<job_id>/ holds a running job's files and is removed when the jo
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,20 @@ MODEL_STORE_PREFIX = "model-store/"
 RESERVED_PREFIXES = (RECORDS_PREFIX.rstrip("/"), MODEL_STORE_PREFIX.rstrip("/"))
 GAN_STATE_KEY = layout.GAN_CHECKPOINT  # under P/: what a GAN job resumes from
 LEGACY_GAN_STATE_KEY = f"{layout.GAN_DIR}/{layout.GAN_CHECKPOINT}"  # where jobs before the gan/gan/ fix kept it
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # what new_job_id makes; nothing else is a job id
+
+
+def new_job_id() -> str:
+    """A new job's id: a random UUID as 32 lowercase hex digits (a safe file name and object key segment)."""
+    return uuid.uuid4().hex
+
+
+def check_job_id(job_id: object) -> str:
+    """`job_id` if it is one new_job_id could have made; ConfigError otherwise. A job id read back (a stored record)
+    is joined into local paths (JobDirs) and object keys: '..', '/etc' or 'a/b' must never get that far."""
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        raise ConfigError(f"job id {job_id!r} is not one the trainer makes (32 lowercase hex digits)")
+    return job_id
 
 
 def check_output_prefix(prefix: str) -> str:
@@ -109,6 +125,11 @@ class JobDirs:
     @property
     def archive(self) -> Path:
         return self.root / "archive"
+
+
+def job_dirs(config: TrainerConfig, job_id: str) -> JobDirs:
+    """The local folders of job `job_id` (checked: check_job_id), WORK_DIR/jobs/<job_id>/."""
+    return JobDirs(config.work_dir / "jobs" / check_job_id(job_id))
 
 
 def cache_dir(config: TrainerConfig, kind: str, bucket: str, prefix: str) -> Path:
@@ -171,7 +192,7 @@ def plan_job(config: TrainerConfig, job_id: str, request: Request) -> JobPlan:
     if request.dataset.name not in DATASETS:
         raise ConfigError(f"dataset.name must be one of {', '.join(DATASETS)}, got {request.dataset.name!r}")
     dataset = (validate_bucket(request.dataset.data.bucket), validate_prefix(request.dataset.data.prefix))
-    dirs = JobDirs(config.work_dir / "jobs" / job_id)
+    dirs = job_dirs(config, job_id)
     common = {
         "dataset": request.dataset.name,
         "data_dir": str(cache_dir(config, "datasets", *dataset)),

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import torch
 from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
@@ -30,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 from shared import layout
 from shared.calibration import Calibration, calibrated_probability, decision_threshold, recalibrate
 from shared.datasets.base import CLASS_NAMES, NORMAL, PNEUMONIA
-from shared.dicom import DicomError, check_inflated_size, display_values
+from shared.dicom import DicomError, display_values, read_dicom
 from shared.errors import PneumoniaError
 from shared.images import MAX_IMAGE_PIXELS, sha256_file
 from shared.models.classifier import classifier_transform, load_classifier, penultimate_features
@@ -97,10 +96,9 @@ def decode_picture(body: bytes) -> Image.Image:
 
 def decode_dicom(body: bytes) -> Image.Image:
     """DICOM -> grayscale image of one frame as a viewer shows it (shared.dicom: Modality LUT, VOI window or LUT,
-    MONOCHROME1), a deflated file's size bounded before it is inflated."""
+    MONOCHROME1), a deflated file's inflated size bounded as it is inflated (shared.dicom.read_dicom)."""
     try:
-        check_inflated_size(body)
-        ds = pydicom.dcmread(io.BytesIO(body), force=False)
+        ds = read_dicom(body)
     except DicomError as exc:
         raise bad_request(str(exc)) from exc
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:

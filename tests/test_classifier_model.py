@@ -132,6 +132,29 @@ def test_train_transform_augments() -> None:
     assert torch.equal(plain(image), plain(image))
 
 
+def test_strong_augmentation_changes_intensities_and_repeats_under_a_seed() -> None:
+    """--augmentation strong: acquisition changes (brightness, contrast, gamma, noise) on top of the geometry, drawn
+    from torch's RNG; the evaluation transform ignores it."""
+    image = Image.fromarray(np.full((40, 40), 128, dtype=np.uint8), mode="L")  # flat: geometry alone changes nothing
+    light = classifier_config("resnet18", 1, 32, "baseline", "none")
+    strong = classifier_config("resnet18", 1, 32, "baseline", "none", augmentation="strong")
+
+    def draws(config: dict, seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        return [classifier_transform(config, train=True)(image) for _ in range(8)]
+
+    centre = [t[0, 12:20, 12:20].mean().item() for t in draws(light, 0)]
+    assert max(centre) - min(centre) < 1e-5  # rotations, shifts and zooms of a flat image leave its centre as it was
+    changed = draws(strong, 0)
+    centre = [t[0, 12:20, 12:20].mean().item() for t in changed]
+    assert max(centre) - min(centre) > 0.1  # brightness, contrast and gamma move it
+    assert any(t[0].std().item() > 0.05 for t in changed)  # noise on some
+    assert all(torch.equal(a, b) for a, b in zip(changed, draws(strong, 0), strict=True))
+    assert torch.equal(classifier_transform(strong, train=False)(image), classifier_transform(light, False)(image))
+    with pytest.raises(ConfigError, match="augmentation 'heavy'"):
+        classifier_transform({**strong, "augmentation": "heavy"}, train=True)
+
+
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     config = classifier_config("resnet18", 1, 28, "curriculum", "none")
     model = build_classifier("resnet18", 2, 1, 28, weights="none").eval()

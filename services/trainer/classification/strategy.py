@@ -120,7 +120,13 @@ def train_strategy(
     )
 
     config = classifier_config(
-        options.arch, options.channels, options.image_size, strategy, options.weights, stem_pool=options.stem_pool
+        options.arch,
+        options.channels,
+        options.image_size,
+        strategy,
+        options.weights,
+        stem_pool=options.stem_pool,
+        augmentation=options.augmentation,
     )
     holdout_loader = evaluation_loader(holdout, classifier_transform(config, train=False), options)
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ class StartGanJobRequest(_message.Message):
     def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., beta1: _Optional[float] = ..., latent_dim: _Optional[int] = ..., num_channels: _Optional[int] = ..., image_size: _Optional[int] = ..., feature_maps_g: _Optional[int] = ..., feature_maps_d: _Optional[int] = ..., train_on: _Optional[_Union[GanTrainOn, str]] = ..., conditional: _Optional[bool] = ..., loss: _Optional[_Union[GanLoss, str]] = ..., gp_weight: _Optional[float] = ..., n_critic: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., sample_every: _Optional[int] = ..., vis_batch_size: _Optional[int] = ..., cpu: _Optional[bool] = ..., resume: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class StartClassifierJobRequest(_message.Message):
-    __slots__ = ("dataset", "synthetic", "output_prefix", "epochs", "batch_size", "lr", "unfreeze", "k_folds", "use_synthetic", "use_curriculum", "curriculum_schedule", "arch", "weights", "weights_checkpoint", "image_size", "channels", "seed", "max_images", "val_fraction", "class_balance", "scheduler", "cpu", "model_archive_name", "weight_decay", "match_compute", "stem_pool", "repeat", "idempotency_key", "shift_severities", "operating_rule")
+    __slots__ = ("dataset", "synthetic", "output_prefix", "epochs", "batch_size", "lr", "unfreeze", "k_folds", "use_synthetic", "use_curriculum", "curriculum_schedule", "arch", "weights", "weights_checkpoint", "image_size", "channels", "seed", "max_images", "val_fraction", "class_balance", "scheduler", "cpu", "model_archive_name", "weight_decay", "match_compute", "stem_pool", "repeat", "idempotency_key", "shift_severities", "operating_rule", "augmentation")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class StartClassifierJobRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SHIFT_SEVERITIES_FIELD_NUMBER: _ClassVar[int]
     OPERATING_RULE_FIELD_NUMBER: _ClassVar[int]
+    AUGMENTATION_FIELD_NUMBER: _ClassVar[int]
     dataset: _common_pb2.DatasetSource
     synthetic: _common_pb2.ObjectPrefix
     output_prefix: str
@@ -170,7 +171,8 @@ class StartClassifierJobRequest(_message.Message):
     idempotency_key: str
     shift_severities: str
     operating_rule: str
-    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., unfreeze: _Optional[bool] = ..., k_folds: _Optional[int] = ..., use_synthetic: _Optional[bool] = ..., use_curriculum: _Optional[bool] = ..., curriculum_schedule: _Optional[str] = ..., arch: _Optional[str] = ..., weights: _Optional[str] = ..., weights_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., val_fraction: _Optional[float] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., cpu: _Optional[bool] = ..., model_archive_name: _Optional[str] = ..., weight_decay: _Optional[float] = ..., match_compute: _Optional[bool] = ..., stem_pool: _Optional[bool] = ..., repeat: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., shift_severities: _Optional[str] = ..., operating_rule: _Optional[str] = ...) -> None: ...
+    augmentation: str
+    def __init__(self, dataset: _Optional[_Union[_common_pb2.DatasetSource, _Mapping]] = ..., synthetic: _Optional[_Union[_common_pb2.ObjectPrefix, _Mapping]] = ..., output_prefix: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., unfreeze: _Optional[bool] = ..., k_folds: _Optional[int] = ..., use_synthetic: _Optional[bool] = ..., use_curriculum: _Optional[bool] = ..., curriculum_schedule: _Optional[str] = ..., arch: _Optional[str] = ..., weights: _Optional[str] = ..., weights_checkpoint: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., image_size: _Optional[int] = ..., channels: _Optional[int] = ..., seed: _Optional[int] = ..., max_images: _Optional[int] = ..., val_fraction: _Optional[float] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ..., scheduler: _Optional[_Union[LrScheduler, str]] = ..., cpu: _Optional[bool] = ..., model_archive_name: _Optional[str] = ..., weight_decay: _Optional[float] = ..., match_compute: _Optional[bool] = ..., stem_pool: _Optional[bool] = ..., repeat: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., shift_severities: _Optional[str] = ..., operating_rule: _Optional[str] = ..., augmentation: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "kind", "state", "epoch", "total_epochs", "fold", "total_folds", "metrics", "message", "outputs", "created_at", "started_at", "finished_at", "model_archive")

@@ -1,5 +1,7 @@
 """ASGI middleware our HTTP APIs share (the generator's API, the web page, the v2 classifier runtime): the bearer-token
-check and the request-body limit, each answering before the app reads a byte of the body.
+check and the request-body limit, each answering before the app reads a byte of the body. The token check covers
+WebSocket connections too (refused at the handshake without a token); only the server's lifespan events pass
+unchecked.
 
     app.add_middleware(BodyLimit, limit=64 * 1024, answer=lambda limit: {"detail": f"over {limit} bytes"})
     app.add_middleware(BearerAuth, callers=callers, is_open=lambda path: path == "/healthz")  # added last: runs first
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 UNAUTHORIZED = 401
 REQUEST_TOO_LARGE = 413
+POLICY_VIOLATION = 1008  # the WebSocket close code of a refused handshake, where the server cannot send a 401
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -29,13 +32,37 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    """A whole JSON answer over ASGI (before the app has sent anything)."""
+def json_answer(
+    content: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """(ASGI header fields, body) of a JSON answer."""
     body = json.dumps(content).encode()
     fields = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     fields += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    return fields, body
+
+
+async def send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """A whole JSON answer over ASGI (before the app has sent anything)."""
+    fields, body = json_answer(content, headers)
     await send({"type": "http.response.start", "status": status, "headers": fields})
     await send({"type": "http.response.body", "body": body})
+
+
+async def refuse_websocket(
+    scope: Scope, receive: Receive, send: Send, content: dict[str, Any], headers: dict[str, str]
+) -> None:
+    """Refuse a WebSocket handshake: the JSON answer with 401 where the server can send one (the ASGI extension
+    websocket.http.response: uvicorn, Starlette's TestClient), else a close with 1008 before it is accepted (the
+    server answers the handshake with 403). Nothing reaches the app."""
+    if (await receive())["type"] != "websocket.connect":
+        return  # the client left first
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        fields, body = json_answer(content, headers)
+        await send({"type": "websocket.http.response.start", "status": UNAUTHORIZED, "headers": fields})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": POLICY_VIOLATION})
 
 
 def detail(reason: str) -> dict[str, Any]:
@@ -45,7 +72,9 @@ def detail(reason: str) -> dict[str, Any]:
 
 class BearerAuth:
     """401 (WWW-Authenticate: Bearer) for a request without a token of `callers`, before its body is read; the paths
-    `is_open` accepts (probes, static pages) need none. `answer(reason)` is the refusal's JSON."""
+    `is_open` accepts (probes, static pages) need none. A WebSocket connection needs a token on every path, or its
+    handshake is refused (refuse_websocket); the lifespan events pass; any other kind of connection is dropped.
+    `answer(reason)` is the refusal's JSON."""
 
     def __init__(
         self,
@@ -57,8 +86,12 @@ class BearerAuth:
         self.app, self.callers, self.is_open, self.answer = app, callers, is_open, answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.is_open(scope["path"]):
+        kind = scope["type"]
+        if kind == "lifespan" or (kind == "http" and self.is_open(scope["path"])):
             await self.app(scope, receive, send)
+            return
+        if kind not in ("http", "websocket"):
+            log.warning("refused an ASGI connection of an unknown type: %s", kind)
             return
         header = dict(scope["headers"]).get(b"authorization")
         authorization = None if header is None else header.decode("latin-1")
@@ -66,8 +99,12 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         reason = refusal_reason(authorization)
-        log.warning("refused an unauthenticated request: %s", reason, extra={"path": scope["path"]})
-        await send_json(send, UNAUTHORIZED, self.answer(reason), {"WWW-Authenticate": "Bearer"})
+        log.warning("refused an unauthenticated %s request: %s", kind, reason, extra={"path": scope["path"]})
+        headers = {"WWW-Authenticate": "Bearer"}
+        if kind == "websocket":
+            await refuse_websocket(scope, receive, send, self.answer(reason), headers)
+        else:
+            await send_json(send, UNAUTHORIZED, self.answer(reason), headers)
 
 
 class BodyLimit:

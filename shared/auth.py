@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 AUTHORIZATION = "authorization"  # gRPC metadata keys are lower case; HTTP headers are case-insensitive
 MIN_TOKEN_CHARS = 32
+# A token must also use this many different characters: 32 x "a", "ab" repeated or a word padded with one character
+# are guessed long before their length says. A random token passes: `openssl rand -hex 32` (64 hex digits) has fewer
+# than 10 different digits with a probability far below 1e-12 (32 hex digits: ~1e-4, generate another).
+MIN_TOKEN_DISTINCT_CHARS = 10
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]+")  # RFC 6750's b64token
 CALLER_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)  # probes call these without a token
@@ -44,7 +48,8 @@ class AuthConfig(Settings):
 
     tokens: SecretStr | None = setting(
         None,
-        "callers this service accepts, `name=token,...` (tokens of 32+ characters; `openssl rand -hex 32`)",
+        "callers this service accepts, `name=token,...` (tokens of 32+ characters, 10+ of them different; "
+        "`openssl rand -hex 32`)",
         env="PNEUMONIA_AUTH_TOKENS",
         shown_default="required",
     )
@@ -97,9 +102,15 @@ def parse_tokens(text: str) -> dict[str, str]:
 
 
 def check_token(token: str, where: str = "") -> None:
-    """ValueError unless `token` is long enough and made of RFC 6750 token characters (the message never quotes it)."""
+    """ValueError unless `token` is long enough, made of RFC 6750 token characters and not trivially guessable (at
+    least MIN_TOKEN_DISTINCT_CHARS different characters); the message never quotes it."""
     if len(token) < MIN_TOKEN_CHARS or not TOKEN_PATTERN.fullmatch(token):
         raise ValueError(f"{where}the token must be {MIN_TOKEN_CHARS}+ characters of A-Z a-z 0-9 . _ ~ + / = -")
+    if len(set(token)) < MIN_TOKEN_DISTINCT_CHARS:
+        raise ValueError(
+            f"{where}the token is too easy to guess: it needs {MIN_TOKEN_DISTINCT_CHARS}+ different characters "
+            "(a random one: `openssl rand -hex 32`)"
+        )
 
 
 def _digest(token: str) -> bytes:

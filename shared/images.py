@@ -13,8 +13,17 @@ from PIL import Image, UnidentifiedImageError
 
 from shared.errors import DatasetError
 
-# Refuse images whose pixel count would exhaust memory (decompression bombs); chest X-rays are far smaller.
-MAX_IMAGE_PIXELS = 64_000_000
+# The most pixels an image may have (decompression bombs are refused before they are decoded). Chest radiographs are
+# at most about 4300 x 4300 (a 43 x 43 cm detector at 100 um), most far smaller; 4608 x 4608 (21.2 M) admits those
+# and nothing much larger. Decoding costs far more than the pixels: a 16-bit DICOM goes through float64 on its way
+# to 8 bits, about 27 bytes a pixel at the peak (~570 MB at this limit; 64 M pixels, the limit before, peaked near
+# 2.9 GB), so this limit is what bounds a decode's memory. The v2 runtime takes it as PNEUMONIA_OIP_MAX_IMAGE_PIXELS;
+# TorchServe's handler runs in TorchServe's worker processes, which read no settings of ours, and uses this value.
+MAX_IMAGE_PIXELS = 4608 * 4608
+# The most bytes one pixel may take once decoded: 8-bit RGB(A) as PIL keeps it (4); a 16-bit grey radiograph takes
+# 2. Samples per pixel and bits allocated count (shared.serving.predictor.check_pixel_count): an image whose pixels
+# take more, e.g. 16-bit RGB or 64-bit floats, may have correspondingly fewer pixels.
+MAX_BYTES_PER_PIXEL = 4
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 

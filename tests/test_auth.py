@@ -1,12 +1,15 @@
 """Bearer tokens between our services (shared.auth), against the real trainer, generator and analyzer processes:
 every RPC and the generator's HTTP API refuse a call without an accepted token before doing anything; health
-checks need none; a service without tokens configured refuses to start."""
+checks need none; a WebSocket handshake to the generator's HTTP server needs a token too; the generator serves no
+/docs or /redoc; a service without tokens configured, or with a guessable one, refuses to start."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.error
@@ -28,11 +31,11 @@ from storage_server import free_port
 
 from pipeline.through_services import ServiceCallError
 from pipeline.through_services import channel as orchestrator_channel
-from shared.auth import AuthConfig, Callers, bearer_token, parse_tokens
+from shared.auth import AuthConfig, Callers, ClientToken, bearer_token, parse_tokens
 from shared.errors import ConfigError
 
 ORCHESTRATOR = "orchestrator-" + "a1" * 16
-OPERATOR = "operator-" + "b2" * 16
+OPERATOR = "operator-" + "b2c4" * 8
 TOKENS = f"orchestrator={ORCHESTRATOR},operator={OPERATOR}"
 WRONG = "wrong-" + "c3" * 16
 
@@ -68,13 +71,28 @@ def test_tokens_parse_into_callers_that_identify_by_bearer_token() -> None:
         (f"orchestrator={ORCHESTRATOR[:-1]}\u00e9", "32\\+ characters"),
         (f"orchestrator={ORCHESTRATOR},orchestrator={OPERATOR}", "listed twice"),
         (f"orchestrator={ORCHESTRATOR},operator={ORCHESTRATOR}", "same token"),
+        ("orchestrator=" + "a" * 32, "10\\+ different characters"),  # the review's token: accepted before
+        ("orchestrator=" + "a" * 64, "10\\+ different characters"),
+        ("orchestrator=" + "ab" * 16, "10\\+ different characters"),
+        (f"orchestrator={ORCHESTRATOR},operator={'012345678' * 4}", "entry 2 \\(operator\\).*10\\+ different"),
     ],
 )
 def test_a_bad_token_list_is_a_config_error_that_never_shows_a_token(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as error:
         AuthConfig.from_env({"PNEUMONIA_AUTH_TOKENS": text or ","})
-    for secret in (ORCHESTRATOR, OPERATOR, "short-secret-token"):
+    for secret in (ORCHESTRATOR, OPERATOR, "short-secret-token", "a" * 32, "ab" * 16, "012345678" * 4):
         assert secret not in str(error.value)
+
+
+def test_a_token_needs_ten_different_characters_servers_and_clients_alike() -> None:
+    """The review's 32 x "a" was accepted for its length; now a token needs 10+ different characters. Random tokens
+    pass: `openssl rand -hex 32` (make_secrets) and secrets.token_urlsafe(32) (the local stack)."""
+    assert parse_tokens("tester=" + "0123456789" * 4) == {"tester": "0123456789" * 4}  # exactly 10: enough
+    for token in (secrets.token_hex(32), secrets.token_urlsafe(32)):
+        assert AuthConfig.from_env({"PNEUMONIA_AUTH_TOKENS": f"tester={token}"}).callers().names == ("tester",)
+    with pytest.raises(ConfigError, match="10\\+ different characters") as error:
+        ClientToken.from_env({"PNEUMONIA_AUTH_TOKEN": "a" * 32})
+    assert "a" * 32 not in str(error.value)
 
 
 def test_a_service_needs_tokens_or_an_explicit_choice_to_serve_everyone() -> None:
@@ -266,8 +284,52 @@ def test_the_generator_http_api_answers_401_without_an_accepted_token(stack: Sta
     assert snapshot(stack.storage) == before
     assert http_status(f"{base}/v1/generate", b"{}", OPERATOR)[0] == 422  # let in; the empty body is what is refused
     assert http_status(f"{base}/healthz", None, None)[0] == 200
-    schema = json.loads(urllib.request.urlopen(f"{base}/openapi.json", timeout=20).read())
-    assert "HTTPBearer" in schema["components"]["securitySchemes"]  # /docs offers an Authorize button
+
+
+def test_the_generator_serves_no_docs_and_its_openapi_document_needs_a_token(stack: Stack) -> None:
+    """/docs and /redoc (pages that loaded Swagger UI and ReDoc from a CDN, open to anyone) are gone: 401 without a
+    token, 404 with one; /openapi.json needs the token."""
+    base = f"http://127.0.0.1:{stack.generator_http}"
+    for path in ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"):
+        assert http_status(base + path, None, None)[0] == 401, path
+    for path in ("/docs", "/docs/oauth2-redirect", "/redoc"):
+        assert http_status(base + path, None, OPERATOR)[0] == 404, path
+    request = urllib.request.Request(f"{base}/openapi.json", headers={"Authorization": f"Bearer {OPERATOR}"})
+    schema = json.loads(urllib.request.urlopen(request, timeout=20).read())
+    assert "/v1/generate" in schema["paths"] and "HTTPBearer" in schema["components"]["securitySchemes"]
+
+
+def websocket_handshake(port: int, path: str, token: str | None) -> tuple[int, dict[str, str]]:
+    """The status and headers a server answers a WebSocket opening handshake (RFC 6455) with."""
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+    }
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, {name.lower(): value for name, value in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def test_a_websocket_handshake_without_a_token_is_refused_by_the_generator(stack: Stack) -> None:
+    """WebSocket handshakes to the generator's uvicorn server: without an accepted token the handshake gets 401 from
+    the token check (before, BearerAuth let every non-HTTP connection through to the app); with one it reaches the
+    app, which serves no WebSocket and refuses it itself (403); nothing is stored either way."""
+    before = snapshot(stack.storage)
+    for path in ("/v1/generate", "/healthz"):
+        for token in (None, WRONG, "a" * 32):
+            status, headers = websocket_handshake(stack.generator_http, path, token)
+            assert (status, headers.get("www-authenticate")) == (401, "Bearer"), (path, token)
+        status, _ = websocket_handshake(stack.generator_http, path, OPERATOR)
+        assert status == 403  # past the token check: the app has no WebSocket endpoint
+    assert snapshot(stack.storage) == before
 
 
 def start_refused(env: dict[str, str]) -> str:
@@ -289,3 +351,5 @@ def test_a_service_without_tokens_or_with_a_bad_list_refuses_to_start(tmp_path: 
     assert "PNEUMONIA_AUTH_TOKENS is not set" in start_refused(base)
     log = start_refused({**base, "PNEUMONIA_AUTH_TOKENS": "operator=too-short-to-guess"})
     assert "32+ characters" in log and "too-short-to-guess" not in log
+    log = start_refused({**base, "PNEUMONIA_AUTH_TOKENS": "operator=" + "a" * 32})  # long, but one character
+    assert "10+ different characters" in log and "a" * 32 not in log

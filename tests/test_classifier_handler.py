@@ -15,10 +15,12 @@ import pytest
 import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    RLELossless,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -28,7 +30,7 @@ from ts.utils.util import PredictionException
 from shared.calibration import Calibration
 from shared.dicom import DicomError, check_inflated_size
 from shared.gradcam import heatmap_overlay
-from shared.images import MAX_IMAGE_PIXELS
+from shared.images import MAX_BYTES_PER_PIXEL, MAX_IMAGE_PIXELS
 from shared.models.classifier import (
     build_classifier,
     classifier_config,
@@ -39,8 +41,9 @@ from shared.models.classifier import (
 from shared.models.export import FORMATS as EXPORT_FORMATS
 from shared.models.export import export_classifier
 from shared.plausibility import PlausibilityGate, PpcaScore, layout_vector
+from shared.serving import predictor as shared_predictor
 from shared.serving.handler import PneumoniaHandler, decode_image
-from shared.serving.predictor import ServingError
+from shared.serving.predictor import ServingError, check_pixel_count
 
 SIZE = 16
 
@@ -239,6 +242,75 @@ def deflate_bomb(inflated_bytes: int) -> bytes:
         stream.append(deflater.compress(chunk))
     stream.append(deflater.flush())
     return small[:meta_end] + b"".join(stream)
+
+
+def rle_dicom(rows: int, columns: int, samples: int = 1, value: int = 0) -> bytes:
+    """An RLE Lossless DICOM of rows x columns 16-bit pixels (`samples` each), all `value`: each row a few PackBits
+    runs, so that 8000 x 8000 (128 MB once decoded) takes 2 MB. Valid: pydicom decodes it."""
+
+    def row(byte: int) -> bytes:
+        runs, left = bytearray(), columns
+        while left:
+            run = min(left, 128)
+            runs += bytes([257 - run, byte]) if run > 1 else bytes([0, byte])  # a replicate run, or one literal
+            left -= run
+        return bytes(runs)
+
+    segments = []  # per sample, its high bytes then its low bytes
+    for _ in range(samples):
+        for shift in (8, 0):
+            segment = row((value >> shift) & 0xFF) * rows
+            segments.append(segment + b"\0" * (len(segment) % 2))
+    offsets = np.cumsum([64] + [len(segment) for segment in segments[:-1]]).tolist()
+    header = np.array([len(segments), *offsets] + [0] * (15 - len(segments)), dtype="<u4").tobytes()
+    ds = cr_dataset(RLELossless)
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, samples
+    ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = encapsulate([header + b"".join(segments)])
+    ds["PixelData"].VR = "OB"
+    return file_bytes(ds)
+
+
+def refused_peak(body: bytes, **kwargs: int) -> tuple[ServingError, int]:
+    """The shared decoder's refusal of `body` and the memory it allocated meanwhile (tracemalloc peak, bytes)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ServingError) as refused:
+            shared_predictor.decode_image(body, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return refused.value, peak
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_it_is_decoded() -> None:
+    """The review's file (8000 x 8000 16-bit, 64 M pixels: allowed before, ~1.6 GB and seconds to decode), here in
+    2 MB of RLE: refused from its header with a few MB allocated. Samples per pixel and bits allocated count: a
+    16-bit RGB 4000 x 4000 has fewer pixels than the limit but 6 bytes each. The limit admits the largest chest
+    radiographs (4300 x 4300, 16 bits); the v2 runtime's setting (max_pixels) lowers or raises it."""
+    small = shared_predictor.decode_image(rle_dicom(64, 300, value=1234))  # the builder makes files that decode
+    assert small.size == (300, 64)
+    bomb = rle_dicom(8000, 8000, value=1234)
+    assert len(bomb) < 3 << 20
+    error, peak = refused_peak(bomb)
+    assert error.status == 400 and "image too large: 8000 x 8000 x 1 pixels of 2 bytes" in error.message
+    assert f"limit of {MAX_IMAGE_PIXELS} pixels" in error.message
+    assert peak < 16 << 20  # the file and its parse only: 128 MB of pixels were never allocated
+    with pytest.raises(PredictionException, match="image too large") as torchserve:
+        decode_image(bomb)  # TorchServe's handler: the same check, HTTP 400
+    assert torchserve.value.error_code == 400
+    error, peak = refused_peak(rle_dicom(4000, 4000, samples=3))
+    assert "4000 x 4000 x 1 pixels of 6 bytes (96000000 bytes decoded)" in error.message and peak < 16 << 20
+    assert 4000 * 4000 < MAX_IMAGE_PIXELS < 4000 * 4000 * 6 // MAX_BYTES_PER_PIXEL
+    error, _ = refused_peak(rle_dicom(64, 64, samples=3))  # under the limit, but colour: refused all the same
+    assert "1 frames of 3 samples per pixel; expected one grayscale frame" in error.message
+    check_pixel_count(4300, 4300, 1, 2)  # the largest chest radiographs pass
+    error, _ = refused_peak(encode(np.zeros((40, 40), dtype=np.uint8), "PNG"), max_pixels=1000)
+    assert "40 x 40 x 1 pixels of 1 bytes (1600 bytes decoded) exceeds the limit of 1000 pixels" in error.message
+    assert shared_predictor.decode_image(encode(np.zeros((40, 40), dtype=np.uint8), "PNG"), max_pixels=1600)
 
 
 def test_a_deflate_bomb_is_refused_before_it_is_inflated() -> None:

@@ -2,7 +2,9 @@
 process on 127.0.0.1 with a model directory holding a calibrated, gated checkpoint (as a .mar) and its ONNX export,
 called by the standard v2 client (tritonclient) over REST (binary data extension and plain JSON) and gRPC. Its
 answers must equal the in-process predictor's and the TorchServe handler's for PNG, JPEG and DICOM; bad and
-implausible images, missing and wrong tokens, explanations, and loading a model while running are checked too."""
+implausible images, missing and wrong tokens, explanations, and loading a model while running are checked too, and
+what one request may cost: images over the pixel limit, requests over the image cap, and how many requests decode at
+once (a second server, with its decoder instrumented)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,7 +31,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 import urllib3
 from PIL import Image
-from test_classifier_handler import batch_context, dicom_bytes, encode, gated, pixels  # noqa: F401 (fixtures)
+from test_classifier_handler import batch_context, dicom_bytes, encode, gated, pixels, rle_dicom  # noqa: F401
 from test_ensemble import TEMPERATURES, save_gated_ensemble
 from tritonclient.utils import InferenceServerException
 
@@ -92,9 +96,12 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float 
     raise AssertionError(f"not ready after {timeout_s} s: {log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`python -m services.classifier.oip` as its container runs it; SIGTERM at the end must exit 0."""
+@contextmanager
+def running_server(
+    model_dir: Path, log: Path, more_env: dict[str, str] | None = None, command: list[str] | None = None
+) -> Iterator[Server]:
+    """The v2 runtime as a process on free ports of 127.0.0.1 (`command`: how it is started); SIGTERM at the end must
+    exit 0."""
     http_port, grpc_port = free_port(), free_port()
     env = {
         "PNEUMONIA_OIP_HOST": "127.0.0.1",
@@ -104,11 +111,11 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "PNEUMONIA_OIP_DEVICE": "cpu",
         "PNEUMONIA_OIP_MAX_MESSAGE_BYTES": str(4 << 20),
         "PNEUMONIA_AUTH_TOKENS": f"tester={TOKEN}",
+        **(more_env or {}),
     }
-    log = tmp_path_factory.mktemp("oip-log") / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.classifier.oip"],
+            command or [sys.executable, "-m", "services.classifier.oip"],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=out,
@@ -123,6 +130,13 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`python -m services.classifier.oip` as its container runs it, with the default limits."""
+    with running_server(model_dir, tmp_path_factory.mktemp("oip-log") / "server.log") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -467,3 +481,136 @@ def test_model_directory_layout(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="PNEUMONIA_OIP_MODELS"):
         OipConfig.from_env({"PNEUMONIA_OIP_MODELS": "good,../bad"})
     assert OipConfig.from_env({"PNEUMONIA_OIP_MODELS": "a, b"}).models == ("a", "b")
+
+
+# --- what one request may cost ------------------------------------------------------------------------------------
+
+# The runtime's own main, its decoder wrapped: each decode (one per image) writes how many decodes run as it starts
+# ("start <n>") and "end" when done, and lasts 0.3 s more, so that requests that may overlap do.
+PROBED_MAIN = """
+import os, sys, threading, time
+from shared.serving import predictor
+log, lock, active, decode = os.environ["OIP_TEST_DECODE_LOG"], threading.Lock(), [0], predictor.decode_image
+def probed(*args, **kwargs):
+    with lock:
+        active[0] += 1
+        with open(log, "a") as out:
+            out.write(f"start {active[0]}\\n")
+    try:
+        time.sleep(0.3)
+        return decode(*args, **kwargs)
+    finally:
+        with lock:
+            active[0] -= 1
+            with open(log, "a") as out:
+                out.write("end\\n")
+predictor.decode_image = probed
+from services.classifier.oip import main
+sys.exit(main())
+"""
+MAX_IMAGES_LIMITED, DECODES_LIMITED = 3, 2
+
+
+class Probed(NamedTuple):
+    server: Server
+    decode_log: Path
+
+    def decodes(self) -> list[int]:
+        """How many decodes ran as each one started, in order."""
+        lines = self.decode_log.read_text().split() if self.decode_log.exists() else []
+        return [int(n) for word, n in zip(lines, lines[1:], strict=False) if word == "start"]
+
+
+@pytest.fixture(scope="module")
+def probed(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probed]:
+    """A second runtime with small limits (3 images a request, 2 requests decoding at once) and its decoder probed."""
+    folder = tmp_path_factory.mktemp("oip-probed")
+    decode_log = folder / "decodes.log"
+    more_env = {
+        "PNEUMONIA_OIP_MAX_IMAGES": str(MAX_IMAGES_LIMITED),
+        "PNEUMONIA_OIP_MAX_CONCURRENT_DECODES": str(DECODES_LIMITED),
+        "OIP_TEST_DECODE_LOG": str(decode_log),
+    }
+    command = [sys.executable, "-c", PROBED_MAIN]
+    with running_server(model_dir, folder / "server.log", more_env, command) as running:
+        yield Probed(running, decode_log)
+
+
+def test_the_default_limits_refuse_a_pixel_bomb_and_a_request_of_too_many_images(
+    rest: triton_http.InferenceServerClient,
+    grpc_client: triton_grpc.InferenceServerClient,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    """The review's image (8000 x 8000, 16 bits: 64 M pixels were allowed, ~1.6 GB to decode), 2 MB of RLE DICOM:
+    400 naming the limit, from its header; 33 images (the cap is 32): 400 naming the cap and its setting. The
+    server answers the next request as before."""
+    bomb_rest, bomb_grpc = refusals(rest, grpc_client, [rle_dicom(8000, 8000, value=1234)])
+    assert bomb_rest.status() == "400" and bomb_grpc.status() == "StatusCode.INVALID_ARGUMENT"
+    assert bomb_rest.message().startswith("image 0: image too large: 8000 x 8000 x 1 pixels of 2 bytes")
+    assert "exceeds the limit of 21233664 pixels" in bomb_rest.message() == bomb_grpc.message()
+    many_rest, many_grpc = refusals(rest, grpc_client, [encode(pixels, "PNG")] * 33)
+    assert many_rest.status() == "400" and many_grpc.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "33 images in one request; at most 32 (PNEUMONIA_OIP_MAX_IMAGES)" in many_rest.message()
+    assert many_grpc.message() == many_rest.message()
+    assert len(answers(rest_infer(rest, [encode(pixels, "PNG")] * 32))) == 32
+
+
+def test_a_request_over_the_image_cap_is_a_400_naming_it_before_any_image_is_decoded(
+    probed: Probed,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    rest = triton_http.InferenceServerClient(probed.server.http, network_timeout=120)
+    grpc_client = triton_grpc.InferenceServerClient(probed.server.grpc)
+    try:
+        before = len(probed.decodes())
+        over = [encode(pixels, "PNG")] * (MAX_IMAGES_LIMITED + 1)
+        over_rest, over_grpc = refusals(rest, grpc_client, over)
+        expected = f"4 images in one request; at most {MAX_IMAGES_LIMITED} (PNEUMONIA_OIP_MAX_IMAGES)"
+        assert over_rest.status() == "400" and expected in over_rest.message()
+        assert over_grpc.status() == "StatusCode.INVALID_ARGUMENT" and expected in over_grpc.message()
+        with pytest.raises(InferenceServerException, match=re.escape(expected)):  # plain JSON, base64 elements
+            rest.infer(MODEL, [json_input([base64.b64encode(body).decode() for body in over])], headers=auth())
+        assert len(probed.decodes()) == before  # refused from the shape: not one image was decoded
+        assert len(answers(rest_infer(rest, over[:MAX_IMAGES_LIMITED]))) == MAX_IMAGES_LIMITED
+        assert len(probed.decodes()) == before + MAX_IMAGES_LIMITED
+    finally:
+        rest.close()
+        grpc_client.close()
+
+
+def test_at_most_max_concurrent_decodes_requests_decode_at_once_and_the_others_wait(
+    probed: Probed,
+    pixels: np.ndarray,  # noqa: F811
+) -> None:
+    """Six requests at once, REST and gRPC (one image each, each decode lasting 0.3 s more): two decode at a time,
+    never more (the slots are shared by both front ends), the others wait their turn, and all six are answered."""
+    images = [encode(pixels, "PNG")]
+    before = len(probed.decodes())
+    start = threading.Barrier(6)
+    results: list[list[tuple[str, float]]] = []
+    errors: list[BaseException] = []
+
+    def ask(over_grpc: bool) -> None:
+        client = (
+            triton_grpc.InferenceServerClient(probed.server.grpc)
+            if over_grpc
+            else triton_http.InferenceServerClient(probed.server.http, network_timeout=120)
+        )
+        try:
+            start.wait(timeout=30)
+            results.append(answers((grpc_infer if over_grpc else rest_infer)(client, images)))
+        except BaseException as exc:  # noqa: BLE001 (reported by the test below)
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=ask, args=(i % 2 == 1,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 6 and all(result == results[0] for result in results)
+    concurrent = probed.decodes()[before:]
+    assert len(concurrent) == 6
+    assert max(concurrent) == DECODES_LIMITED  # they did overlap, and no more than the cap allows

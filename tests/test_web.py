@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from storage_server import free_port
 
-from services.web.app import SECURITY_HEADERS, create_app, decision_threshold
+from services.web.app import SECURITY_HEADERS, STORAGE_UNAVAILABLE, create_app, decision_threshold
 from services.web.config import WebConfig
 from services.web.inference import TorchServeInference
 from services.web.markdown import render
@@ -23,7 +24,7 @@ from services.web.reports import Reports
 from shared import layout
 from shared.auth import Callers
 from shared.plausibility import REASONS
-from shared.storage import LocalStore
+from shared.storage import LocalStore, S3Store
 
 TOKEN = "operator-token-" + "0123456789abcdef" * 2
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -126,6 +127,22 @@ def test_an_empty_upload_and_an_unreachable_classifier_are_explained(store: Loca
     refusal = down.json()["refusal"]
     assert refusal["code"] == "unavailable" and "not a problem with your image" in refusal["sentence"]
     assert "key file" in refusal["detail"]  # no key file: TorchServe is not running
+
+
+def test_storage_down_is_a_503_that_tells_nothing_of_the_storage(caplog: pytest.LogCaptureFixture) -> None:
+    """The 503 once echoed the storage error (the S3 endpoint, the bucket, the client's words); now the answer is a
+    fixed sentence and the detail goes to the log, for the operator."""
+    port = free_port()  # nothing listens there
+    store = S3Store(f"127.0.0.1:{port}", "web-access-key", "web-secret-key", secure=False, retries=1)
+    client = make_client(store)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="services.web.app"):
+        for path in ("/api/report", f"/api/report?run={RUN_NEW}", f"/api/report/figure?run={RUN_NEW}&name=x.png"):
+            response = client.get(path, headers=AUTH)
+            assert (response.status_code, response.json()) == (503, {"detail": STORAGE_UNAVAILABLE}), path
+            for secret in (str(port), "127.0.0.1", "results", "web-access-key", "web-secret-key"):
+                assert secret not in response.text
+    logged = [record.getMessage() for record in caplog.records if "object storage failed" in record.getMessage()]
+    assert logged and all(str(port) in message for message in logged)  # the operator still learns where and why
 
 
 def test_the_report_api_serves_the_latest_run_and_any_other(store: LocalStore) -> None:

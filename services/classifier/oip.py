@@ -41,6 +41,13 @@ per-element status: any refused element (not an image, corrupt, too large, refus
 the request with HTTP 400 / gRPC INVALID_ARGUMENT whose message names each refused element and, for the gate, its
 reason code: "image 1: implausible input [constant]: ...".
 
+Limits (what one request may cost): a request carries at most PNEUMONIA_OIP_MAX_IMAGES images (more: 400 /
+INVALID_ARGUMENT naming the limit, before any is decoded); an image may have at most PNEUMONIA_OIP_MAX_IMAGE_PIXELS
+pixels and 4 bytes a pixel once decoded (its header is read first: a larger one is refused before it is decoded);
+at most PNEUMONIA_OIP_MAX_CONCURRENT_DECODES requests are decoded and answered at once, the others wait on the event
+loop (holding no thread) for their turn. A request keeps its decoded images until it is answered, so memory holds at
+most MAX_CONCURRENT_DECODES x MAX_IMAGES decoded images.
+
 Authentication (shared.auth): every REST request and gRPC call needs `authorization: Bearer <token>` of a caller in
 PNEUMONIA_AUTH_TOKENS (HTTP 401, gRPC UNAUTHENTICATED otherwise; /metrics and the repository calls too), except the
 probes: GET /, /v2/health/live, /v2/health/ready, /v2/models/<name>/ready and gRPC ServerLive, ServerReady,
@@ -54,9 +61,11 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import sys
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +91,7 @@ from kserve.protocol.infer_type import (
     to_http_parameters,
 )
 from kserve.protocol.rest.server import RESTServer
+from PIL import Image
 
 from services.classifier.oip_models import (
     EXPLAIN_PARAMETER,
@@ -109,6 +119,31 @@ OPEN_GRPC_METHODS = frozenset(GRPC_SERVICE + name for name in ("ServerLive", "Se
 
 
 # ------------------------------------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may cost (module docstring, Limits), shared by every model of the server: the pixels of an
+    image, the images of a request, and the semaphore that lets `max_concurrent_decodes` requests decode at once."""
+
+    max_pixels: int
+    max_images: int
+    decodes: asyncio.Semaphore
+
+    @classmethod
+    def of(cls, config: OipConfig) -> RequestLimits:
+        return cls(config.max_image_pixels, config.max_images, asyncio.Semaphore(config.max_concurrent_decodes))
+
+
+def check_image_count(request: InferRequest, max_images: int) -> None:
+    """InvalidInput (400) naming the limit when the request's inputs declare more than `max_images` elements: read
+    from their shapes, before any image is decoded."""
+    declared = sum(math.prod(int(n) for n in inp.shape or ()) for inp in request.inputs or ())
+    if declared > max_images:
+        raise InvalidInput(
+            f"{declared} images in one request; at most {max_images} (PNEUMONIA_OIP_MAX_IMAGES): "
+            "send them in several requests"
+        )
 
 
 def as_dict(parameters: Any) -> dict[str, Any]:
@@ -168,13 +203,13 @@ def refusal_message(errors: dict[int, ServingError], rows: int) -> str:
 class PneumoniaModel(Model):
     """One served classifier (kserve.Model) over a shared Predictor loaded from the model directory."""
 
-    def __init__(self, name: str, model_dir: Path, device: str = "auto") -> None:
+    def __init__(self, name: str, model_dir: Path, device: str, limits: RequestLimits) -> None:
         super().__init__(name)
-        self.model_dir, self.device = model_dir, device
+        self.model_dir, self.device, self.limits = model_dir, device, limits
         self.predictor: Predictor | None = None
 
     def load(self) -> bool:
-        self.predictor = load_predictor(self.model_dir, self.name, self.device)
+        self.predictor = load_predictor(self.model_dir, self.name, self.device, self.limits.max_pixels)
         self.ready = True
         return self.ready
 
@@ -193,10 +228,13 @@ class PneumoniaModel(Model):
     async def predict(
         self, payload: InferRequest, headers: dict[str, str] | None = None, response_headers: Any = None
     ) -> InferResponse:
-        """Answer the request in the default executor, so the event loop keeps serving probes meanwhile."""
+        """Answer the request in the default executor, so the event loop keeps serving probes meanwhile: a request over
+        the image count is refused first; then it waits (on the loop) for one of the decode slots."""
         if not isinstance(payload, InferRequest):
             raise InvalidInput("use the v2 protocol: POST /v2/models/<name>/infer")
-        return await asyncio.get_running_loop().run_in_executor(None, self.answer, payload)
+        check_image_count(payload, self.limits.max_images)
+        async with self.limits.decodes:
+            return await asyncio.get_running_loop().run_in_executor(None, self.answer, payload)
 
     def answer(self, request: InferRequest) -> InferResponse:
         """The v2 answer to `request` (module docstring); InvalidInput naming every refused element."""
@@ -254,14 +292,14 @@ class ModelDirectory(ModelRepository):
     """KServe's model repository over our model directory: `load(name)` (the v2 repository extension) loads or
     reloads <name> from it."""
 
-    def __init__(self, model_dir: Path, device: str = "auto") -> None:
+    def __init__(self, model_dir: Path, device: str, limits: RequestLimits) -> None:
         super().__init__(str(model_dir))
-        self.model_dir, self.device = model_dir, device
+        self.model_dir, self.device, self.limits = model_dir, device, limits
 
     async def load(self, name: str) -> bool:
         """Load (or reload) <name> from the directory in the default executor, so probes are answered meanwhile; the
         model it replaces serves until the new one is ready."""
-        model = PneumoniaModel(name, self.model_dir, self.device)
+        model = PneumoniaModel(name, self.model_dir, self.device, self.limits)
         try:
             await asyncio.get_running_loop().run_in_executor(None, model.load)
         except (PneumoniaError, OSError) as exc:
@@ -427,12 +465,12 @@ class OipServer(ModelServer):
     """kserve.ModelServer with our host, bearer-token authentication on REST and gRPC, the binary-safe data plane
     and the model directory as its repository."""
 
-    def __init__(self, config: OipConfig, callers: Callers | None) -> None:
+    def __init__(self, config: OipConfig, callers: Callers | None, limits: RequestLimits) -> None:
         super().__init__(
             http_port=config.http_port,
             grpc_port=config.grpc_port,
             workers=1,
-            registered_models=ModelDirectory(config.model_dir, config.device),
+            registered_models=ModelDirectory(config.model_dir, config.device, limits),
             enable_grpc=True,
             enable_docs_url=False,
             enable_latency_logging=True,
@@ -478,12 +516,12 @@ def route_kserve_logs_to_root() -> None:
         logger.propagate = True
 
 
-def startup_models(config: OipConfig) -> list[PneumoniaModel]:
+def startup_models(config: OipConfig, limits: RequestLimits) -> list[PneumoniaModel]:
     """The models named by PNEUMONIA_OIP_MODELS, loaded (any failure is an error); without it every entry of the
     directory that loads (the others are logged and skipped; the directory may be empty)."""
     models = []
     for name in config.models or model_names(config.model_dir):
-        model = PneumoniaModel(name, config.model_dir, config.device)
+        model = PneumoniaModel(name, config.model_dir, config.device, limits)
         try:
             model.load()
         except (PneumoniaError, OSError) as exc:
@@ -527,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = OipConfig.from_env()
         callers = AuthConfig.from_env().callers()
-        models = startup_models(config)
+        limits = RequestLimits.of(config)
+        Image.MAX_IMAGE_PIXELS = config.max_image_pixels  # PIL's own bomb guard (twice this) follows the setting
+        models = startup_models(config, limits)
     except (PneumoniaError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
@@ -539,9 +579,12 @@ def main(argv: list[str] | None = None) -> int:
             "grpc_port": config.grpc_port,
             "model_dir": str(config.model_dir),
             "models": {m.name: m.predictor.version for m in models if m.predictor is not None},
+            "max_image_pixels": config.max_image_pixels,
+            "max_images": config.max_images,
+            "max_concurrent_decodes": config.max_concurrent_decodes,
         },
     )
-    OipServer(config, callers).start(models)
+    OipServer(config, callers, limits).start(models)
     log.info("classifier (open inference protocol) stopped")
     return 0
 

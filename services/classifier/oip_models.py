@@ -16,6 +16,7 @@ from pydantic_settings import NoDecode
 
 from shared import layout
 from shared.errors import ConfigError
+from shared.images import MAX_IMAGE_PIXELS
 from shared.serving.archive import check_model_name
 from shared.serving.predictor import EXPORTED_SUFFIXES, Predictor
 from shared.settings import Device, Port, Settings, comma_list, env_prefix, setting
@@ -29,6 +30,13 @@ ARCHIVE_SUFFIX = ".mar"
 MODEL_SUFFIXES = frozenset({".pth", ARCHIVE_SUFFIX, *EXPORTED_SUFFIXES})
 MAR_MANIFEST = "MAR-INF/MANIFEST.json"
 MAX_MESSAGE_BYTES = 64 << 20
+# Images one request may carry: the runtime keeps every decoded image of a request until it answers (up to
+# MAX_IMAGE_PIXELS bytes each as grey, 21 MB), so 32 of them hold ~0.7 GB at most; clients send one image or a few.
+MAX_IMAGES = 32
+# Requests decoded and answered at once: each decodes its images one by one (a 16-bit DICOM at the pixel limit peaks
+# near 570 MB while decoded) and keeps them until answered; 2 overlap decoding with inference and keep the worst case
+# (2 x (0.7 GB + 0.6 GB)) inside the 4 GiB the Kubernetes InferenceService gives the runtime, with the model.
+MAX_CONCURRENT_DECODES = 2
 
 
 class OipConfig(Settings, alias_generator=env_prefix("PNEUMONIA_OIP_")):
@@ -46,6 +54,25 @@ class OipConfig(Settings, alias_generator=env_prefix("PNEUMONIA_OIP_")):
         MAX_MESSAGE_BYTES, "largest request (REST body, gRPC message) and gRPC answer, in bytes", ge=1 << 20
     )
     grace: int = setting(30, "seconds requests in flight get to finish on SIGTERM", ge=0)
+    max_image_pixels: int = setting(
+        MAX_IMAGE_PIXELS,
+        "most pixels of one image (width x height x frames; 4608 x 4608 admits the largest chest radiographs, "
+        "~4300 x 4300), and at most 4 bytes a pixel once decoded (samples per pixel and bits allocated counted): "
+        "a larger image is refused with 400 / INVALID_ARGUMENT before it is decoded",
+        ge=1,
+    )
+    max_images: int = setting(
+        MAX_IMAGES,
+        "most images (elements of the input 'image') one request may carry; more: 400 / INVALID_ARGUMENT before any "
+        "is decoded (a request keeps its decoded images until it is answered)",
+        ge=1,
+    )
+    max_concurrent_decodes: int = setting(
+        MAX_CONCURRENT_DECODES,
+        "requests whose images are decoded and answered at once; the others wait their turn (memory holds at most "
+        "this many requests' decoded images)",
+        ge=1,
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -111,12 +138,13 @@ def unpack_archive(archive: Path, into: Path) -> tuple[Path, str]:
     return target, str(manifest.get("modelVersion") or "unknown")
 
 
-def load_predictor(model_dir: Path, name: str, device: str | None) -> Predictor:
-    """The Predictor of model `name` of the directory (an archive is unpacked into a private temporary directory)."""
+def load_predictor(model_dir: Path, name: str, device: str | None, max_pixels: int = MAX_IMAGE_PIXELS) -> Predictor:
+    """The Predictor of model `name` of the directory (an archive is unpacked into a private temporary directory),
+    refusing images over `max_pixels`."""
     path = model_file(model_dir, name)
     chosen = None if device in (None, "auto") else device
     if path.suffix != ARCHIVE_SUFFIX:
-        return Predictor.load(path, device=chosen)
+        return Predictor.load(path, device=chosen, max_pixels=max_pixels)
     with tempfile.TemporaryDirectory(prefix="oip-") as tmp:
         inner, version = unpack_archive(path, Path(tmp))
-        return Predictor.load(inner, version, chosen)
+        return Predictor.load(inner, version, chosen, max_pixels)

@@ -1,11 +1,12 @@
-"""HTTP front end of the generator service (FastAPI): POST /v1/generate, GET /healthz, OpenAPI docs at /docs.
+"""HTTP front end of the generator service (FastAPI): POST /v1/generate, GET /healthz, the OpenAPI document at
+/openapi.json (no /docs or /redoc: their pages load Swagger UI and ReDoc from a CDN).
 
 The same semantics as the gRPC GeneratorService: both call SyntheticImageService.generate. Errors come back as
 {"detail": message} with 422 for a malformed body, 400 for invalid values, 404 when the checkpoint does not exist,
 409 when the checkpoint cannot serve the request (wrong kind, other sha256, a label it does not generate), 413 for a
 body over MAX_BODY_BYTES (refused before it is read, or as soon as it grows past), 503 when object storage is
-unavailable (no manifest was written), 500 otherwise. With callers (shared.auth), every endpoint but /healthz and the
-docs needs `Authorization: Bearer <token>` of one of them: 401 otherwise, with nothing done.
+unavailable (no manifest was written), 500 otherwise. With callers (shared.auth), every endpoint but /healthz needs
+`Authorization: Bearer <token>` of one of them (/openapi.json too): 401 otherwise, with nothing done.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 
 # A GenerateBody is a few hundred bytes; nothing larger is read into memory.
 MAX_BODY_BYTES = 64 * 1024
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
-# Declares the bearer scheme in the OpenAPI document (the Authorize button of /docs); BearerAuth enforces it.
+OPEN_PATHS = frozenset({"/healthz"})  # the probes'
+# Declares the bearer scheme in the OpenAPI document; BearerAuth enforces it.
 BEARER_SCHEME = HTTPBearer(auto_error=False, description="a caller's token from PNEUMONIA_AUTH_TOKENS")
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -110,6 +111,8 @@ def create_app(
         title="pneumonia generator",
         description="Labelled synthetic chest X-rays from a stored DCGAN generator checkpoint.",
         version="1",
+        docs_url=None,  # Swagger UI and ReDoc pages would load their scripts from a CDN
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     if callers is not None:  # added last: runs first, before the body limit

@@ -195,15 +195,19 @@ def reports_card(reports: Reports, run: str, name: str) -> str:
     return storage_call(reports.model_card, run, name)
 
 
+STORAGE_UNAVAILABLE = "object storage is not available; try again later (the operator finds the cause in the log)"
+
+
 def storage_call(call: Callable[..., Any], *args: Any) -> Any:
-    """call(*args), its storage errors as HTTP errors: 404 for what is not there, 503 otherwise."""
+    """call(*args), its storage errors as HTTP errors: 404 for what is not there, 503 otherwise. A 503 says only
+    that storage is unavailable: the error's text (endpoint, bucket, key, the S3 server's words) goes to the log."""
     try:
         return call(*args)
     except ReportNotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     except StorageError as exc:
         log.error("object storage failed: %s", exc)
-        raise HTTPException(503, f"object storage is not available: {exc}") from exc
+        raise HTTPException(503, STORAGE_UNAVAILABLE) from exc
 
 
 def classify_image(inference: TorchServeInference, reports: Reports, model: str, image: bytes) -> JSONResponse:

@@ -31,7 +31,7 @@ from shared.calibration import Calibration, calibrated_probability, decision_thr
 from shared.datasets.base import CLASS_NAMES, NORMAL, PNEUMONIA
 from shared.dicom import DicomError, display_values, read_dicom
 from shared.errors import PneumoniaError
-from shared.images import MAX_IMAGE_PIXELS, sha256_file
+from shared.images import MAX_BYTES_PER_PIXEL, MAX_IMAGE_PIXELS, sha256_file
 from shared.models.classifier import classifier_transform, load_classifier, penultimate_features
 from shared.models.ensemble import describe_model
 from shared.models.export import FORMATS as EXPORT_FORMATS
@@ -44,6 +44,9 @@ BAD_REQUEST = 400
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 EXPORTED_SUFFIXES = frozenset(EXPORT_FORMATS.values())
 VERSION_DIGITS = 12  # an unversioned model's version: the first digits of its file's sha256 (like the .mar's)
+# Bytes a pixel takes once PIL has decoded it, by mode: one byte for 1, L and P, two for 16-bit grey, four for the
+# rest (PIL keeps RGB, LA and the other multi-band modes in 32 bits a pixel, I and F too).
+PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 
 
 class ServingError(PneumoniaError):
@@ -66,27 +69,45 @@ def implausible(exc: ImplausibleImageError) -> ServingError:
     return ServingError(f"implausible input [{exc.reason}]: {exc}", BAD_REQUEST, exc.reason)
 
 
-def check_pixel_count(width: int, height: int, frames: int = 1) -> None:
-    """Refuse images too large to decode safely (decompression bombs), before decoding them."""
-    if width * height * frames > MAX_IMAGE_PIXELS:
+def check_pixel_count(
+    width: int, height: int, frames: int = 1, bytes_per_pixel: int = 1, max_pixels: int = MAX_IMAGE_PIXELS
+) -> None:
+    """Refuse, before decoding it, an image too large to decode safely (a decompression bomb): more than `max_pixels`
+    pixels (width x height x frames), or more than `max_pixels` x MAX_BYTES_PER_PIXEL bytes as the decoder allocates
+    them (`bytes_per_pixel`: every sample of a pixel, at the size the decoder stores it)."""
+    pixels = width * height * frames
+    decoded, max_bytes = pixels * bytes_per_pixel, max_pixels * MAX_BYTES_PER_PIXEL
+    if pixels > max_pixels or decoded > max_bytes:
         raise bad_request(
-            f"image too large: {width} x {height} x {frames} pixels exceeds the limit of {MAX_IMAGE_PIXELS} "
-            "(decompression bomb?)"
+            f"image too large: {width} x {height} x {frames} pixels of {bytes_per_pixel} bytes ({decoded} bytes "
+            f"decoded) exceeds the limit of {max_pixels} pixels, {max_bytes} bytes (decompression bomb?)"
         )
 
 
-def decode_picture(body: bytes) -> Image.Image:
-    """PNG / JPEG / any PIL format -> fully decoded image, grey ('L') or, if it has colour, 'RGB'."""
+def dicom_bytes_per_pixel(ds: Any) -> int:
+    """The bytes pydicom's pixel_array gives one pixel of `ds`: its samples at the bits allocated, rounded up to
+    whole bytes (1-bit data is unpacked to one byte a sample)."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    return max(samples, 1) * max(1, -(-bits // 8))
+
+
+def decode_picture(body: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """PNG / JPEG / any PIL format -> fully decoded image, grey ('L') or, if it has colour, 'RGB'; refused (400) when
+    its header declares more than check_pixel_count allows."""
     try:
-        with warnings.catch_warnings():  # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse those too
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # PIL warns between its MAX_IMAGE_PIXELS and twice that: check_pixel_count below decides (and refuses those
+        # over `max_pixels`); PIL's own error, past twice its limit, stays a second guard.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(body))
     except UnidentifiedImageError as exc:
         raise bad_request("request body is not an image (expected PNG, JPEG or DICOM)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise bad_request(f"image too large (decompression bomb?): {exc}") from exc
     with img:
-        check_pixel_count(img.width, img.height, getattr(img, "n_frames", 1))
+        frames = getattr(img, "n_frames", 1)
+        check_pixel_count(img.width, img.height, frames, PIL_BYTES_PER_PIXEL.get(img.mode, 4), max_pixels)
         try:
             img.load()  # full decode, so a truncated file fails here
         except (OSError, SyntaxError, ValueError) as exc:
@@ -94,9 +115,11 @@ def decode_picture(body: bytes) -> Image.Image:
         return img.convert("L" if img.mode in GRAY_MODES else "RGB")  # colour stays visible to the gate
 
 
-def decode_dicom(body: bytes) -> Image.Image:
+def decode_dicom(body: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """DICOM -> grayscale image of one frame as a viewer shows it (shared.dicom: Modality LUT, VOI window or LUT,
-    MONOCHROME1), a deflated file's inflated size bounded as it is inflated (shared.dicom.read_dicom)."""
+    MONOCHROME1), a deflated file's inflated size bounded as it is inflated (shared.dicom.read_dicom); refused (400)
+    before its pixel data is decoded when its header declares more than check_pixel_count allows (its samples per
+    pixel and bits allocated counted) or anything but one grayscale frame."""
     try:
         ds = read_dicom(body)
     except DicomError as exc:
@@ -106,7 +129,13 @@ def decode_dicom(body: bytes) -> Image.Image:
     if "PixelData" not in ds:
         raise bad_request("DICOM file has no pixel data")
     rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    check_pixel_count(columns, rows, int(ds.get("NumberOfFrames", 1) or 1))
+    frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+    check_pixel_count(columns, rows, frames, dicom_bytes_per_pixel(ds), max_pixels)
+    if frames != 1 or samples != 1:
+        raise bad_request(
+            f"DICOM file has {frames} frames of {samples} samples per pixel; expected one grayscale frame "
+            "(rows x columns)"
+        )
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for undecodable or inconsistent pixel data
@@ -124,9 +153,9 @@ def decode_dicom(body: bytes) -> Image.Image:
     return Image.fromarray(np.round(shown * 255.0).astype(np.uint8), mode="L")
 
 
-def decode_image(body: Any) -> Image.Image:
+def decode_image(body: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """A request body (bytes) -> PIL image ('L', or 'RGB' when in colour); ServingError(400) naming the problem
-    otherwise."""
+    otherwise, an image over `max_pixels` (check_pixel_count) before it is decoded."""
     if not body:
         raise bad_request("empty request body: send the image bytes (PNG, JPEG or DICOM)")
     if not isinstance(body, (bytes, bytearray)):
@@ -136,8 +165,8 @@ def decode_image(body: Any) -> Image.Image:
         )
     body = bytes(body)
     if body[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)] == DICOM_MAGIC:
-        return decode_dicom(body)
-    return decode_picture(body)
+        return decode_dicom(body, max_pixels)
+    return decode_picture(body, max_pixels)
 
 
 def read_registry(folder: Path) -> dict[str, str] | None:
@@ -164,9 +193,15 @@ class Predictor:
     only), with the calibration and plausibility gate saved in its config."""
 
     def __init__(
-        self, path: Path, version: str, device: torch.device, registered: dict[str, str] | None = None
+        self,
+        path: Path,
+        version: str,
+        device: torch.device,
+        registered: dict[str, str] | None = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         self.path, self.version, self.device = Path(path), version, device
+        self.max_pixels = max_pixels  # the largest image decode_rows decodes (check_pixel_count)
         self.registered = registered  # the MLflow registry version it is (layout.REGISTRY_FILE), when one says so
         self.model: torch.nn.Module | None = None
         self.exported: Any = None
@@ -182,13 +217,20 @@ class Predictor:
         logger.info("loaded %s (version %s) on %s", self.path, self.version, self.device)
 
     @classmethod
-    def load(cls, path: Path, version: str | None = None, device: torch.device | str | None = None) -> Predictor:
+    def load(
+        cls,
+        path: Path,
+        version: str | None = None,
+        device: torch.device | str | None = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> Predictor:
         """The model at `path` (.pth checkpoint, .onnx or .torchscript export); `version` defaults to the first
         12 hex digits of the file's sha256, `device` to CUDA when there is one; the registry version from
-        layout.REGISTRY_FILE beside the file, when there is one."""
+        layout.REGISTRY_FILE beside the file, when there is one; images over `max_pixels` are refused."""
         chosen = torch.device(device) if device is not None else default_device()
         path = Path(path)
-        return cls(path, version or sha256_file(path)[:VERSION_DIGITS], chosen, read_registry(path.parent))
+        version = version or sha256_file(path)[:VERSION_DIGITS]
+        return cls(path, version, chosen, read_registry(path.parent), max_pixels)
 
     @property
     def format(self) -> str:
@@ -215,7 +257,7 @@ class Predictor:
         errors: dict[int, ServingError] = {}
         for i, body in enumerate(bodies):
             try:
-                image = decode_image(body)
+                image = decode_image(body, self.max_pixels)
                 self.check_plausible(image)
             except ServingError as exc:
                 errors[i] = exc

@@ -47,15 +47,30 @@ def stopped_cleanly(log: str) -> dict[str, str]:
     return dict(re.findall(r"stopped (\w+) \(exit code (-?\d+)\)", log))
 
 
+def run_to_the_end(command: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """Run the experiment; past `timeout_s`, Ctrl-C its process group (the local stack then stops every service it
+    started) and fail, so that a slow run leaves no service running behind the test."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+        pytest.fail(f"the experiment took over {timeout_s:.0f} s and was stopped:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 @pytest.mark.slow
 def test_the_quick_experiment_runs_through_the_services(phantom_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
-    result = subprocess.run(
-        experiment(phantom_dir, work, "--run-id", "e2e", "--synthesize", "balanced", "--repeats", "2"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_to_the_end(
+        experiment(phantom_dir, work, "--run-id", "e2e", "--synthesize", "balanced", "--repeats", "2"), 600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout

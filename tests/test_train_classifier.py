@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from training_helpers import FAST, MAX_IMAGES, classifier_options, output_args, write_synthetic_folder
 
 from pipeline.cli import main as pneumonia
-from services.trainer.classification.shift import gated_predictions
+from services.trainer.classification.shift import gated_predictions, shifted_holdouts
 from services.trainer.classification.state import TRAINING_STATE, training_state_path
 from services.trainer.hooks import TrainingStopped
 from services.trainer.train_classifier import assert_real_only, subsample, train_strategy
@@ -435,3 +436,20 @@ def test_resume_refuses_other_options_and_a_missing_state(phantom_dir: Path, tmp
     fold_model.write_bytes(fold_model.read_bytes() + b"\0")
     with pytest.raises(CheckpointError, match="fold 1's model .* is missing or was replaced"):
         train_strategy(classifier_options([*argv, "--resume", "--workers", "0"]))
+
+
+def test_shifted_copies_are_corrupted_once_and_equal_to_corrupting_on_load(phantom_dir: Path) -> None:
+    """Every model of a run is scored on the same shifted copies: held in memory when small, each image exactly what
+    CorruptedImages gives; above the memory bound they stay lazy."""
+    _, holdout = develop_and_holdout(load_dataset("phantom", phantom_dir))
+    held = shifted_holdouts(holdout, (2, 5), seed=3)
+    assert list(held) == [f"{name}@{severity}" for severity in (2, 5) for name in CORRUPTIONS]
+    for name in ("gaussian_noise@5", "brightness_down@2"):
+        corruption, severity = name.split("@")
+        lazy = CorruptedImages(holdout, corruption, int(severity), seed=3)
+        assert isinstance(held[name], ArrayImages) and held[name].labels.tolist() == holdout.labels.tolist()
+        for i in (0, len(holdout) - 1):
+            assert np.array_equal(np.asarray(held[name].load(i)), np.asarray(lazy.load(i)))
+    with patch("services.trainer.classification.shift.MAX_HELD_BYTES", 10):
+        assert all(isinstance(images, CorruptedImages) for images in shifted_holdouts(holdout, (3,), 0).values())
+    assert shifted_holdouts(holdout, (), 0) == {}

@@ -123,6 +123,7 @@ def final_fold_ensemble(
     options: ClassifierTrainingConfig,
     develop: LabelledImages,
     holdout: LabelledImages,
+    shifted_sets: dict[str, LabelledImages],
     path: Path,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -132,9 +133,7 @@ def final_fold_ensemble(
     calibration = Calibration.from_dict(config["calibration"])
     gate = PlausibilityGate.from_dict(config["plausibility"])
     clean = gated_predictions(ensemble, holdout, config, calibration, gate, device)
-    shifted = shifted_holdout_predictions(
-        ensemble, holdout, config, calibration, gate, options.severities(), options.seed, device
-    )
+    shifted = shifted_holdout_predictions(ensemble, shifted_sets, config, calibration, gate, device)
     save_classifier(path, ensemble, config)
     labels = holdout.labels.tolist()
     return {
@@ -181,11 +180,13 @@ def final_model(
     options: ClassifierTrainingConfig,
     develop: LabelledImages,
     holdout: LabelledImages,
+    shifted_sets: dict[str, LabelledImages],
     device: torch.device,
 ) -> dict[str, Any]:
     """Write the strategy's served model (--final-model) where the strategy's model goes; return its record: kind,
-    description, folds, hold-out metrics at 0.5 and at its threshold, calibration, and its scores under shift."""
+    description, folds, hold-out metrics at 0.5 and at its threshold, calibration, and its scores under shift
+    (`shifted_sets`: shift.shifted_holdouts)."""
     path = Path(options.model_dir) / layout.strategy_model_name(options.strategy, options.arch)
     if options.final_model == "best-fold" or len(records) == 1:
         return final_best_fold(records, options, path)
-    return final_fold_ensemble(records, options, develop, holdout, path, device)
+    return final_fold_ensemble(records, options, develop, holdout, shifted_sets, path, device)

@@ -21,7 +21,7 @@ from services.trainer.classification.operating_point import (
     holdout_evaluation,
 )
 from services.trainer.classification.results import write_strategy_results
-from services.trainer.classification.shift import gated_predictions, shifted_holdout_predictions
+from services.trainer.classification.shift import gated_predictions, shifted_holdout_predictions, shifted_holdouts
 from services.trainer.classification.state import (
     TRAINING_STATE,
     finished_fold_records,
@@ -129,6 +129,7 @@ def train_strategy(
         augmentation=options.augmentation,
     )
     holdout_loader = evaluation_loader(holdout, classifier_transform(config, train=False), options)
+    shifted_sets = shifted_holdouts(holdout, options.severities(), options.seed) if ctx.is_main else {}
     model_dir.mkdir(parents=True, exist_ok=True)
 
     def save_state(fold_in_progress: dict[str, Any] | None) -> None:  # rank 0 only
@@ -165,9 +166,7 @@ def train_strategy(
             PlausibilityGate.from_dict(fold_config["plausibility"]),
         )
         holdout_refused = gated_predictions(model, holdout, config, calibration, gate, device)["refused"]
-        shifted = shifted_holdout_predictions(
-            model, holdout, config, calibration, gate, options.severities(), options.seed, device
-        )
+        shifted = shifted_holdout_predictions(model, shifted_sets, config, calibration, gate, device)
         fold_path = fold_model_path(model_dir, fold, strategy, options.arch)
         save_classifier(fold_path, model, fold_config)
         folds_done.append(
@@ -207,7 +206,7 @@ def train_strategy(
     folds_done, operating_point = apply_operating_point(
         folds_done, options.operating_point, model_dir, strategy, options.arch
     )
-    served = final_model(folds_done, options, develop, holdout, device)
+    served = final_model(folds_done, options, develop, holdout, shifted_sets, device)
     return write_strategy_results(
         options,
         strategy,

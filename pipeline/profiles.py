@@ -2,7 +2,7 @@
 
 A profile gives each step's typed config (shared.configs) its own defaults; paths, dataset, seed and device come from
 the driver, and the user's --<step>-args flags win over both (pipeline.plan).
-`quick` takes about 10 minutes through the services on 2 CPU cores with PneumoniaMNIST (small images, subsets,
+`quick` takes about 14 minutes through the services on 2 CPU cores with PneumoniaMNIST (small images, subsets,
 few epochs, ResNet-18): a smoke run that cannot decide the question. `standard` uses every development image and
 answers with power in under an hour on 2 CPU cores (README, "Results: the standard profile"). `full` keeps the
 seed's defaults (64 px GAN for 50 epochs, ResNet-50 at 224 px, 15 epochs, 5 folds) for GPU machines. `smoke`

@@ -69,6 +69,11 @@ def ensemble_calibration(records: list[dict[str, Any]]) -> Calibration:
     )
 
 
+def fold_checkpoint(options: ClassifierTrainingConfig, fold: int) -> Path:
+    """Where the run's fold model `fold` is."""
+    return fold_model_path(Path(options.model_dir), fold, options.strategy, options.arch)
+
+
 def gate_halves(develop: LabelledImages, seed: int) -> tuple[LabelledImages, LabelledImages]:
     """Two disjoint seeded halves of the development images: the gate's fitting and threshold sets."""
     order = np.random.default_rng(seed).permutation(len(develop))
@@ -78,7 +83,6 @@ def gate_halves(develop: LabelledImages, seed: int) -> tuple[LabelledImages, Lab
 
 def build_fold_ensemble(
     records: list[dict[str, Any]],
-    model_dir: Path,
     options: ClassifierTrainingConfig,
     develop: LabelledImages,
     device: torch.device,
@@ -86,7 +90,7 @@ def build_fold_ensemble(
     """(the fold models as one FoldEnsemble on `device`, its config with calibration and plausibility gate)."""
     members, temperatures, member_config = [], [], None
     for record in records:
-        model, config = load_classifier(fold_model_path(model_dir, record["fold"], options.strategy, options.arch))
+        model, config = load_classifier(fold_checkpoint(options, record["fold"]))
         members.append(model)
         temperatures.append(float(config["calibration"]["temperature"]))
         member_config = member_config or config
@@ -129,7 +133,7 @@ def final_fold_ensemble(
 ) -> dict[str, Any]:
     """Build the fold-ensemble, score it on the hold-out and its shifted copies (with its gate), save it at `path`;
     return its record."""
-    ensemble, config = build_fold_ensemble(records, Path(options.model_dir), options, develop, device)
+    ensemble, config = build_fold_ensemble(records, options, develop, device)
     calibration = Calibration.from_dict(config["calibration"])
     gate = PlausibilityGate.from_dict(config["plausibility"])
     clean = gated_predictions(ensemble, holdout, config, calibration, gate, device)
@@ -140,6 +144,7 @@ def final_fold_ensemble(
         "kind": "fold-ensemble",
         "description": describe_model(config),
         "folds": [record["fold"] for record in records],
+        "n_train_real": len(develop),  # each member saw (k - 1) / k of them, together all
         "holdout": binary_metrics(labels, clean["uncalibrated"]),  # at 0.5
         "holdout_operating_point": operating_metrics(
             labels, clean["uncalibrated"], clean["calibrated"], calibration.threshold
@@ -161,13 +166,12 @@ def final_fold_ensemble(
 def final_best_fold(records: list[dict[str, Any]], options: ClassifierTrainingConfig, path: Path) -> dict[str, Any]:
     """Copy the best fold model to `path` (no retraining); return its record."""
     best = best_fold(records)
-    atomic_write_bytes(
-        path, fold_model_path(Path(options.model_dir), best["fold"], options.strategy, options.arch).read_bytes()
-    )
+    atomic_write_bytes(path, fold_checkpoint(options, best["fold"]).read_bytes())
     return {
         "kind": "best-fold",
         "description": f"the {options.arch} model of fold {best['fold']}, the best validation AUROC",
         "folds": [best["fold"]],
+        "n_train_real": best["n_train_real"],
         "holdout": best["holdout_metrics"],
         "holdout_operating_point": best["holdout_operating_point"],
         "calibration": best["calibration"],
@@ -184,8 +188,8 @@ def final_model(
     device: torch.device,
 ) -> dict[str, Any]:
     """Write the strategy's served model (--final-model) where the strategy's model goes; return its record: kind,
-    description, folds, hold-out metrics at 0.5 and at its threshold, calibration, and its scores under shift
-    (`shifted_sets`: shift.shifted_holdouts)."""
+    description, folds, the real images it learned from, hold-out metrics at 0.5 and at its threshold, calibration,
+    and its scores under shift (`shifted_sets`: shift.shifted_holdouts)."""
     path = Path(options.model_dir) / layout.strategy_model_name(options.strategy, options.arch)
     if options.final_model == "best-fold" or len(records) == 1:
         return final_best_fold(records, options, path)

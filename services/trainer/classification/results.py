@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from services.trainer.classification.final_model import best_fold, final_best_fold
 from services.trainer.classification.operating_point import decision_metrics, pooled_validation_predictions
 from services.trainer.classification.plots import (
     plot_cv_metrics,
@@ -38,20 +37,17 @@ def write_strategy_results(
     develop: LabelledImages,
     holdout: LabelledImages,
     pool: LabelledImages | None,
+    served: dict[str, Any],
     operating_point: dict[str, Any] | None = None,
-    final_model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the metrics and figures of the strategy whose served model final_model.final_model wrote; return the
-    final metrics. `operating_point`: apply_operating_point's summary (the fold checkpoints already carry its
-    threshold); `final_model`: the served model's record (None: the best fold model, copied here)."""
+    """Write the metrics and figures of the strategy whose served model final_model.final_model wrote (`served`: its
+    record); return the final metrics. `operating_point`: apply_operating_point's summary (the fold checkpoints
+    already carry its threshold)."""
     model_dir, results_dir, figures_dir = Path(options.model_dir), Path(options.results_dir), Path(options.figures_dir)
     fold_histories = [{"fold": r["fold"], "epochs": r["history"]} for r in folds_done]
     val_per_fold = [{"fold": r["fold"], **r["val_metrics"]} for r in folds_done]
     holdout_per_fold = [{"fold": r["fold"], **r["holdout_metrics"]} for r in folds_done]
     operating_per_fold = [{"fold": r["fold"], **r["holdout_operating_point"]} for r in folds_done]
-    served = final_model or final_best_fold(
-        folds_done, options, model_dir / layout.strategy_model_name(strategy, options.arch)
-    )
     model_path = model_dir / layout.strategy_model_name(strategy, options.arch)
     cv_summary = {"strategy": strategy, "folds": val_per_fold, **summarize_folds(val_per_fold)}
     final = {
@@ -93,7 +89,7 @@ def write_strategy_results(
         else None,
         "class_balance": options.class_balance,
         # Real images the served model learned from: one training fold's, or (the ensemble) all development images
-        "n_train_real": len(develop) if served["kind"] == "fold-ensemble" else best_fold(folds_done)["n_train_real"],
+        "n_train_real": served["n_train_real"],
         "n_synthetic_pool": len(pool) if pool is not None else 0,
         "class_mix": pooled_class_mix(folds_done),
         "n_develop": len(develop),

@@ -208,13 +208,5 @@ def train_strategy(
     )
     served = final_model(folds_done, options, develop, holdout, shifted_sets, device)
     return write_strategy_results(
-        options,
-        strategy,
-        schedule,
-        folds_done,
-        develop,
-        holdout,
-        pool,
-        operating_point=operating_point,
-        final_model=served,
+        options, strategy, schedule, folds_done, develop, holdout, pool, served, operating_point
     )
